@@ -1,0 +1,24 @@
+# dam3d: a product catalogue (one studio photo per SKU) to a visual search index
+# with 3D view augmentation. See README.md; configuration in config.yaml.
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/cutout.smk"
+
+
+# The 3D path (render.views > 0): mesh, 8 renders, contact sheets.
+if VIEWS:
+
+    include: "workflow/rules/mesh.smk"
+    include: "workflow/rules/render.smk"
+
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/index.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

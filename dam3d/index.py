@@ -1,0 +1,133 @@
+"""The search index: per-SKU 2D vector, per-view 3D vectors, fused mean vector; exact cosine search.
+
+Fusions (seeds 000/003):
+- `2d`: cosine with the cutout's vector.
+- `3d`: best cosine over the rendered views only.
+- `mean`: cosine with normalise(2D vector + mean of the view vectors), one vector per SKU.
+- `max` (MaxCos): best cosine over the cutout and every view.
+A SKU whose renders failed keeps its 2D vector: `3d` and `max` fall back to it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dam3d import __version__
+from dam3d.atomic import atomic_path, write_text
+from dam3d.catalogue import Asset
+
+FUSIONS = ("2d", "3d", "mean", "max")
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
+
+
+def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Path, manifest: dict) -> dict:
+    """Write the index for the assets whose embedding exists (non-empty); return the manifest.
+
+    Files are written atomically, and manifest.json last: a reader that finds
+    the manifest finds a complete index.
+    """
+    rows, vec2d, vec3d, view_ok, skipped = [], [], [], [], []
+    views: list[str] = []
+    for asset, path in zip(assets, embeddings, strict=True):
+        if not path.exists() or path.stat().st_size == 0:
+            skipped.append(asset.asset_id)
+            continue
+        with np.load(path) as data:
+            vec2d.append(data["vec2d"])
+            vec3d.append(data["vec3d"])
+            view_ok.append(data["view_ok"])
+            views = [str(v) for v in data["views"]]
+        rows.append({"asset_id": asset.asset_id, "sku": asset.sku, "image": str(asset.image),
+                     "views_ok": int(view_ok[-1].sum()), **asset.metadata})
+    if not rows:
+        raise RuntimeError("index: no asset has an embedding; every asset failed (see results/failures/)")
+    v2 = _normalise(np.stack(vec2d))
+    v3 = np.stack(vec3d).astype(np.float32)
+    ok = np.stack(view_ok)
+    # Views that failed to render take the 2D vector, so `max` and `3d` degrade to `2d` for that SKU.
+    v3 = np.where(ok[..., None], v3, v2[:, None, :])
+    counts = np.maximum(ok.sum(axis=1, keepdims=True), 1)
+    mean3d = np.where(ok[..., None], v3, 0.0).sum(axis=1) / counts
+    mean3d = np.where(ok.any(axis=1, keepdims=True), mean3d, v2)
+    fused = _normalise(v2 + _normalise(mean3d))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "assets.parquet") as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+    _save_npy(out_dir / "vectors_2d.npy", v2)
+    _save_npy(out_dir / "vectors_3d.npy", _normalise(v3))
+    _save_npy(out_dir / "vectors_mean.npy", fused)
+    manifest = {
+        **manifest,
+        "dam3d_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "counts": {"assets": len(assets), "indexed": len(rows), "failed": len(skipped),
+                   "with_views": int(ok.any(axis=1).sum()), "views_per_asset": len(views)},
+        "views": views,
+        "dim": int(v2.shape[1]),
+        "failed_assets": skipped,
+    }
+    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+@dataclass
+class Index:
+    directory: Path
+    manifest: dict
+    assets: list[dict]
+    vec2d: np.ndarray  # (N, D)
+    vec3d: np.ndarray  # (N, V, D)
+    vecmean: np.ndarray  # (N, D)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Index:
+        directory = Path(directory)
+        manifest_path = directory / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"no index at {directory} (manifest.json missing): build it with `snakemake --cores 8`")
+        return cls(
+            directory,
+            json.loads(manifest_path.read_text()),
+            pq.read_table(directory / "assets.parquet").to_pylist(),
+            np.load(directory / "vectors_2d.npy", mmap_mode="r"),
+            np.load(directory / "vectors_3d.npy", mmap_mode="r"),
+            np.load(directory / "vectors_mean.npy", mmap_mode="r"),
+        )
+
+    def scores(self, query: np.ndarray, fusion: str) -> np.ndarray:
+        """(N,) cosine score per SKU for an L2-normalised query vector."""
+        if fusion == "2d":
+            return self.vec2d @ query
+        if fusion == "3d":
+            return (self.vec3d @ query).max(axis=1)
+        if fusion == "mean":
+            return self.vecmean @ query
+        if fusion == "max":
+            return np.maximum(self.vec2d @ query, (self.vec3d @ query).max(axis=1))
+        raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
+
+    def search(self, query: np.ndarray, *, k: int = 5, fusion: str = "max") -> list[dict]:
+        scores = self.scores(np.asarray(query, dtype=np.float32), fusion)
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [{"rank": r + 1, "sku": self.assets[i]["sku"], "asset_id": self.assets[i]["asset_id"],
+                 "score": float(scores[i]), "image": self.assets[i]["image"]} for r, i in enumerate(top)]

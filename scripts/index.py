@@ -1,0 +1,38 @@
+"""Snakemake entry point: the search index of one embedding model (see dam3d.index)."""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from dam3d.catalogue import load_catalogue
+from dam3d.index import build_index
+from dam3d.stage import read_failures
+
+smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
+config = smk.config
+assets = load_catalogue(config["catalogue"])
+by_id = {Path(p).stem: Path(p) for p in smk.input}
+out_dir = Path(smk.output.manifest).parent
+failures = [f for f in read_failures(config["results"]) if f["asset"] in by_id]
+manifest = build_index(
+    assets,
+    [by_id[a.asset_id] for a in assets],
+    out_dir,
+    {
+        "model": smk.params.spec,
+        "backends": smk.params.backends,
+        "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest(),
+        "config": config,
+        "catalogue": str(config["catalogue"]),
+        "failures": failures,
+    },
+)
+counts = manifest["counts"]
+print(
+    f"dam3d: index {out_dir}: {counts['indexed']}/{counts['assets']} assets, "
+    f"{counts['with_views']} with views, {counts['failed']} failed",
+    file=sys.stderr,
+)
+for failure in failures:
+    print(f"dam3d: failed {failure['asset']} at {failure['stage']}: {failure['reason']}", file=sys.stderr)

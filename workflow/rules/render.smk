@@ -1,0 +1,43 @@
+rule render:
+    input:
+        f"{RESULTS}/mesh/{{asset}}.glb",
+    output:
+        [f"{RESULTS}/render/{{asset}}/{view}.png" for view in VIEWS],
+    params:
+        settings={k: v for k, v in config["render"].items() if k != "blender"},
+        blender=config["render"]["blender"],
+    resources:
+        gpu=1 if config["render"]["device"] == "GPU" else 0,
+    # Renders are short: on a cluster, batch several assets into one job.
+    group:
+        "render"
+    conda:
+        "../../envs/blender.yaml"
+    script:
+        "../../scripts/render.py"
+
+
+rule contact_asset:
+    input:
+        cutout=f"{RESULTS}/cutout/{{asset}}.png",
+        views=rendered_views,
+    output:
+        f"{RESULTS}/contact/{{asset}}.png",
+    params:
+        background=BACKGROUND,
+        sku=lambda wildcards: ASSETS[wildcards.asset].sku,
+    conda:
+        "../../envs/embed.yaml"
+    script:
+        "../../scripts/contact.py"
+
+
+rule contact_sheet:
+    input:
+        [f"{RESULTS}/contact/{asset}.png" for asset in ASSETS],
+    output:
+        f"{RESULTS}/contact_sheet.png",
+    conda:
+        "../../envs/embed.yaml"
+    script:
+        "../../scripts/contact.py"

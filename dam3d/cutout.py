@@ -90,7 +90,7 @@ def _rmbg(model: str, device: str) -> MaskFn:
         # BiRefNet returns a list of side outputs; the last is the full-resolution map.
         logits = outputs[-1] if isinstance(outputs, (list, tuple)) else getattr(outputs, "logits", outputs)
         prob = logits.float().sigmoid()[0, 0].cpu().numpy()
-        return Image.fromarray((prob * 255).round().astype(np.uint8), "L").resize(image.size, Image.BILINEAR)
+        return Image.fromarray((prob * 255).round().astype(np.uint8)).resize(image.size, Image.BILINEAR)
 
     return mask
 

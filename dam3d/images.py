@@ -62,7 +62,7 @@ def to_8bit(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         top = arr.max()
         scale = 255.0 / top if top > 0 else 0.0
-        return Image.fromarray((arr * scale).clip(0, 255).astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray((arr * scale).clip(0, 255).astype(np.uint8)).convert("RGB")
     if img.mode == "P":
         return img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
     if img.mode in ("LA", "PA", "RGBa", "La"):

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dam3d.catalogue import Asset
+from dam3d.index import FUSIONS, Index, build_index
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def write_npz(path: Path, vec2d: np.ndarray, vec3d: np.ndarray, ok: list[bool]) -> Path:
+    np.savez(path, vec2d=vec2d, vec3d=vec3d, view_ok=np.array(ok), views=np.array(["az000", "az180"]), model=np.array("m"))
+    return path
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Index:
+    e = np.eye(4, dtype=np.float32)
+    assets = [Asset("A", "SKU A", Path("a.jpg"), metadata={"brand": "x"}), Asset("B", "SKU B", Path("b.jpg"), metadata={"brand": "y"}),
+              Asset("C", "SKU C", Path("c.jpg"), metadata={"brand": "z"}), Asset("D", "SKU D", Path("d.jpg"), metadata={"brand": "w"})]
+    paths = [
+        write_npz(tmp_path / "A.npz", e[0], np.stack([e[1], unit(e[0] + e[2])]), [True, True]),  # back view looks like axis 1
+        write_npz(tmp_path / "B.npz", e[2], np.stack([unit(e[2] + 0.2 * e[1]), e[2]]), [True, True]),
+        write_npz(tmp_path / "C.npz", unit(e[3] + 0.5 * e[1]), np.zeros((2, 4)), [False, False]),  # renders failed
+        tmp_path / "D.npz",
+    ]
+    paths[3].write_bytes(b"")  # embedding failed
+    build_index(assets, paths, tmp_path / "index", {"model": {"name": "m"}})
+    return Index.load(tmp_path / "index")
+
+
+def test_manifest_and_assets(index: Index) -> None:
+    m = index.manifest
+    assert m["counts"] == {"assets": 4, "indexed": 3, "failed": 1, "with_views": 2, "views_per_asset": 2}
+    assert m["failed_assets"] == ["D"] and m["dam3d_version"] and m["created"] and m["model"] == {"name": "m"}
+    assert [a["sku"] for a in index.assets] == ["SKU A", "SKU B", "SKU C"]
+    assert index.assets[0]["brand"] == "x"
+    assert not list(index.directory.glob(".*tmp*"))
+
+
+def test_fusions_rank_as_defined(index: Index) -> None:
+    q = np.eye(4, dtype=np.float32)[1]  # looks like A's back view only
+    assert index.search(q, k=1, fusion="max")[0]["sku"] == "SKU A"
+    assert index.search(q, k=1, fusion="3d")[0]["sku"] == "SKU A"
+    # From the front only, C (2D vector has some axis-1) wins.
+    assert index.search(q, k=1, fusion="2d")[0]["sku"] == "SKU C"
+    scores = {f: index.scores(q, f) for f in FUSIONS}
+    np.testing.assert_allclose(scores["max"], np.maximum(scores["2d"], scores["3d"]), atol=1e-6)
+    # mean: A's fused vector = normalise(e0 + normalise(mean(e1, (e0+e2)/√2)))
+    mean3d = unit((np.eye(4)[1] + unit(np.eye(4)[0] + np.eye(4)[2])) / 2)
+    expected = unit(np.eye(4)[0] + mean3d)
+    assert scores["mean"][0] == pytest.approx(float(expected @ q), abs=1e-5)
+
+
+def test_failed_renders_fall_back_to_2d(index: Index) -> None:
+    q = unit(np.eye(4, dtype=np.float32)[3] + 0.5 * np.eye(4, dtype=np.float32)[1])
+    for fusion in FUSIONS:
+        assert index.search(q, k=1, fusion=fusion)[0]["sku"] == "SKU C", fusion
+        assert index.search(q, k=1, fusion=fusion)[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_search_orders_and_limits(index: Index) -> None:
+    hits = index.search(np.eye(4, dtype=np.float32)[2], k=10, fusion="max")
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    with pytest.raises(ValueError, match="fusion"):
+        index.scores(np.eye(4, dtype=np.float32)[0], "median")
+
+
+def test_all_failed_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "A.npz").write_bytes(b"")
+    with pytest.raises(RuntimeError, match="every asset failed"):
+        build_index([Asset("A", "A", Path("a.jpg"))], [tmp_path / "A.npz"], tmp_path / "i", {})
+    assert not (tmp_path / "i" / "manifest.json").exists()
+
+
+def test_missing_index_message(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="snakemake"):
+        Index.load(tmp_path)

@@ -81,6 +81,13 @@ def test_inflate_params_change_resolution_and_depth() -> None:
     assert thin.is_watertight and coarse.is_watertight
 
 
+def test_inflate_is_never_thicker_than_round() -> None:
+    img = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
+    ImageDraw.Draw(img).rectangle([8, 118, 248, 138], fill=(90, 50, 20, 255))   # a belt, lying flat
+    belt = M.inflate(img, "belt", {})
+    assert belt.extents[2] <= belt.extents[1] * 1.05
+
+
 def test_inflate_thin_necks_and_diagonal_contacts_stay_watertight() -> None:
     img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
     px = img.load()

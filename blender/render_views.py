@@ -1,0 +1,564 @@
+"""Render turntable views of GLB meshes with Blender.
+
+Runs as `python blender/render_views.py -- ARGS` (the `bpy` module) or as
+`blender -b -P blender/render_views.py -- ARGS`.  Only the arguments after `--`
+are parsed.  One asset: `--mesh M.glb --out DIR`; many assets, paying Blender's
+start-up once: `--jobs JOBS.json` (a list of {"mesh", "out"}) with an optional
+`--report PATH` (a list of {"mesh", "out", "ok", "error", "seconds", ...}).
+
+Frame convention (glTF: +Y up, the product's front faces +Z): azimuth 0 puts
+the camera on glTF +Z, azimuth grows toward glTF +X, elevation is above the
+horizon.  Blender's importer turns glTF (x, y, z) into Blender (x, -z, y), so
+azimuth 0 is Blender -Y.  Views are written as DIR/az000.png, DIR/az045.png, ...
+(RGBA, transparent background), each one atomically.
+
+Workbench and EEVEE need an OpenGL context; headless, Blender gets it through
+EGL (Debian: libegl1 libegl-mesa0 libgl1-mesa-dri, software rendering by Mesa).
+"""
+
+from __future__ import annotations
+
+import time
+
+_T0 = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from typing import Any  # noqa: E402
+
+import bpy  # noqa: E402
+import numpy as np  # noqa: E402  (bundled with Blender and with the bpy wheel)
+from mathutils import Matrix, Vector  # noqa: E402
+
+ENGINES = ("BLENDER_WORKBENCH", "BLENDER_EEVEE", "CYCLES")
+# Margin on each side of the frame, as a share of the frame: catalogue cutout look.
+MARGIN = 0.10
+# Data-block collections an import can add to; cleared between jobs.
+_DATA_KINDS = (
+    "objects", "meshes", "materials", "images", "textures", "node_groups", "collections",
+    "armatures", "actions", "cameras", "lights", "curves", "grease_pencils", "shape_keys",
+)
+
+
+def view_names(views: int) -> list[str]:
+    """`az000`, `az045`, ... for `views` evenly spaced azimuths."""
+    return [f"az{round(i * 360 / views) % 360:03d}" for i in range(views)]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="render_views.py", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--mesh", help="one GLB/glTF file (with --out)")
+    src.add_argument("--jobs", help='JSON list of {"mesh": ..., "out": ...}')
+    p.add_argument("--out", help="output folder for --mesh")
+    p.add_argument("--report", help="write a JSON list of per-job results here")
+    p.add_argument("--views", type=int, default=8)
+    p.add_argument("--elevation", type=float, default=15.0, help="degrees above the horizon")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--engine", choices=ENGINES, default="BLENDER_WORKBENCH")
+    p.add_argument("--device", choices=("CPU", "GPU"), default="CPU", help="Cycles device")
+    p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel")
+    p.add_argument("--aa", type=int, default=4,
+                   help="anti-aliasing samples for EEVEE; Workbench rounds up to 5/8/11/16/32 (1: off)")
+    p.add_argument("--fov", type=float, default=30.0, help="camera field of view, degrees")
+    a = p.parse_args(argv)
+    if a.mesh and not a.out:
+        p.error("--mesh needs --out")
+    if a.views < 1 or a.resolution < 8 or a.samples < 1 or a.aa < 1 or not 1.0 <= a.fov <= 170.0:
+        p.error("need --views >= 1, --resolution >= 8, --samples >= 1, --aa >= 1, 1 <= --fov <= 170")
+    if not -89.0 <= a.elevation <= 89.0:
+        p.error("--elevation must lie in [-89, 89] degrees")
+    return a
+
+
+def _workbench_aa(samples: int) -> str:
+    """Workbench offers a fixed set of sample counts; each sample costs ~10 ms at 256 px on llvmpipe."""
+    if samples <= 1:
+        return "OFF"
+    return next((str(n) for n in (5, 8, 11, 16, 32) if n >= samples), "32")
+
+
+def script_argv() -> list[str]:
+    """The arguments meant for this script: those after `--`, else (plain python) argv[1:]."""
+    argv = sys.argv
+    if "--" in argv:
+        return argv[argv.index("--") + 1:]
+    return argv[1:] if bpy.app.module else []
+
+
+def _warn(msg: str) -> None:
+    print(f"render_views: warning: {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- scene setup
+
+class Renderer:
+    """One Blender scene reused for every job: camera, lights and settings are built once."""
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.scene = bpy.context.scene
+        self._clear_startup_scene()
+        self._setup_render()
+        self._setup_camera_and_lights()
+        # Everything that exists now belongs to the rig; anything newer belongs to a job.
+        self.keep = {kind: set(getattr(bpy.data, kind)) for kind in _DATA_KINDS if hasattr(bpy.data, kind)}
+        self._warm_up()
+
+    def _clear_startup_scene(self) -> None:
+        # Deleting the default cube/camera/light is much cheaper than read_factory_settings,
+        # which re-registers every add-on.
+        ids = [ob for ob in bpy.data.objects]
+        for kind in ("meshes", "materials", "cameras", "lights"):
+            ids += list(getattr(bpy.data, kind))
+        bpy.data.batch_remove(ids)
+
+    def _setup_render(self) -> None:
+        a, sc = self.a, self.scene
+        r = sc.render
+        r.engine = a.engine
+        r.resolution_x = r.resolution_y = a.resolution
+        r.resolution_percentage = 100
+        r.pixel_aspect_x = r.pixel_aspect_y = 1.0
+        r.film_transparent = True
+        r.use_compositing = False
+        r.use_sequencer = False
+        r.use_persistent_data = True  # Cycles keeps its BVH/shaders between the views of a job
+        im = r.image_settings
+        im.file_format = "PNG"
+        im.color_mode = "RGBA"
+        im.color_depth = "8"
+        im.compression = 15  # small files, cheap to write
+        # Colours as authored (no filmic/AgX tone curve): the views must match catalogue photos.
+        sc.view_settings.view_transform = "Standard"
+        sc.view_settings.look = "None"
+        sc.view_settings.exposure = 0.0
+        sc.view_settings.gamma = 1.0
+        sc.frame_set(1)
+
+        if a.engine == "BLENDER_WORKBENCH":
+            d = sc.display
+            d.render_aa = _workbench_aa(a.aa)
+            sh = d.shading
+            sh.light = "STUDIO"
+            # "paint.sl" keeps lit faces close to their albedo (Default darkens them by ~35%)
+            # while still shading faces apart; catalogue photos are bright and even.
+            sh.studio_light = "paint.sl"
+            sh.use_world_space_lighting = False  # lights follow the camera: every view lit alike
+            sh.show_shadows = False
+            sh.show_cavity = False
+            sh.show_object_outline = False
+            sh.show_backface_culling = False
+            sh.show_specular_highlight = False  # highlights would paint white blobs on the colours
+            sh.show_xray = False
+            sh.color_type = "MATERIAL"  # set per job (TEXTURE / ATTRIBUTE)
+        elif a.engine == "BLENDER_EEVEE":
+            # On Mesa's software GL most of EEVEE's cost is fixed per render call, not per
+            # pixel: shrink the world probe, light-probe atlases and shadow pool to the minimum
+            # and skip shadows (a lone product under soft light barely self-shadows).
+            e = sc.eevee
+            e.taa_render_samples = a.aa
+            e.use_raytracing = False
+            e.use_fast_gi = False
+            e.use_shadows = False
+            e.shadow_pool_size = "16"
+            e.gi_cubemap_resolution = "128"
+            e.gi_visibility_resolution = "8"
+            e.gi_irradiance_pool_size = "16"
+            e.use_volumetric_shadows = False
+            e.use_overscan = False
+        else:
+            c = sc.cycles
+            c.samples = a.samples
+            c.preview_samples = a.samples
+            c.seed = 0
+            c.use_animated_seed = False
+            c.use_adaptive_sampling = False
+            c.use_denoising = False
+            c.max_bounces = 4
+            c.diffuse_bounces = 2
+            c.glossy_bounces = 2
+            c.transmission_bounces = 4
+            c.volume_bounces = 0
+            c.transparent_max_bounces = 8
+            c.caustics_reflective = False
+            c.caustics_refractive = False
+            c.device = self._cycles_device()
+            r.threads_mode = "AUTO"
+
+    def _cycles_device(self) -> str:
+        if self.a.device != "GPU":
+            return "CPU"
+        try:
+            prefs = bpy.context.preferences.addons["cycles"].preferences
+        except KeyError:
+            _warn("Cycles add-on preferences not found; rendering on CPU")
+            return "CPU"
+        for kind in ("OPTIX", "CUDA", "HIP", "ONEAPI", "METAL"):
+            try:
+                prefs.compute_device_type = kind
+            except TypeError:  # this build does not know the backend
+                continue
+            prefs.refresh_devices()
+            gpus = [d for d in prefs.devices if d.type == kind]
+            if gpus:
+                for d in prefs.devices:
+                    d.use = d.type == kind
+                print(f"render_views: Cycles on {kind}: {', '.join(d.name for d in gpus)}", flush=True)
+                return "GPU"
+        prefs.compute_device_type = "NONE"
+        _warn("--device GPU but no CUDA/OptiX/HIP/oneAPI/Metal device found; rendering on CPU")
+        return "CPU"
+
+    def _setup_camera_and_lights(self) -> None:
+        sc = self.scene
+        cam_data = bpy.data.cameras.new("dam3d_camera")
+        cam_data.lens_unit = "FOV"
+        cam_data.angle = math.radians(self.a.fov)
+        cam_data.sensor_fit = "AUTO"
+        cam_data.clip_start = 0.01
+        cam_data.clip_end = 1000.0
+        self.camera = bpy.data.objects.new("dam3d_camera", cam_data)
+        sc.collection.objects.link(self.camera)
+        sc.camera = self.camera
+        if self.a.engine == "BLENDER_WORKBENCH":
+            return  # Workbench's studio light is camera-relative already
+        # Soft uniform world light keeps colours close to their albedo; two suns tied to the
+        # camera add shape cues, and every view gets the same lighting.
+        world = bpy.data.worlds.new("dam3d_world")
+        if world.node_tree is None:  # Blender < 5 creates worlds without nodes
+            world.use_nodes = True
+        bg = world.node_tree.nodes.get("Background")
+        if bg is not None:
+            bg.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
+            bg.inputs["Strength"].default_value = 0.5
+        world.probe_resolution = "128"  # the world probe is re-baked at every EEVEE render call
+        sc.world = world
+        for name, strength, rot in (
+            ("dam3d_key", 1.5, (math.radians(-35), math.radians(-30), 0.0)),
+            ("dam3d_fill", 0.5, (math.radians(-10), math.radians(45), 0.0)),
+        ):
+            ld = bpy.data.lights.new(name, "SUN")
+            ld.energy = strength
+            ld.angle = math.radians(10)
+            ob = bpy.data.objects.new(name, ld)
+            sc.collection.objects.link(ob)
+            ob.parent = self.camera  # camera space: the light comes from over the photographer
+            ob.rotation_euler = rot
+
+    def _warm_up(self) -> None:
+        """Render one tiny empty frame so that GPU context and engine start-up count as start-up."""
+        r = self.scene.render
+        res = r.resolution_x
+        r.resolution_x = r.resolution_y = 16
+        self.camera.matrix_world = Matrix.Translation((0.0, -3.0, 0.0)) @ Matrix.Rotation(math.pi / 2, 4, "X")
+        bpy.ops.render.render(write_still=False)
+        r.resolution_x = r.resolution_y = res
+
+    # ----------------------------------------------------------------------- one job
+
+    def run(self, mesh: str, out: str) -> dict[str, float]:
+        """Render all views of `mesh` into `out`; raise with a short reason on failure."""
+        times: dict[str, float] = {}
+        t = time.perf_counter()
+        try:
+            self._import(mesh)
+            times["import_seconds"] = time.perf_counter() - t
+            new_meshes = [ob for ob in self._new("objects") if ob.type == "MESH"]
+            points = self._normalise(new_meshes)
+            self._prepare_materials(new_meshes)
+            distance = camera_distance(points, self.cameras_dirs(), self.a.fov)
+            times["render_seconds"] = self._render_views(out, distance)
+        finally:
+            self._reset()
+        return times
+
+    def _import(self, mesh: str) -> None:
+        if not os.path.isfile(mesh):
+            raise RuntimeError("mesh file not found")
+        if os.path.getsize(mesh) == 0:
+            raise RuntimeError("mesh file is empty")
+        try:
+            res = bpy.ops.import_scene.gltf(filepath=os.path.abspath(mesh), import_select_created_objects=False)
+        except Exception as exc:  # the importer reports failures as RuntimeError("Error: ...")
+            raise RuntimeError(f"cannot import glTF: {_one_line(exc)}") from None
+        if "FINISHED" not in res:
+            raise RuntimeError(f"cannot import glTF: importer returned {sorted(res)}")
+
+    def _new(self, kind: str) -> list[Any]:
+        keep = self.keep.get(kind, set())
+        return [x for x in getattr(bpy.data, kind) if x not in keep]
+
+    def _reset(self) -> None:
+        """Remove everything the job added; the rig stays (much faster than a factory reset)."""
+        ids: list[Any] = []
+        for kind in self.keep:
+            ids += self._new(kind)
+        if ids:
+            bpy.data.batch_remove(ids)
+        # Orphans left by the importer that are not in `keep`'s kinds (e.g. image users).
+        bpy.data.orphans_purge(do_local_ids=True, do_linked_ids=False, do_recursive=True)
+
+    def _normalise(self, objs: list[Any]) -> np.ndarray:
+        """Centre the bounding box at the origin and scale the largest extent to 1.
+
+        Returns the transformed vertices (N x 3), used to place the camera.
+        """
+        bpy.context.view_layer.update()
+        chunks = []
+        for ob in objs:
+            n = len(ob.data.vertices)
+            if n == 0:
+                continue
+            co = np.empty(n * 3, dtype=np.float64)
+            ob.data.vertices.foreach_get("co", co)
+            m = np.array(ob.matrix_world, dtype=np.float64)
+            chunks.append(co.reshape(n, 3) @ m[:3, :3].T + m[:3, 3])
+        if not chunks:
+            raise RuntimeError("no mesh geometry in file")
+        pts = np.concatenate(chunks)
+        if not np.isfinite(pts).all():
+            raise RuntimeError("mesh has non-finite vertex coordinates")
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        extent = float((hi - lo).max())
+        if extent <= 1e-12:
+            raise RuntimeError("mesh is degenerate (zero size)")
+        centre = (lo + hi) / 2
+        fix = Matrix.Scale(1.0 / extent, 4) @ Matrix.Translation(Vector(-centre))
+        new = set(self._new("objects"))
+        for ob in new:
+            if ob.parent is None or ob.parent not in new:
+                ob.matrix_world = fix @ ob.matrix_world
+        return (pts - centre) / extent
+
+    def _prepare_materials(self, objs: list[Any]) -> None:
+        """Make the mesh's own colours (baseColor texture or COLOR_0) show in every engine."""
+        textured = False
+        coloured = False
+        for ob in objs:
+            me = ob.data
+            has_attr = len(me.color_attributes) > 0
+            if has_attr and me.color_attributes.active_color is None:
+                me.color_attributes.active_color_index = 0
+            coloured |= has_attr
+            mats = [m for m in me.materials if m is not None]
+            for mat in mats:
+                if mat.node_tree is None:
+                    continue
+                img = _base_colour_image(mat)
+                if img is not None:
+                    textured = True
+                    # Workbench's texture mode shows the *active* image node; the importer may
+                    # leave the normal or metal-rough map active instead of the base colour.
+                    mat.node_tree.nodes.active = img
+            if has_attr and self.a.engine != "BLENDER_WORKBENCH":
+                _use_vertex_colour(ob, mats)
+        if self.a.engine == "BLENDER_WORKBENCH":
+            self.scene.display.shading.color_type = (
+                "TEXTURE" if textured else "VERTEX" if coloured else "MATERIAL"
+            )
+
+    def cameras_dirs(self) -> list[Vector]:
+        """Unit vectors from the origin toward each camera, in Blender coordinates."""
+        el = math.radians(self.a.elevation)
+        out = []
+        for i in range(self.a.views):
+            az = 2 * math.pi * i / self.a.views
+            # glTF (sin az cos el, sin el, cos az cos el) -> Blender (x, -z, y)
+            out.append(Vector((math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el))))
+        return out
+
+    def _render_views(self, out: str, distance: float) -> float:
+        os.makedirs(out, exist_ok=True)
+        spent = 0.0
+        result = None
+        for name, u in zip(view_names(self.a.views), self.cameras_dirs()):
+            self.camera.matrix_world = look_at(u * distance)
+            t = time.perf_counter()
+            bpy.ops.render.render(write_still=False)
+            spent += time.perf_counter() - t
+            result = result or bpy.data.images.get("Render Result")
+            if result is None:
+                raise RuntimeError("Blender produced no render result")
+            final = os.path.join(out, f"{name}.png")
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp.png", dir=out)
+            os.close(fd)
+            try:
+                # save_render applies the scene's colour management and PNG/RGBA settings,
+                # and, unlike write_still, never expands '#' in the path into frame numbers.
+                result.save_render(filepath=tmp, scene=self.scene)
+                os.replace(tmp, final)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return spent
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text.removeprefix("Error: ").strip() or type(exc).__name__
+
+
+def _base_colour_image(mat: Any) -> Any | None:
+    """The image node feeding the Principled BSDF's Base Color, searched upstream."""
+    nodes = mat.node_tree.nodes
+    bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
+    if bsdf is None:
+        return next((n for n in nodes if n.type == "TEX_IMAGE" and n.image is not None), None)
+    stack = [bsdf.inputs["Base Color"]]
+    seen: set[str] = set()
+    while stack:
+        sock = stack.pop()
+        for link in sock.links:
+            n = link.from_node
+            if n.name in seen:
+                continue
+            seen.add(n.name)
+            if n.type == "TEX_IMAGE" and n.image is not None:
+                return n
+            stack.extend(i for i in n.inputs if i.is_linked)
+    return None
+
+
+def _use_vertex_colour(ob: Any, mats: list[Any]) -> None:
+    """Multiply COLOR_0 into the base colour if the imported material ignores it.
+
+    glTF says COLOR_0 multiplies the base colour; a mesh without any material gets one.
+    """
+    attr = ob.data.color_attributes.active_color or ob.data.color_attributes[0]
+    if not mats:
+        mat = bpy.data.materials.new(f"{ob.name}_vcol")
+        ob.data.materials.append(mat)
+        mats = [mat]
+    for mat in mats:
+        if mat.node_tree is None:
+            mat.use_nodes = True
+        nt = mat.node_tree
+        if any(n.type in ("VERTEX_COLOR", "ATTRIBUTE") for n in nt.nodes):
+            continue
+        bsdf = next((n for n in nt.nodes if n.type == "BSDF_PRINCIPLED"), None)
+        if bsdf is None:
+            continue
+        base = bsdf.inputs["Base Color"]
+        vc = nt.nodes.new("ShaderNodeVertexColor")
+        vc.layer_name = attr.name
+        if base.is_linked:
+            mix = nt.nodes.new("ShaderNodeMix")
+            mix.data_type = "RGBA"
+            mix.blend_type = "MULTIPLY"
+            mix.inputs["Factor"].default_value = 1.0
+            nt.links.new(base.links[0].from_socket, mix.inputs[6])
+            nt.links.new(vc.outputs["Color"], mix.inputs[7])
+            nt.links.new(mix.outputs[2], base)
+        else:
+            colour = tuple(base.default_value)
+            plain = all(abs(c - 1.0) < 1e-3 for c in colour[:3]) or all(abs(c - 0.8) < 1e-3 for c in colour[:3])
+            if plain:  # white (glTF default) or Blender's default grey: the attribute is the colour
+                nt.links.new(vc.outputs["Color"], base)
+            else:
+                mix = nt.nodes.new("ShaderNodeMix")
+                mix.data_type = "RGBA"
+                mix.blend_type = "MULTIPLY"
+                mix.inputs["Factor"].default_value = 1.0
+                mix.inputs[6].default_value = colour
+                nt.links.new(vc.outputs["Color"], mix.inputs[7])
+                nt.links.new(mix.outputs[2], base)
+
+
+def look_at(position: Vector) -> Matrix:
+    """Camera matrix at `position` looking at the origin, Blender +Z up."""
+    forward = -position.normalized()
+    rot = forward.to_track_quat("-Z", "Y")
+    return Matrix.Translation(position) @ rot.to_matrix().to_4x4()
+
+
+def camera_distance(points: np.ndarray, dirs: list[Vector], fov_deg: float) -> float:
+    """Smallest distance at which every point fits every view with MARGIN on each side.
+
+    One distance for all views, so that the object keeps its size from view to view.
+    For a camera at d*u looking at the origin, a point p projects to
+    (p.right, p.up) / (d - p.u); it stays inside the frame shrunk by the margin when
+    d >= p.u + max(|p.right|, |p.up|) / t, with t = (1 - 2*MARGIN) * tan(fov/2).
+    """
+    t = (1.0 - 2.0 * MARGIN) * math.tan(math.radians(fov_deg) / 2)
+    pts = points.astype(np.float32, copy=False)
+    best = 0.0
+    for u in dirs:
+        uu = np.array(u, dtype=np.float64)
+        right = np.cross(-uu, (0.0, 0.0, 1.0))
+        if np.linalg.norm(right) < 1e-6:  # looking straight down: any right vector will do
+            right = np.array((1.0, 0.0, 0.0))
+        right /= np.linalg.norm(right)
+        up = np.cross(right, -uu)
+        proj = pts @ np.stack([uu, right, up]).T.astype(np.float32)
+        need = proj[:, 0] + np.maximum(np.abs(proj[:, 1]), np.abs(proj[:, 2])) / t
+        best = max(best, float(need.max()))
+    return max(best, 0.05)
+
+
+# --------------------------------------------------------------------------- main
+
+def _write_report(path: str, results: list[dict[str, Any]]) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp.json", dir=d)
+    with os.fdopen(fd, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    a = parse_args(argv)
+    if a.jobs:
+        try:
+            with open(a.jobs) as f:
+                jobs = [(str(j["mesh"]), str(j["out"])) for j in json.load(f)]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"render_views: {a.jobs}: cannot read job list: {_one_line(exc)}", file=sys.stderr)
+            return 2
+    else:
+        jobs = [(a.mesh, a.out)]
+        if not os.path.isfile(a.mesh):  # fail before paying for Blender's scene set-up
+            print(f"render_views: {a.mesh}: mesh file not found", file=sys.stderr)
+            return 1
+
+    t = time.perf_counter()
+    renderer = Renderer(a)
+    startup = time.perf_counter() - _T0
+    print(f"render_views: startup_seconds={startup:.3f} (scene setup {time.perf_counter() - t:.3f}) "
+          f"engine={a.engine} resolution={a.resolution} views={a.views}", flush=True)
+
+    results: list[dict[str, Any]] = []
+    for mesh, out in jobs:
+        t = time.perf_counter()
+        rec: dict[str, Any] = {"mesh": mesh, "out": out, "ok": True, "error": None}
+        try:
+            rec.update(renderer.run(mesh, out))
+        except Exception as exc:  # one bad asset must not stop the batch
+            rec["ok"] = False
+            rec["error"] = _one_line(exc)
+        rec["seconds"] = round(time.perf_counter() - t, 4)
+        for k in ("import_seconds", "render_seconds"):
+            if k in rec:
+                rec[k] = round(rec[k], 4)
+        results.append(rec)
+        status = "ok" if rec["ok"] else f"FAILED: {rec['error']}"
+        print(f"render_views: {mesh}: {rec['seconds']:.3f} s "
+              f"(render {rec.get('render_seconds', 0.0):.3f} s) {status}", flush=True)
+        if not rec["ok"]:
+            print(f"render_views: {mesh}: {rec['error']}", file=sys.stderr, flush=True)
+
+    if a.report:
+        _write_report(a.report, results)
+    print(f"render_views: total_seconds={time.perf_counter() - _T0:.3f}", flush=True)
+    if not results:
+        return 0
+    return 0 if any(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(script_argv()))

@@ -1,0 +1,219 @@
+"""Render stage: N turntable views per mesh with Blender, many assets per Blender start-up.
+
+The rendering itself lives in `blender/render_views.py`, which runs either in
+this Python (the `bpy` module) or in a `blender` binary; this module only
+writes its job list, runs it in a subprocess and reads its report back, so a
+crash inside Blender never takes the caller down.
+
+`python -m dam3d.render --bench` times start-up and per-asset cost of an engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCRIPT = Path(__file__).resolve().parent.parent / "blender" / "render_views.py"
+ENGINES = ("BLENDER_WORKBENCH", "BLENDER_EEVEE", "CYCLES")
+
+
+def VIEW_NAMES(views: int) -> list[str]:  # noqa: N802 - a constant-like table, named as in the design
+    """File stems of the views, `az000`, `az045`, ... (same rule as render_views.view_names)."""
+    return [f"az{round(i * 360 / views) % 360:03d}" for i in range(views)]
+
+
+@dataclass
+class BatchRun:
+    """What one Blender process did: per-job records from its report, plus timings."""
+
+    records: list[dict[str, Any]]
+    wall_seconds: float
+    startup_seconds: float | None  # as measured inside Blender (import bpy + scene setup)
+    returncode: int
+    output: str = field(repr=False)  # stdout + stderr, for logs
+
+
+def run_batch(
+    jobs: list[tuple[Path, Path]],
+    *,
+    views: int = 8,
+    elevation: float = 15.0,
+    resolution: int = 256,
+    engine: str = "BLENDER_WORKBENCH",
+    device: str = "CPU",
+    samples: int = 16,
+    fov: float = 30.0,
+    aa: int = 4,
+    blender: str | None = None,
+    timeout: float | None = None,
+) -> BatchRun:
+    """Run render_views.py once for all `jobs` ((mesh, out_dir) pairs)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    with tempfile.TemporaryDirectory(prefix="dam3d-render-") as tmp:
+        jobs_file = Path(tmp) / "jobs.json"
+        report = Path(tmp) / "report.json"
+        jobs_file.write_text(json.dumps([{"mesh": str(m), "out": str(o)} for m, o in jobs]))
+        args = [
+            "--jobs", str(jobs_file), "--report", str(report),
+            "--views", str(views), "--elevation", str(elevation), "--resolution", str(resolution),
+            "--engine", engine, "--device", device, "--samples", str(samples), "--fov", str(fov),
+            "--aa", str(aa),
+        ]
+        if blender is None:
+            cmd = [sys.executable, str(SCRIPT), "--", *args]
+        else:
+            # --python-exit-code: an uncaught exception in the script must not look like success.
+            cmd = [blender, "-b", "--factory-startup", "--python-exit-code", "1", "-P", str(SCRIPT), "--", *args]
+        t = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+            output, rc = proc.stdout + proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired as exc:
+            output, rc = _text(exc.stdout) + _text(exc.stderr) + f"\ntimed out after {timeout} s", -9
+        wall = time.perf_counter() - t
+        records = json.loads(report.read_text()) if report.exists() else []
+    m = re.search(r"startup_seconds=([0-9.]+)", output)
+    return BatchRun(records, wall, float(m.group(1)) if m else None, rc, output)
+
+
+def render_assets(
+    jobs: list[tuple[Path, Path]],
+    *,
+    views: int = 8,
+    elevation: float = 15.0,
+    resolution: int = 256,
+    engine: str = "BLENDER_WORKBENCH",
+    device: str = "CPU",
+    samples: int = 16,
+    fov: float = 30.0,
+    aa: int = 4,
+    blender: str | None = None,
+    timeout: float | None = None,
+) -> dict[Path, str | None]:
+    """Render every (mesh, out_dir) job; map each out_dir to None (done) or the error.
+
+    Writes out_dir/az000.png ... (RGBA, transparent background), one Blender process
+    for the whole list.  A crash of that process is reported against every job
+    it did not finish, never raised.
+    """
+    if not jobs:
+        return {}
+    run = run_batch(
+        jobs, views=views, elevation=elevation, resolution=resolution, engine=engine, device=device,
+        samples=samples, fov=fov, aa=aa, blender=blender, timeout=timeout,
+    )
+    done = {Path(r["out"]): r for r in run.records}
+    names = VIEW_NAMES(views)
+    result: dict[Path, str | None] = {}
+    for _, out in jobs:
+        rec = done.get(Path(out))
+        if rec is None:
+            result[Path(out)] = f"renderer exited with code {run.returncode} before this asset: {_tail(run.output)}"
+        elif not rec["ok"]:
+            result[Path(out)] = str(rec["error"])
+        else:
+            missing = [n for n in names if not (Path(out) / f"{n}.png").is_file()]
+            result[Path(out)] = f"renderer wrote no {missing[0]}.png" if missing else None
+    return result
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data if isinstance(data, str) else data.decode("utf-8", "replace")
+
+
+def _tail(output: str) -> str:
+    """The last meaningful line of Blender's output (its EGL chatter is noise)."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip() and not ln.startswith("EGL Error")]
+    return lines[-1] if lines else "no output"
+
+
+# --------------------------------------------------------------------------- benchmark
+
+def bench_meshes(folder: Path, n: int) -> list[Path]:
+    """`n` small GLBs: trimesh primitives with vertex colours, the last one textured."""
+    import numpy as np
+    import trimesh
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    makers = [
+        lambda: trimesh.creation.box(extents=(1.0, 0.6, 0.4)),
+        lambda: trimesh.creation.icosphere(subdivisions=3, radius=0.5),
+        lambda: trimesh.creation.cylinder(radius=0.3, height=1.0, sections=48),
+        lambda: trimesh.creation.capsule(height=0.8, radius=0.25),
+        lambda: trimesh.creation.annulus(r_min=0.2, r_max=0.5, height=0.3, sections=48),
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        mesh = makers[i % len(makers)]()
+        if i == n - 1:
+            uv = rng.random((len(mesh.vertices), 2))
+            check = ((np.indices((128, 128)) // 16).sum(0) % 2 * 200 + 30).astype(np.uint8)
+            tex = Image.fromarray(np.stack([check, 255 - check, np.full_like(check, 90)], -1))
+            mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=tex)
+        else:
+            mesh.visual.vertex_colors = rng.integers(40, 255, (len(mesh.vertices), 4), dtype=np.uint8) | np.array(
+                [0, 0, 0, 255], dtype=np.uint8
+            )
+        path = folder / f"bench{i:03d}.glb"
+        mesh.export(path)
+        paths.append(path)
+    return paths
+
+
+def bench(engine: str, resolution: int, assets: int, samples: int, aa: int, blender: str | None) -> int:
+    """Render `assets` test meshes once and print start-up, per-asset and overhead figures."""
+    with tempfile.TemporaryDirectory(prefix="dam3d-bench-") as tmp:
+        meshes = bench_meshes(Path(tmp) / "meshes", assets)
+        jobs = [(m, Path(tmp) / "views" / m.stem) for m in meshes]
+        run = run_batch(jobs, engine=engine, resolution=resolution, samples=samples, aa=aa, blender=blender)
+    ok = [r for r in run.records if r["ok"]]
+    if not ok:
+        print(f"bench: no asset rendered (exit {run.returncode}): {_tail(run.output)}", file=sys.stderr)
+        return 1
+    job_s = sum(r["seconds"] for r in run.records)
+    render_s = sum(r.get("render_seconds", 0.0) for r in run.records)
+    per_asset = sum(r["seconds"] for r in ok) / len(ok)
+    # Start-up as the caller pays it: process launch + import bpy + scene setup.
+    startup = run.wall_seconds - job_s
+    print(f"engine={engine} resolution={resolution} views=8 assets={assets} ok={len(ok)} "
+          f"samples={samples if engine == 'CYCLES' else aa}")
+    print(f"start-up seconds:              {startup:.3f} (inside Blender: {run.startup_seconds})")
+    print(f"seconds per asset (8 views):   {per_asset:.3f} (first {run.records[0]['seconds']:.3f})")
+    print(f"one asset incl. start-up:      {startup + run.records[0]['seconds']:.3f}")
+    print(f"total wall seconds:            {run.wall_seconds:.3f}")
+    print(f"share of time outside render:  {1.0 - render_s / run.wall_seconds:.1%}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dam3d.render", description="Render-stage tools.")
+    p.add_argument("--bench", action="store_true", help="time the renderer on generated test meshes")
+    p.add_argument("--engine", choices=ENGINES, default="BLENDER_WORKBENCH")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--assets", type=int, default=5)
+    p.add_argument("--samples", type=int, default=16, help="Cycles samples")
+    p.add_argument("--aa", type=int, default=4, help="Workbench/EEVEE anti-aliasing samples")
+    p.add_argument("--blender", default=None, help="a blender binary instead of the bpy module")
+    a = p.parse_args(argv)
+    if not a.bench:
+        p.error("nothing to do: pass --bench")
+    if a.assets < 1:
+        p.error("--assets must be >= 1")
+    return bench(a.engine, a.resolution, a.assets, a.samples, a.aa, a.blender)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

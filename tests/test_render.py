@@ -1,0 +1,199 @@
+"""Render stage (real Blender renders through the bpy module) and contact sheets.
+
+Workbench renders headless through Mesa's EGL (Debian: libegl1 libegl-mesa0
+libgl1-mesa-dri); the `egl` fixture fails, never skips, with that message when
+they are missing, so CI cannot pass without really rendering.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import glob
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+from dam3d.contact import FAILED_GREY, GAP, LABEL_HEIGHT, asset_sheet, run_sheet
+from dam3d.render import SCRIPT, VIEW_NAMES, render_assets
+
+RES = 96
+# Face colours of the test box, by outward normal in the glTF frame (+Y up, front +Z).
+FACES = {
+    (1, 0, 0): (255, 0, 0),  # +X red
+    (-1, 0, 0): (0, 255, 255),  # -X cyan
+    (0, 1, 0): (0, 255, 0),  # +Y (top) green
+    (0, -1, 0): (255, 0, 255),  # -Y magenta
+    (0, 0, 1): (0, 0, 255),  # +Z (front) blue
+    (0, 0, -1): (255, 255, 0),  # -Z (back) yellow
+}
+
+
+def colour_box(path: Path) -> Path:
+    """A box with one flat colour per side, as COLOR_0 (unmerged vertices keep faces crisp)."""
+    box = trimesh.creation.box(extents=(1.0, 0.8, 0.9))
+    box.unmerge_vertices()
+    colours = [FACES[tuple(int(v) for v in np.round(n))] + (255,) for n in box.face_normals]
+    box.visual.face_colors = np.array(colours, dtype=np.uint8)
+    box.export(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def egl() -> None:
+    """Workbench needs an OpenGL context; headless that means EGL with Mesa's driver."""
+    missing = []
+    if ctypes.util.find_library("EGL") is None:
+        missing.append("libEGL (libegl1)")
+    if not glob.glob("/usr/share/glvnd/egl_vendor.d/*mesa*.json"):
+        missing.append("Mesa's EGL vendor (libegl-mesa0)")
+    if not glob.glob("/usr/lib/*/dri/swrast_dri.so") and not glob.glob("/usr/lib/*/dri/*llvmpipe*"):
+        missing.append("Mesa's software driver (libgl1-mesa-dri)")
+    if missing:
+        pytest.fail("EGL MISSING: Workbench cannot render headless without " + ", ".join(missing)
+                    + ": apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory, egl: None) -> dict:
+    """One Blender process: a good box, a missing mesh, a corrupt one, the box again."""
+    tmp = tmp_path_factory.mktemp("render")
+    box = colour_box(tmp / "box.glb")
+    corrupt = tmp / "corrupt.glb"
+    corrupt.write_bytes(box.read_bytes()[: 60])  # a truncated GLB: header fine, JSON cut off
+    jobs = [
+        (box, tmp / "out" / "box"),
+        (tmp / "nowhere.glb", tmp / "out" / "missing"),
+        (corrupt, tmp / "out" / "corrupt"),
+        (box, tmp / "out" / "box2"),
+    ]
+    errors = render_assets(jobs, resolution=RES, engine="BLENDER_WORKBENCH")
+    return {"tmp": tmp, "box": box, "jobs": jobs, "errors": errors}
+
+
+def rgba(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        assert im.mode == "RGBA"
+        return np.asarray(im)
+
+
+def test_view_names() -> None:
+    assert VIEW_NAMES(8) == ["az000", "az045", "az090", "az135", "az180", "az225", "az270", "az315"]
+    assert VIEW_NAMES(4) == ["az000", "az090", "az180", "az270"]
+    assert SCRIPT.is_file()
+
+
+def test_views_are_rgba_cutouts(batch: dict) -> None:
+    out = batch["tmp"] / "out" / "box"
+    assert batch["errors"][out] is None
+    assert sorted(p.name for p in out.iterdir()) == [f"{n}.png" for n in VIEW_NAMES(8)]  # no temp files left
+    for name in VIEW_NAMES(8):
+        px = rgba(out / f"{name}.png")
+        assert px.shape == (RES, RES, 4)
+        assert all(px[y, x, 3] == 0 for y in (0, -1) for x in (0, -1)), f"{name}: corners not transparent"
+        assert px[RES // 2, RES // 2, 3] == 255, f"{name}: centre not opaque"
+        # Framed like a catalogue cutout: the object neither clipped nor tiny.
+        ys, xs = np.nonzero(px[..., 3])
+        assert ys.min() > 0 and xs.min() > 0 and ys.max() < RES - 1 and xs.max() < RES - 1
+        assert max(ys.max() - ys.min(), xs.max() - xs.min()) > 0.5 * RES
+
+
+@pytest.mark.parametrize(
+    ("view", "face"),
+    [("az000", (0, 0, 1)), ("az090", (1, 0, 0)), ("az180", (0, 0, -1)), ("az270", (-1, 0, 0))],
+)
+def test_frame_convention(batch: dict, view: str, face: tuple[int, int, int]) -> None:
+    """az000 looks at the glTF +Z (front) face, az090 at +X: azimuth turns toward +X."""
+    px = rgba(batch["tmp"] / "out" / "box" / f"{view}.png")
+    c = RES // 2
+    patch = px[c - 3 : c + 4, c - 3 : c + 4, :3].reshape(-1, 3).astype(float)
+    seen = np.median(patch, axis=0)
+    want = np.array(FACES[face], dtype=float)
+    # Lit colour: same hue, brightness may differ; on/off channels must be clearly apart.
+    on, off = seen[want > 0], seen[want == 0]
+    assert on.min() > 120 and (off.size == 0 or off.max() < 60), f"{view}: saw {seen}, want {want}"
+    # The top (+Y, green) shows above the front at 15 degrees elevation.
+    col = px[:, c, :]
+    top = col[col[:, 3] == 255][:3, :3].astype(float).mean(axis=0)
+    assert top[1] > 120 and top[0] < 60 and top[2] < 60, f"{view}: top face {top}"
+
+
+def test_deterministic(batch: dict, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    assert render_assets([(batch["box"], again)], resolution=RES) == {again: None}
+    for name in VIEW_NAMES(8):
+        a = rgba(batch["tmp"] / "out" / "box" / f"{name}.png")
+        assert np.array_equal(a, rgba(again / f"{name}.png")), f"{name} differs between runs"
+        # Same within one process too (state reset between jobs).
+        assert np.array_equal(a, rgba(batch["tmp"] / "out" / "box2" / f"{name}.png")), f"{name} differs in batch"
+
+
+def test_bad_mesh_fails_alone(batch: dict) -> None:
+    errors = batch["errors"]
+    out = batch["tmp"] / "out"
+    assert errors[out / "box"] is None and errors[out / "box2"] is None
+    assert "not found" in errors[out / "missing"]
+    assert errors[out / "corrupt"] and "import" in errors[out / "corrupt"]
+    assert not (out / "missing").exists() or not any((out / "missing").iterdir())
+    assert not any((out / "corrupt").glob("*.png"))
+
+
+def test_cli_missing_mesh_exits_nonzero(tmp_path: Path) -> None:
+    mesh = tmp_path / "gone.glb"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--", "--mesh", str(mesh), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if str(mesh) in ln]
+    assert len(lines) == 1 and "not found" in lines[0], proc.stderr
+
+
+# --------------------------------------------------------------------------- contact sheets
+
+def _png(path: Path, colour: tuple[int, int, int, int], size: tuple[int, int] = (64, 64)) -> Path:
+    Image.new("RGBA", size, colour).save(path)
+    return path
+
+
+def test_asset_sheet_marks_missing_views(tmp_path: Path) -> None:
+    cutout = _png(tmp_path / "cutout.png", (200, 0, 0, 255), (80, 60))
+    views = [_png(tmp_path / f"{n}.png", (0, 0, 200, 0)) for n in VIEW_NAMES(8)]  # fully transparent
+    views[3].unlink()  # missing
+    views[5].write_bytes(b"")  # failed asset's placeholder
+    out = tmp_path / "sheet.png"
+    asset_sheet(cutout, views, out, background=(250, 250, 240), label="SKU-1")
+    with Image.open(out) as im:
+        assert im.mode == "RGB"
+        tile = (im.width - 10 * GAP) // 9
+        assert im.size == (9 * tile + 10 * GAP, LABEL_HEIGHT + tile + GAP)
+        px = np.asarray(im)
+
+    def at(i: int, fx: float, fy: float) -> tuple[int, ...]:
+        return tuple(px[LABEL_HEIGHT + int(fy * tile), GAP + i * (tile + GAP) + int(fx * tile)])
+
+    assert at(0, 0.5, 0.5) == (200, 0, 0)  # cutout
+    assert at(1, 0.5, 0.5) == (250, 250, 240)  # transparent view shows the background
+    assert at(4, 0.5, 0.15) == FAILED_GREY  # view 3: missing
+    assert at(6, 0.5, 0.15) == FAILED_GREY  # view 5: 0 bytes
+    assert at(4, 0.5, 0.5) != FAILED_GREY or at(4, 0.02, 0.02) != FAILED_GREY  # the X / text is drawn
+
+
+def test_run_sheet_stacks_and_caps(tmp_path: Path) -> None:
+    sheets = [_png(tmp_path / f"s{i}.png", (i * 40, 100, 100, 255), (300, 40)) for i in range(3)]
+    missing = tmp_path / "gone.png"
+    out = tmp_path / "run.png"
+    run_sheet([*sheets, missing], out)
+    with Image.open(out) as im:
+        assert im.size == (300, 160)
+        assert im.getpixel((150, 60)) == (40, 100, 100)
+        assert im.getpixel((150, 125)) == FAILED_GREY
+    many = [sheets[i % 3] for i in range(250)]
+    run_sheet(many, out, max_pixels=400_000)
+    with Image.open(out) as im:
+        assert im.width * im.height <= 400_000
+        assert im.width > 300 and im.height < 250 * 40  # a grid of thumbnails, not a 10,000 px strip

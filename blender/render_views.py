@@ -65,6 +65,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--aa", type=int, default=4,
                    help="anti-aliasing samples for EEVEE; Workbench rounds up to 5/8/11/16/32 (1: off)")
     p.add_argument("--fov", type=float, default=30.0, help="camera field of view, degrees")
+    p.add_argument("--vertex-colors", choices=("srgb", "linear"), default="srgb",
+                   help="how to read COLOR_0: srgb (what trimesh writes) or linear (the glTF spec)")
     a = p.parse_args(argv)
     if a.mesh and not a.out:
         p.error("--mesh needs --out")
@@ -344,6 +346,8 @@ class Renderer:
             has_attr = len(me.color_attributes) > 0
             if has_attr and me.color_attributes.active_color is None:
                 me.color_attributes.active_color_index = 0
+            if has_attr and self.a.vertex_colors == "srgb":
+                _reinterpret_as_srgb(me)
             coloured |= has_attr
             mats = [m for m in me.materials if m is not None]
             for mat in mats:
@@ -422,6 +426,22 @@ def _base_colour_image(mat: Any) -> Any | None:
                 return n
             stack.extend(i for i in n.inputs if i.is_linked)
     return None
+
+
+def _reinterpret_as_srgb(me: Any) -> None:
+    """Read the file's COLOR_0 values as sRGB instead of linear.
+
+    glTF defines COLOR_0 as linear, and Blender's importer follows that; but trimesh
+    (and with it our inflate mesh backend) stores the photo's 8-bit sRGB values there.
+    Read as linear they come out washed out (sRGB 40 renders as 110).
+    """
+    for attr in me.color_attributes:
+        n = len(attr.data)
+        if n == 0:
+            continue
+        buf = np.empty(n * 4, dtype=np.float32)
+        attr.data.foreach_get("color", buf)  # the value as written in the file
+        attr.data.foreach_set("color_srgb", buf)  # ... now taken as sRGB
 
 
 def _use_vertex_colour(ob: Any, mats: list[Any]) -> None:

@@ -52,6 +52,7 @@ def run_batch(
     samples: int = 16,
     fov: float = 30.0,
     aa: int = 4,
+    vertex_colors: str = "srgb",
     blender: str | None = None,
     timeout: float | None = None,
 ) -> BatchRun:
@@ -66,7 +67,7 @@ def run_batch(
             "--jobs", str(jobs_file), "--report", str(report),
             "--views", str(views), "--elevation", str(elevation), "--resolution", str(resolution),
             "--engine", engine, "--device", device, "--samples", str(samples), "--fov", str(fov),
-            "--aa", str(aa),
+            "--aa", str(aa), "--vertex-colors", vertex_colors,
         ]
         if blender is None:
             cmd = [sys.executable, str(SCRIPT), "--", *args]
@@ -96,6 +97,7 @@ def render_assets(
     samples: int = 16,
     fov: float = 30.0,
     aa: int = 4,
+    vertex_colors: str = "srgb",
     blender: str | None = None,
     timeout: float | None = None,
 ) -> dict[Path, str | None]:
@@ -103,13 +105,14 @@ def render_assets(
 
     Writes out_dir/az000.png ... (RGBA, transparent background), one Blender process
     for the whole list.  A crash of that process is reported against every job
-    it did not finish, never raised.
+    it did not finish, never raised.  `aa`: Workbench/EEVEE anti-aliasing samples;
+    `vertex_colors`: read COLOR_0 as "srgb" (what trimesh writes) or "linear" (glTF).
     """
     if not jobs:
         return {}
     run = run_batch(
         jobs, views=views, elevation=elevation, resolution=resolution, engine=engine, device=device,
-        samples=samples, fov=fov, aa=aa, blender=blender, timeout=timeout,
+        samples=samples, fov=fov, aa=aa, vertex_colors=vertex_colors, blender=blender, timeout=timeout,
     )
     done = {Path(r["out"]): r for r in run.records}
     names = VIEW_NAMES(views)

@@ -23,13 +23,15 @@ from dam3d.render import SCRIPT, VIEW_NAMES, render_assets
 
 RES = 96
 # Face colours of the test box, by outward normal in the glTF frame (+Y up, front +Z).
+# Mid-tones, not 0/255: a renderer that read COLOR_0's sRGB bytes as linear would wash
+# the 40s out to ~110 and fail the colour checks.
 FACES = {
-    (1, 0, 0): (255, 0, 0),  # +X red
-    (-1, 0, 0): (0, 255, 255),  # -X cyan
-    (0, 1, 0): (0, 255, 0),  # +Y (top) green
-    (0, -1, 0): (255, 0, 255),  # -Y magenta
-    (0, 0, 1): (0, 0, 255),  # +Z (front) blue
-    (0, 0, -1): (255, 255, 0),  # -Z (back) yellow
+    (1, 0, 0): (200, 40, 40),  # +X red
+    (-1, 0, 0): (40, 200, 200),  # -X cyan
+    (0, 1, 0): (40, 200, 40),  # +Y (top) green
+    (0, -1, 0): (200, 40, 200),  # -Y magenta
+    (0, 0, 1): (40, 40, 200),  # +Z (front) blue
+    (0, 0, -1): (200, 200, 40),  # -Z (back) yellow
 }
 
 
@@ -113,13 +115,12 @@ def test_frame_convention(batch: dict, view: str, face: tuple[int, int, int]) ->
     patch = px[c - 3 : c + 4, c - 3 : c + 4, :3].reshape(-1, 3).astype(float)
     seen = np.median(patch, axis=0)
     want = np.array(FACES[face], dtype=float)
-    # Lit colour: same hue, brightness may differ; on/off channels must be clearly apart.
-    on, off = seen[want > 0], seen[want == 0]
-    assert on.min() > 120 and (off.size == 0 or off.max() < 60), f"{view}: saw {seen}, want {want}"
+    # Even studio light: a face seen head-on keeps close to its own colour.
+    assert np.abs(seen - want).max() < 40, f"{view}: saw {seen}, want {want}"
     # The top (+Y, green) shows above the front at 15 degrees elevation.
     col = px[:, c, :]
     top = col[col[:, 3] == 255][:3, :3].astype(float).mean(axis=0)
-    assert top[1] > 120 and top[0] < 60 and top[2] < 60, f"{view}: top face {top}"
+    assert top[1] > 120 and top[0] < 70 and top[2] < 70, f"{view}: top face {top}"
 
 
 def test_deterministic(batch: dict, tmp_path: Path) -> None:

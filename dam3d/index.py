@@ -67,6 +67,8 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
     mean3d = np.where(ok[..., None], v3, 0.0).sum(axis=1) / counts
     mean3d = np.where(ok.any(axis=1, keepdims=True), mean3d, v2)
     fused = _normalise(v2 + _normalise(mean3d))
+    if v3.shape[1] == 0:  # a 2D-only index (render.views: 0): every fusion is the 2D one
+        v3 = v2[:, None, :]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "assets.parquet") as tmp:

@@ -8,10 +8,11 @@ failure on instead of crashing. The index skips such assets and lists them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from dam3d.atomic import write_text
@@ -47,32 +48,69 @@ def run_asset_stage(
     work: Callable[[], None],
     requires: Iterable[str | Path] = (),
     retries: int = 1,
+    log: str | Path | None = None,
 ) -> bool:
-    """Run `work` for one asset; on failure record it and leave placeholders. True if it succeeded."""
+    """Run `work` for one asset; on failure record it and leave placeholders. True if it succeeded.
+
+    The job's own chatter goes to `log`; a failure is also told on the terminal.
+    """
+    with _logging_to(log):
+        ok, reason = _run(stage, asset, results, outputs, work, requires, retries)
+    if not ok:
+        print(f"dam3d: FAILED {asset}: {stage}: {reason}", file=sys.stderr)
+    return ok
+
+
+@contextlib.contextmanager
+def _logging_to(log: str | Path | None) -> Iterator[None]:
+    if log is None:
+        yield
+        return
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w", encoding="utf-8") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        yield
+
+
+def _run(
+    stage: str,
+    asset: str,
+    results: str | Path,
+    outputs: Iterable[str | Path],
+    work: Callable[[], None],
+    requires: Iterable[str | Path],
+    retries: int,
+) -> tuple[bool, str | None]:
     outputs = [Path(p) for p in outputs]
     record = failure_path(results, stage, asset)
     failed_inputs = [str(p) for p in requires if is_placeholder(p)]
     reason = None
     if failed_inputs:
+        # The earlier stage holds the failure record with the real reason; only pass the placeholder on.
         reason = f"an earlier stage failed for this asset (placeholder {failed_inputs[0]})"
-    else:
-        for attempt in range(retries + 1):
-            try:
-                work()
-                record.unlink(missing_ok=True)
-                return True
-            except AssetError as exc:
-                reason = exc.reason
-                break
-            except Exception as exc:  # noqa: BLE001 - anything else is retried, then recorded
-                reason = f"{type(exc).__name__}: {exc}"
-                if attempt < retries:
-                    print(f"dam3d: {asset}: {stage}: attempt {attempt + 1} failed ({reason}); retrying", file=sys.stderr)
-                else:
-                    traceback.print_exc()
-    print(f"dam3d: FAILED {asset}: {stage}: {reason}", file=sys.stderr)
+        record.unlink(missing_ok=True)
+        _placeholders(outputs)
+        return False, reason
+    for attempt in range(retries + 1):
+        try:
+            work()
+            record.unlink(missing_ok=True)
+            return True, None
+        except AssetError as exc:
+            reason = exc.reason
+            break
+        except Exception as exc:  # noqa: BLE001 - anything else is retried, then recorded
+            reason = f"{type(exc).__name__}: {exc}"
+            if attempt < retries:
+                print(f"dam3d: {asset}: {stage}: attempt {attempt + 1} failed ({reason}); retrying", file=sys.stderr)
+            else:
+                traceback.print_exc()
+    print(f"dam3d: FAILED {asset}: {stage}: {reason}", file=sys.stderr)  # into the log
     write_text(record, json.dumps({"asset": asset, "stage": stage, "reason": reason}) + "\n")
+    _placeholders(outputs)
+    return False, reason
+
+
+def _placeholders(outputs: list[Path]) -> None:
     for path in outputs:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
-    return False

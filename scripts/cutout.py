@@ -10,6 +10,7 @@ run_asset_stage(
     results=smk.config["results"],
     outputs=smk.output,
     retries=smk.config["retries"],
+    log=smk.log[0],
     work=lambda: make_cutout(
         smk.wildcards.asset,
         smk.input[0],

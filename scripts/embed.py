@@ -13,6 +13,7 @@ run_asset_stage(
     outputs=smk.output,
     requires=[smk.input.cutout],
     retries=smk.config["retries"],
+    log=smk.log[0],
     work=lambda: embed_asset(
         smk.wildcards.asset,
         Path(smk.input.cutout),

@@ -29,10 +29,11 @@ manifest = build_index(
     },
 )
 counts = manifest["counts"]
-print(
+summary = [
     f"dam3d: index {out_dir}: {counts['indexed']}/{counts['assets']} assets, "
-    f"{counts['with_views']} with views, {counts['failed']} failed",
-    file=sys.stderr,
-)
-for failure in failures:
-    print(f"dam3d: failed {failure['asset']} at {failure['stage']}: {failure['reason']}", file=sys.stderr)
+    f"{counts['with_views']} with views, {counts['failed']} failed"
+]
+summary += [f"dam3d: failed {f['asset']} at {f['stage']}: {f['reason']}" for f in failures]
+Path(smk.log[0]).parent.mkdir(parents=True, exist_ok=True)
+Path(smk.log[0]).write_text("\n".join(summary) + "\n")
+print("\n".join(summary), file=sys.stderr)

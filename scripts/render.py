@@ -39,5 +39,6 @@ run_asset_stage(
     outputs=smk.output,
     requires=smk.input,
     retries=smk.config["retries"],
+    log=smk.log[0],
     work=render,
 )

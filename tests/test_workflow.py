@@ -42,16 +42,17 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path, config: dict, 
     product_photo("red-vase").save(tmp_path / "cat" / "A.jpg")
     result = snakemake(tmp_path, "-n", config={"catalogue": str(tmp_path / "cat"), **config})
     assert result.returncode != 0
-    assert message in result.stderr
+    assert message in result.stdout + result.stderr
 
 
 def test_missing_catalogue_is_reported(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "-n", config={"catalogue": str(tmp_path / "nowhere")})
-    assert result.returncode != 0 and "catalogue not found" in result.stderr
+    assert result.returncode != 0 and "catalogue not found" in result.stdout + result.stderr
 
 
 def test_lint_is_clean(tmp_path: Path) -> None:
-    result = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO)
+    product_photo("red-vase").save(tmp_path / "A.jpg")
+    result = subprocess.run([*SNAKEMAKE, "--lint", "--config", f"catalogue={tmp_path}"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Lints for" not in result.stdout + result.stderr, result.stdout + result.stderr
 

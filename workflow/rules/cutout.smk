@@ -11,6 +11,8 @@ rule cutout:
         max_pixels=config["cutout"]["max_pixels"],
     resources:
         gpu=1 if CUTOUT_BACKEND == "rmbg" else 0,
+    log:
+        f"{RESULTS}/logs/cutout/{{asset}}.log",
     conda:
         "../../envs/rmbg.yaml"
     script:

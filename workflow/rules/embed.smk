@@ -10,6 +10,8 @@ rule embed:
         batch_size=config["embed"]["batch_size"],
     resources:
         gpu=lambda wildcards: int(EMBED_MODELS[wildcards.model].backend == "vit"),
+    log:
+        f"{RESULTS}/logs/embed/{{model}}/{{asset}}.log",
     conda:
         "../../envs/embed.yaml"
     script:

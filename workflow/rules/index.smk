@@ -12,6 +12,8 @@ rule index:
             "mesh": config["mesh"]["backend"] if VIEWS else None,
             "render_engine": config["render"]["engine"] if VIEWS else None,
         },
+    log:
+        f"{RESULTS}/logs/index/{{model}}.log",
     conda:
         "../../envs/embed.yaml"
     script:

@@ -10,6 +10,8 @@ rule mesh:
         settings=config["mesh"].get(config["mesh"]["backend"], {}),
     resources:
         gpu=1 if config["mesh"]["backend"] == "trellis" else 0,
+    log:
+        f"{RESULTS}/logs/mesh/{{asset}}.log",
     conda:
         "../../envs/trellis.yaml" if config["mesh"]["backend"] == "trellis" else "../../envs/blender.yaml"
     script:

@@ -11,6 +11,8 @@ rule render:
     # Renders are short: on a cluster, batch several assets into one job.
     group:
         "render"
+    log:
+        f"{RESULTS}/logs/render/{{asset}}.log",
     conda:
         "../../envs/blender.yaml"
     script:
@@ -26,6 +28,8 @@ rule contact_asset:
     params:
         background=BACKGROUND,
         sku=lambda wildcards: ASSETS[wildcards.asset].sku,
+    log:
+        f"{RESULTS}/logs/contact/{{asset}}.log",
     conda:
         "../../envs/embed.yaml"
     script:
@@ -37,6 +41,8 @@ rule contact_sheet:
         [f"{RESULTS}/contact/{asset}.png" for asset in ASSETS],
     output:
         f"{RESULTS}/contact_sheet.png",
+    log:
+        f"{RESULTS}/logs/contact_sheet.log",
     conda:
         "../../envs/embed.yaml"
     script:

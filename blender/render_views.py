@@ -129,6 +129,10 @@ class Renderer:
         r.film_transparent = True
         r.use_compositing = False
         r.use_sequencer = False
+        # No date/time/render-time metadata in the PNGs: same mesh and settings, same bytes.
+        for prop in r.bl_rna.properties:
+            if prop.identifier.startswith("use_stamp") and not prop.is_readonly:
+                setattr(r, prop.identifier, False)
         r.use_persistent_data = True  # Cycles keeps its BVH/shaders between the views of a job
         im = r.image_settings
         im.file_format = "PNG"
@@ -395,11 +399,29 @@ class Renderer:
                 # save_render applies the scene's colour management and PNG/RGBA settings,
                 # and, unlike write_still, never expands '#' in the path into frame numbers.
                 result.save_render(filepath=tmp, scene=self.scene)
+                _strip_png_text(tmp)
                 os.replace(tmp, final)
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         return spent
+
+
+def _strip_png_text(path: str) -> None:
+    """Drop PNG text chunks: Cycles stamps its render times there, which breaks byte equality."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return
+    out, pos = [data[:8]], 8
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        end = pos + 12 + length
+        if data[pos + 4:pos + 8] not in (b"tEXt", b"zTXt", b"iTXt", b"tIME"):
+            out.append(data[pos:end])
+        pos = end
+    with open(path, "wb") as f:
+        f.write(b"".join(out))
 
 
 def _one_line(exc: BaseException) -> str:

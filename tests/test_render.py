@@ -129,6 +129,8 @@ def test_deterministic(batch: dict, tmp_path: Path) -> None:
     for name in VIEW_NAMES(8):
         a = rgba(batch["tmp"] / "out" / "box" / f"{name}.png")
         assert np.array_equal(a, rgba(again / f"{name}.png")), f"{name} differs between runs"
+        # Byte-identical files too: no time stamps in the PNG.
+        assert (again / f"{name}.png").read_bytes() == (batch["tmp"] / "out" / "box" / f"{name}.png").read_bytes()
         # Same within one process too (state reset between jobs).
         assert np.array_equal(a, rgba(batch["tmp"] / "out" / "box2" / f"{name}.png")), f"{name} differs in batch"
 

@@ -120,7 +120,10 @@ def render_assets(
     for _, out in jobs:
         rec = done.get(Path(out))
         if rec is None:
-            result[Path(out)] = f"renderer exited with code {run.returncode} before this asset: {_tail(run.output)}"
+            why = f"renderer exited with code {run.returncode} before this asset: {_tail(run.output)}"
+            if engine != "CYCLES" and "EGL" in run.output and run.returncode != 0:
+                why += " (Workbench/EEVEE need OpenGL through EGL: apt install libegl1 libegl-mesa0 libgl1-mesa-dri)"
+            result[Path(out)] = why
         elif not rec["ok"]:
             result[Path(out)] = str(rec["error"])
         else:

@@ -200,3 +200,12 @@ def test_run_sheet_stacks_and_caps(tmp_path: Path) -> None:
     with Image.open(out) as im:
         assert im.width * im.height <= 400_000
         assert im.width > 300 and im.height < 250 * 40  # a grid of thumbnails, not a 10,000 px strip
+
+
+def test_no_egl_is_reported_per_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an EGL vendor Blender aborts at start-up; every job says why, nothing is raised."""
+    monkeypatch.setenv("__EGL_VENDOR_LIBRARY_FILENAMES", str(tmp_path / "no-such-vendor.json"))
+    box = colour_box(tmp_path / "box.glb")
+    errors = render_assets([(box, tmp_path / "a"), (box, tmp_path / "b")], resolution=32)
+    assert set(errors) == {tmp_path / "a", tmp_path / "b"}
+    assert all(e and "EGL" in e for e in errors.values()), errors

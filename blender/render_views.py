@@ -40,7 +40,7 @@ MARGIN = 0.10
 # Data-block collections an import can add to; cleared between jobs.
 _DATA_KINDS = (
     "objects", "meshes", "materials", "images", "textures", "node_groups", "collections",
-    "armatures", "actions", "cameras", "lights", "curves", "grease_pencils", "shape_keys",
+    "armatures", "actions", "cameras", "lights", "curves", "grease_pencils",
 )
 
 
@@ -70,8 +70,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.mesh and not a.out:
         p.error("--mesh needs --out")
-    if a.views < 1 or a.resolution < 8 or a.samples < 1 or a.aa < 1 or not 1.0 <= a.fov <= 170.0:
-        p.error("need --views >= 1, --resolution >= 8, --samples >= 1, --aa >= 1, 1 <= --fov <= 170")
+    if not 1 <= a.views <= 360 or a.resolution < 8 or a.samples < 1 or a.aa < 1 or not 1.0 <= a.fov <= 170.0:
+        p.error("need 1 <= --views <= 360, --resolution >= 8, --samples >= 1, --aa >= 1, 1 <= --fov <= 170")
     if not -89.0 <= a.elevation <= 89.0:
         p.error("--elevation must lie in [-89, 89] degrees")
     return a

@@ -22,6 +22,7 @@ def render() -> None:
         device=settings["device"],
         samples=settings["samples"],
         fov=settings["fov"],
+        aa=settings["aa"],
         blender=smk.params.blender,
     )
     error = errors.get(out_dir)

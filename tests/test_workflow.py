@@ -88,3 +88,40 @@ def test_2d_pipeline_end_to_end_with_bad_assets(tmp_path: Path, capsys: pytest.C
     # Nothing left to do on a second run: the refresh is incremental.
     again = snakemake(tmp_path, "-n", config={"catalogue": str(catalogue), "render": {"views": 0}})
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_3d_pipeline_end_to_end_and_incremental_refresh(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Meshes, 8 views, contact sheets and the fused index; a changed photo recomputes only its SKU."""
+    catalogue = tmp_path / "catalogue"
+    catalogue.mkdir()
+    for kind in ("red-vase", "blue-box", "green-lamp"):
+        product_photo(kind).save(catalogue / f"{kind}.jpg")
+    (catalogue / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    config = {"catalogue": str(catalogue), "render": {"resolution": 96}}
+    result = snakemake(tmp_path, "--cores", "2", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = tmp_path / "results"
+    for kind in ("red-vase", "blue-box", "green-lamp"):
+        assert (results / "mesh" / f"{kind}.glb").stat().st_size > 1000
+        views = sorted((results / "render" / kind).glob("*.png"))
+        assert [v.stem for v in views] == [f"az{a:03d}" for a in range(0, 360, 45)]
+        assert Image.open(views[2]).size == (96, 96)
+    assert (results / "render" / "broken" / "az000.png").stat().st_size == 0  # placeholder
+    assert Image.open(results / "contact_sheet.png").height > 3 * 50
+    manifest = json.loads((results / "index" / "mobilenetv2" / "manifest.json").read_text())
+    assert manifest["counts"]["with_views"] == 3 and manifest["backends"]["mesh"] == "inflate"
+    assert [f["asset"] for f in manifest["failures"]] == ["broken"]
+
+    query = Image.new("RGB", (500, 400), (180, 200, 210))
+    query.paste(product_photo("red-vase", size=(260, 300), background=(180, 200, 210)), (40, 60))
+    query.save(tmp_path / "query.jpg")
+    for fusion in ("2d", "3d", "mean", "max"):
+        argv = ["search", str(tmp_path / "query.jpg"), "--results", str(results), "--json", "--fusion", fusion]
+        assert dam3d(argv) == 0
+        assert json.loads(capsys.readouterr().out)["results"][0]["sku"] == "red-vase", fusion
+
+    # The brand retouches one photo: only that SKU is recomputed (plus the index and the run's sheet).
+    product_photo("blue-box", size=(500, 400)).save(catalogue / "blue-box.jpg")
+    dry = snakemake(tmp_path, "-n", "--quiet", "rules", config=config)
+    counts = {line.split()[0]: int(line.split()[1]) for line in dry.stdout.splitlines() if line[:1].isalpha() and line.split()[-1].isdigit() and len(line.split()) == 2}
+    assert counts.get("cutout") == 1 and counts.get("mesh") == 1 and counts.get("render") == 1 and counts.get("embed") == 1, dry.stdout

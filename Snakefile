@@ -22,3 +22,11 @@ rule all:
     input:
         all_outputs(),
     default_target: True
+
+
+onsuccess:
+    report = Path(RESULTS) / "failures.tsv"
+    if report.exists():
+        failed = len(report.read_text().splitlines()) - 1
+        if failed:
+            print(f"dam3d: {failed} asset(s) failed and are not in the index: see {report}", file=sys.stderr)

@@ -132,3 +132,36 @@ def _assets(rows: list[dict[str, str]], source: Path) -> list[Asset]:
         mesh = Path(row["mesh"]) if row.get("mesh") else None
         by_id[asset_id] = Asset(asset_id, sku, Path(row["image"]), mesh, metadata)
     return [by_id[k] for k in sorted(by_id)]
+
+
+def file_digests(paths: list[Path], cache_file: Path) -> dict[Path, str]:
+    """SHA-1 of each file's content, re-hashing only files whose size or mtime changed.
+
+    The workflow reruns a SKU when its photo's content changes (these digests are
+    rule params), not when a file is merely touched or copied.
+    """
+    import json
+
+    from dam3d.atomic import write_text
+
+    try:
+        cache: dict[str, list] = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    digests: dict[Path, str] = {}
+    fresh: dict[str, list] = {}
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            digests[path] = "missing"  # the cutout stage reports it for that asset
+            continue
+        key = str(path.resolve())
+        entry = cache.get(key)
+        if entry is None or entry[:2] != [stat.st_size, stat.st_mtime_ns]:
+            entry = [stat.st_size, stat.st_mtime_ns, hashlib.sha1(path.read_bytes()).hexdigest()]
+        fresh[key] = entry
+        digests[path] = entry[2]
+    if fresh != cache:
+        write_text(cache_file, json.dumps(fresh))
+    return digests

@@ -47,15 +47,18 @@ def run_asset_stage(
     outputs: Iterable[str | Path],
     work: Callable[[], None],
     requires: Iterable[str | Path] = (),
-    retries: int = 1,
+    attempt: int = 1,
+    retries: int = 0,
     log: str | Path | None = None,
 ) -> bool:
     """Run `work` for one asset; on failure record it and leave placeholders. True if it succeeded.
 
-    The job's own chatter goes to `log`; a failure is also told on the terminal.
+    `attempt` counts from 1 (Snakemake's); while attempt <= retries an unexpected
+    error is raised so that Snakemake retries the job. The job's own chatter goes
+    to `log`; a failure is also told on the terminal.
     """
     with _logging_to(log):
-        ok, reason = _run(stage, asset, results, outputs, work, requires, retries)
+        ok, reason = _run(stage, asset, results, outputs, work, requires, attempt, retries)
     if not ok:
         print(f"dam3d: FAILED {asset}: {stage}: {reason}", file=sys.stderr)
     return ok
@@ -78,6 +81,7 @@ def _run(
     outputs: Iterable[str | Path],
     work: Callable[[], None],
     requires: Iterable[str | Path],
+    attempt: int,
     retries: int,
 ) -> tuple[bool, str | None]:
     outputs = [Path(p) for p in outputs]
@@ -90,20 +94,19 @@ def _run(
         record.unlink(missing_ok=True)
         _placeholders(outputs)
         return False, reason
-    for attempt in range(retries + 1):
-        try:
-            work()
-            record.unlink(missing_ok=True)
-            return True, None
-        except AssetError as exc:
-            reason = exc.reason
-            break
-        except Exception as exc:  # noqa: BLE001 - anything else is retried, then recorded
-            reason = f"{type(exc).__name__}: {exc}"
-            if attempt < retries:
-                print(f"dam3d: {asset}: {stage}: attempt {attempt + 1} failed ({reason}); retrying", file=sys.stderr)
-            else:
-                traceback.print_exc()
+    try:
+        work()
+        record.unlink(missing_ok=True)
+        return True, None
+    except AssetError as exc:
+        reason = exc.reason
+    except Exception as exc:  # noqa: BLE001 - anything else may be transient
+        reason = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        if attempt <= retries:
+            # Let Snakemake retry the job (rule `retries:`); only the last attempt is recorded.
+            print(f"dam3d: {asset}: {stage}: attempt {attempt} failed ({reason}); Snakemake will retry", file=sys.stderr)
+            raise
     print(f"dam3d: FAILED {asset}: {stage}: {reason}", file=sys.stderr)  # into the log
     write_text(record, json.dumps({"asset": asset, "stage": stage, "reason": reason}) + "\n")
     _placeholders(outputs)

@@ -9,6 +9,7 @@ run_asset_stage(
     asset=smk.wildcards.asset,
     results=smk.config["results"],
     outputs=smk.output,
+    attempt=smk.resources.attempt,
     retries=smk.config["retries"],
     log=smk.log[0],
     work=lambda: make_cutout(

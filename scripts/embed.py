@@ -12,6 +12,7 @@ run_asset_stage(
     results=smk.config["results"],
     outputs=smk.output,
     requires=[smk.input.cutout],
+    attempt=smk.resources.attempt,
     retries=smk.config["retries"],
     log=smk.log[0],
     work=lambda: embed_asset(

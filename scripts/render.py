@@ -39,6 +39,7 @@ run_asset_stage(
     results=smk.config["results"],
     outputs=smk.output,
     requires=smk.input,
+    attempt=smk.resources.attempt,
     retries=smk.config["retries"],
     log=smk.log[0],
     work=render,

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from dam3d.errors import AssetError
 from dam3d.stage import read_failures, run_asset_stage
 
@@ -20,25 +22,19 @@ def test_asset_error_is_recorded_with_placeholders_and_not_retried(tmp_path: Pat
     assert read_failures(tmp_path) == [{"asset": "A", "stage": "cutout", "reason": "image file is empty"}]
 
 
-def test_unexpected_errors_are_retried_then_recorded(tmp_path: Path) -> None:
-    calls = []
-
-    def flaky() -> None:
-        calls.append(1)
-        if len(calls) < 2:
-            raise OSError("disk hiccup")
-        (tmp_path / "ok.txt").write_text("done")
-
-    assert run_asset_stage(stage="mesh", asset="B", results=tmp_path, outputs=[tmp_path / "ok.txt"], work=flaky, retries=1)
-    assert len(calls) == 2 and read_failures(tmp_path) == []
-
+def test_unexpected_errors_are_raised_for_a_retry_then_recorded_on_the_last_attempt(tmp_path: Path) -> None:
     def broken() -> None:
         raise RuntimeError("out of memory")
 
     log = tmp_path / "logs" / "C.log"
-    assert not run_asset_stage(stage="mesh", asset="C", results=tmp_path, outputs=[tmp_path / "c.glb"], work=broken, retries=1, log=log)
+    kwargs = dict(stage="mesh", asset="C", results=tmp_path, outputs=[tmp_path / "c.glb"], work=broken, retries=1, log=log)
+    with pytest.raises(RuntimeError):
+        run_asset_stage(attempt=1, **kwargs)
+    assert read_failures(tmp_path) == [] and not (tmp_path / "c.glb").exists()
+    assert "Snakemake will retry" in log.read_text()
+    assert not run_asset_stage(attempt=2, **kwargs)
     assert read_failures(tmp_path)[0]["reason"] == "RuntimeError: out of memory"
-    assert "attempt 1 failed" in log.read_text() and "Traceback" in log.read_text()
+    assert (tmp_path / "c.glb").read_bytes() == b"" and "Traceback" in log.read_text()
 
 
 def test_placeholder_input_is_passed_on_without_running(tmp_path: Path) -> None:

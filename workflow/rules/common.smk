@@ -1,5 +1,8 @@
+import hashlib
+import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
@@ -8,7 +11,7 @@ min_version("8.0")
 # The package lives next to the Snakefile; make it importable even when not pip-installed.
 sys.path.insert(0, workflow.basedir)
 
-from dam3d.catalogue import SAFE_ID_PATTERN, load_catalogue
+from dam3d.catalogue import SAFE_ID_PATTERN, file_digests, load_catalogue
 from dam3d.cutout import resolve_backend
 from dam3d.embed import resolve_models
 from dam3d.render import VIEW_NAMES
@@ -18,6 +21,14 @@ validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 RESULTS = config["results"]
 ASSETS = {asset.asset_id: asset for asset in load_catalogue(config["catalogue"])}
+DIGESTS = file_digests(
+    [a.image for a in ASSETS.values()] + [a.mesh for a in ASSETS.values() if a.mesh],
+    Path(RESULTS) / ".cache" / "file-digests.json",
+)
+# Any change to the SKU table (added, removed, renamed SKUs, metadata) rebuilds the index.
+CATALOGUE_DIGEST = hashlib.sha1(
+    json.dumps([[a.asset_id, a.sku, str(a.image), a.metadata] for a in ASSETS.values()]).encode()
+).hexdigest()
 CUTOUT_BACKEND = resolve_backend(
     config["cutout"]["backend"], config["cutout"]["model"], strict=config["strict"]
 )
@@ -49,6 +60,15 @@ def catalogue_image(wildcards):
     return ASSETS[wildcards.asset].image
 
 
+def image_digest(wildcards):
+    return DIGESTS[ASSETS[wildcards.asset].image]
+
+
+def provided_mesh_digest(wildcards):
+    mesh = ASSETS[wildcards.asset].mesh
+    return DIGESTS.get(mesh, "none") if config["mesh"]["backend"] == "provided" and mesh else "none"
+
+
 def provided_mesh(wildcards):
     """The DAM's own mesh for the `provided` backend; missing ones fail that asset, not the DAG."""
     mesh = ASSETS[wildcards.asset].mesh
@@ -71,6 +91,7 @@ def asset_embeddings(wildcards):
 
 def all_outputs():
     outputs = [f"{RESULTS}/index/{model}/manifest.json" for model in EMBED_MODELS]
+    outputs.append(f"{RESULTS}/failures.tsv")
     if VIEWS:
         outputs.append(f"{RESULTS}/contact_sheet.png")
     return outputs

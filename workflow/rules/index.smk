@@ -5,6 +5,7 @@ rule index:
         assets=f"{RESULTS}/index/{{model}}/assets.parquet",
         manifest=f"{RESULTS}/index/{{model}}/manifest.json",
     params:
+        catalogue=CATALOGUE_DIGEST,
         spec=lambda wildcards: asdict(EMBED_MODELS[wildcards.model]),
         backends={
             "cutout": CUTOUT_BACKEND,
@@ -12,9 +13,26 @@ rule index:
             "mesh": config["mesh"]["backend"] if VIEWS else None,
             "render_engine": config["render"]["engine"] if VIEWS else None,
         },
+    benchmark:
+        f"{RESULTS}/benchmarks/index/{{model}}.tsv"
     log:
         f"{RESULTS}/logs/index/{{model}}.log",
     conda:
         "../../envs/embed.yaml"
     script:
         "../../scripts/index.py"
+
+
+rule failure_report:
+    input:
+        [f"{RESULTS}/index/{model}/manifest.json" for model in EMBED_MODELS],
+    output:
+        f"{RESULTS}/failures.tsv",
+    params:
+        skus={asset_id: asset.sku for asset_id, asset in ASSETS.items()},
+    log:
+        f"{RESULTS}/logs/failure_report.log",
+    conda:
+        "../../envs/embed.yaml"
+    script:
+        "../../scripts/failure_report.py"

@@ -6,11 +6,17 @@ rule render:
     params:
         settings={k: v for k, v in config["render"].items() if k != "blender"},
         blender=config["render"]["blender"],
+    retries: config["retries"]
     resources:
+        # Snakemake hands the attempt number to resource functions only; the stage
+        # needs it to tell a retry (raise) from the last attempt (record the failure).
+        attempt=lambda wildcards, attempt: attempt,
         gpu=1 if config["render"]["device"] == "GPU" else 0,
     # Renders are short: on a cluster, batch several assets into one job.
     group:
         "render"
+    benchmark:
+        f"{RESULTS}/benchmarks/render/{{asset}}.tsv"
     log:
         f"{RESULTS}/logs/render/{{asset}}.log",
     conda:
@@ -40,7 +46,7 @@ rule contact_sheet:
     input:
         [f"{RESULTS}/contact/{asset}.png" for asset in ASSETS],
     output:
-        f"{RESULTS}/contact_sheet.png",
+        report(f"{RESULTS}/contact_sheet.png", caption="../report/contact_sheet.rst", category="Renders"),
     log:
         f"{RESULTS}/logs/contact_sheet.log",
     conda:

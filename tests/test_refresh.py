@@ -1,0 +1,180 @@
+"""Incremental refresh, failure isolation, single-asset rerun and crash safety, counted from Snakemake's job stats."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import product_photo
+from test_workflow import SNAKEMAKE, snakemake
+
+CONFIG = {"render": {"resolution": 48, "aa": 1}}
+KINDS = ("red-vase", "blue-box", "green-lamp")
+
+
+def job_counts(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    """Jobs per rule from Snakemake's 'Job stats' table (empty when nothing was to be done)."""
+    counts: dict[str, int] = {}
+    lines = (result.stdout + result.stderr).splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Job stats:"):
+            for row in lines[i + 3 :]:
+                parts = row.split()
+                if len(parts) != 2 or not parts[1].isdigit():
+                    break
+                counts[parts[0]] = int(parts[1])
+            break
+    counts.pop("total", None)
+    counts.pop("all", None)
+    return counts
+
+
+def per_asset(n: int) -> dict[str, int]:
+    return {"cutout": n, "mesh": n, "render": n, "embed": n, "contact_asset": n}
+
+
+def after_assets(n: int) -> dict[str, int]:
+    return {**per_asset(n), "index": 1, "contact_sheet": 1, "failure_report": 1}
+
+
+def run(workdir: Path, catalogue: Path, *args: str, **extra: dict) -> subprocess.CompletedProcess[str]:
+    config = {"catalogue": str(catalogue), **CONFIG}
+    for key, value in extra.items():
+        config[key] = {**config.get(key, {}), **value}
+    return snakemake(workdir, "--cores", "2", *args, config=config)
+
+
+def indexed_skus(workdir: Path) -> list[str]:
+    return sorted(pq.read_table(workdir / "results" / "index" / "mobilenetv2" / "assets.parquet").column("sku").to_pylist())
+
+
+@pytest.fixture
+def catalogue(tmp_path: Path) -> Path:
+    folder = tmp_path / "catalogue"
+    folder.mkdir()
+    for kind in KINDS:
+        product_photo(kind).save(folder / f"{kind}.jpg")
+    return folder
+
+
+def test_refresh_computes_only_what_changed(tmp_path: Path, catalogue: Path) -> None:
+    first = run(tmp_path, catalogue)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert job_counts(first) == after_assets(3)
+
+    # Touched (same content) and copied-over-itself files compute nothing.
+    os.utime(catalogue / "red-vase.jpg")
+    (catalogue / "blue-box.jpg").write_bytes((catalogue / "blue-box.jpg").read_bytes())
+    assert job_counts(run(tmp_path, catalogue)) == {}
+
+    # Add one, replace one's content, delete one.
+    product_photo("stripes").save(catalogue / "stripes.jpg")
+    product_photo("blue-box", size=(420, 420)).save(catalogue / "blue-box.jpg")
+    (catalogue / "green-lamp.jpg").unlink()
+    refresh = run(tmp_path, catalogue)
+    assert refresh.returncode == 0, refresh.stderr[-3000:]
+    assert job_counts(refresh) == after_assets(2)
+    assert indexed_skus(tmp_path) == ["blue-box", "red-vase", "stripes"]
+
+
+def test_parameter_and_model_changes_rerun_that_stage_onwards(tmp_path: Path, catalogue: Path) -> None:
+    assert run(tmp_path, catalogue).returncode == 0
+    # A render parameter: render and everything after it, for every asset; nothing before.
+    dry = run(tmp_path, catalogue, "-n", render={"elevation": 30})
+    assert job_counts(dry) == {"render": 3, "embed": 3, "contact_asset": 3, "index": 1, "contact_sheet": 1, "failure_report": 1}
+    # A cutout parameter: everything.
+    assert job_counts(run(tmp_path, catalogue, "-n", cutout={"margin": 0.15})) == after_assets(3)
+    # A second embedding model: its embeddings and index only; the first index stays.
+    from tiny_models import make_tiny_vit
+
+    tiny = str(make_tiny_vit(tmp_path / "tiny-vit"))
+    presets = {"mobilenetv2": {"backend": "mobilenetv2"}, "tiny": {"backend": "vit", "model": tiny, "pooling": "mean"},
+               "vit-large": {"backend": "vit", "model": "google/vit-large-patch16-224", "pooling": "cls"}}
+    both = run(tmp_path, catalogue, embed={"models": ["mobilenetv2", "tiny"], "presets": presets})
+    assert both.returncode == 0, both.stderr[-3000:]
+    assert job_counts(both) == {"embed": 3, "index": 1, "failure_report": 1}
+    for model in ("mobilenetv2", "tiny"):
+        assert json.loads((tmp_path / "results" / "index" / model / "manifest.json").read_text())["counts"]["indexed"] == 3
+
+
+def test_bad_asset_is_isolated_reported_and_picked_up_once_fixed(tmp_path: Path, catalogue: Path) -> None:
+    (catalogue / "SKU 42.jpg").write_bytes(b"GIF89a but not really")
+    first = run(tmp_path, catalogue)
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = (tmp_path / "results" / "failures.tsv").read_text().splitlines()
+    assert report[0] == "asset_id\tsku\tstage\treason"
+    assert len(report) == 2 and "\tSKU 42\tcutout\tnot an image file" in report[1]
+    assert "1 asset(s) failed and are not in the index: see results/failures.tsv" in first.stderr
+    assert indexed_skus(tmp_path) == sorted(KINDS)
+
+    product_photo("stripes").save(catalogue / "SKU 42.jpg", format="JPEG")
+    fixed = run(tmp_path, catalogue)
+    assert job_counts(fixed) == after_assets(1)
+    assert (tmp_path / "results" / "failures.tsv").read_text().splitlines() == ["asset_id\tsku\tstage\treason"]
+    assert indexed_skus(tmp_path) == sorted([*KINDS, "SKU 42"])
+
+    # Rerun one asset from a given stage on purpose (e.g. after a bad mesh): that asset, from there on.
+    again = run(tmp_path, catalogue, "--forcerun", "results/mesh/blue-box.glb")
+    assert job_counts(again) == {"mesh": 1, "render": 1, "embed": 1, "contact_asset": 1, "index": 1, "contact_sheet": 1, "failure_report": 1}
+
+
+def test_sigkill_mid_run_resumes_without_redoing_finished_work(tmp_path: Path, catalogue: Path) -> None:
+    for kind in ("stripes",):
+        product_photo(kind).save(catalogue / f"{kind}.jpg")
+    config = {"catalogue": str(catalogue), **CONFIG}
+    snakemake(tmp_path, "-n", config=config)  # writes test-config.yaml
+    cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(tmp_path / "test-config.yaml"), "--cores", "1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    meshes = tmp_path / "results" / "mesh"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(meshes.glob("*.glb"))) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_cutouts = len(list((tmp_path / "results" / "cutout").glob("*.png")))
+    done_meshes = len(list(meshes.glob("*.glb")))
+    assert 2 <= done_meshes < 4, "the kill must land mid-run"
+
+    # A killed run leaves Snakemake's lock behind; --unlock is the documented step.
+    blocked = run(tmp_path, catalogue)
+    assert blocked.returncode != 0 and "unlock" in (blocked.stdout + blocked.stderr).lower()
+    assert run(tmp_path, catalogue, "--unlock").returncode == 0
+    resumed = run(tmp_path, catalogue)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # What was finished is not recomputed; at most the job whose bookkeeping the kill cut short is.
+    counts = job_counts(resumed)
+    assert 4 - done_cutouts <= counts.get("cutout", 0) <= 4 - done_cutouts + 1, counts
+    assert 4 - done_meshes <= counts["mesh"] <= 4 - done_meshes + 1, counts
+    assert indexed_skus(tmp_path) == sorted([*KINDS, "stripes"])
+    # Every artefact in place is whole: atomic writes never leave a half-written PNG or GLB under its real name.
+    import trimesh
+    from PIL import Image
+
+    for png in (tmp_path / "results" / "cutout").glob("*.png"):
+        Image.open(png).load()
+    for glb in meshes.glob("*.glb"):
+        assert len(trimesh.load(glb, force="mesh").faces) > 0
+
+
+def test_second_run_on_the_same_results_refuses(tmp_path: Path, catalogue: Path) -> None:
+    config = {"catalogue": str(catalogue), **CONFIG}
+    snakemake(tmp_path, "-n", config=config)
+    cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(tmp_path / "test-config.yaml"), "--cores", "1"]
+    first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    locks = tmp_path / ".snakemake" / "locks"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (locks.exists() and any(locks.iterdir())):
+        time.sleep(0.1)
+    second = run(tmp_path, catalogue)
+    out, _ = first.communicate(timeout=600)
+    assert second.returncode != 0
+    assert "cannot be locked" in (second.stdout + second.stderr).lower()
+    assert first.returncode == 0, out[-3000:]
+    assert indexed_skus(tmp_path) == sorted(KINDS)

@@ -1,0 +1,69 @@
+# Evaluation on labelled query photos (config `queries`: a CSV query,sku), stage timings,
+# and the pages of Snakemake's HTML report (`snakemake --report report.html`).
+
+from dam3d.evaluate import read_queries
+
+
+def stage_benchmarks():
+    """The `benchmark:` files the stages of this catalogue write (those that exist are read)."""
+    stages = ["cutout"] + (["mesh", "render"] if VIEWS else [])
+    files = [f"{RESULTS}/benchmarks/{stage}/{asset}.tsv" for stage in stages for asset in ASSETS]
+    files += [f"{RESULTS}/benchmarks/embed_{model}/{asset}.tsv" for model in EMBED_MODELS for asset in ASSETS]
+    return files + [f"{RESULTS}/benchmarks/index/{model}.tsv" for model in EMBED_MODELS]
+
+
+# Reads the benchmark files without requiring them: results built before they existed
+# are not recomputed just to time them; it runs after the indexes, so after every stage.
+rule timings:
+    input:
+        [f"{RESULTS}/index/{model}/manifest.json" for model in EMBED_MODELS],
+    output:
+        tsv=f"{RESULTS}/timings.tsv",
+        html=report(f"{RESULTS}/timings.html", caption="../report/timings.rst", category="Timings"),
+    params:
+        benchmarks=stage_benchmarks(),
+    log:
+        f"{RESULTS}/logs/timings.log",
+    conda:
+        "../../envs/embed.yaml"
+    script:
+        "../../scripts/timings.py"
+
+
+EXTRA_TARGETS.append(f"{RESULTS}/timings.html")
+
+if config.get("queries"):
+    # Parsed when the workflow starts: a missing query image stops the run with its name.
+    QUERY_IMAGES = [str(q.path) for q in read_queries(config["queries"])]
+
+    rule evaluate:
+        input:
+            index=f"{RESULTS}/index/{{model}}/manifest.json",
+            queries=config["queries"],
+            images=QUERY_IMAGES,
+        output:
+            json=f"{RESULTS}/evaluate/{{model}}.json",
+            table=report(
+                f"{RESULTS}/evaluate/{{model}}.html",
+                caption="../report/evaluate.rst",
+                category="Evaluation",
+                labels={"model": "{model}", "figure": "top-k table"},
+            ),
+            plot=report(
+                f"{RESULTS}/evaluate/{{model}}.png",
+                caption="../report/evaluate.rst",
+                category="Evaluation",
+                labels={"model": "{model}", "figure": "top-k bar plot"},
+            ),
+        params:
+            cache=lambda wildcards: f"{RESULTS}/cache/queries/{wildcards.model}",
+        benchmark:
+            f"{RESULTS}/benchmarks/evaluate/{{model}}.tsv"
+        log:
+            f"{RESULTS}/logs/evaluate/{{model}}.log",
+        conda:
+            "../../envs/embed.yaml"
+        script:
+            "../../scripts/evaluate.py"
+
+    EXTRA_TARGETS.extend(f"{RESULTS}/evaluate/{model}.png" for model in EMBED_MODELS)

@@ -109,7 +109,7 @@ def _u2netp(u2net_home: str) -> MaskFn:
         )
     # rembg reads U2NET_HOME when a session is created; set it so it never downloads.
     os.environ["U2NET_HOME"] = str(u2net_home)
-    print("cutout: loading rembg (the first import on a machine compiles kernels, ~40 s)", file=sys.stderr)
+    print("cutout: loading rembg u2netp (a first import on a new machine compiles kernels, ~40 s)", file=sys.stderr)
     from rembg import new_session, remove
 
     session = new_session("u2netp")

@@ -1,0 +1,119 @@
+"""Benchmark of the refresh overhead on a large catalogue whose outputs are up to date.
+
+    python -m dam3d.bench_refresh [--assets 3000] [--keep DIR]
+
+Prints (nothing asserted):
+- no-op refresh: `snakemake --cores 2` when everything is up to date (DAG build + checks),
+  and the dry run `snakemake -n`;
+- one-asset refresh: a run after adding one photo, minus the same asset's compute
+  measured alone (a one-asset catalogue), i.e. the overhead a large catalogue adds.
+
+Per-asset artefacts of the synthetic catalogue are hard links to one real asset's
+results (computing 3,000 real assets would take hours here); Snakemake's own
+bookkeeping for them is written with `--touch`, and the index is built for real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+
+
+def _snakemake(workdir: Path, *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), *args]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"snakemake {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return elapsed, result
+
+
+def _photo(path: Path, seed: int) -> None:
+    # Distinct content per SKU (the digest is what tells SKUs' photos apart).
+    img = Image.new("RGB", (96, 96), (250, 250, 250))
+    colour = ((seed * 37) % 200, (seed * 91) % 200, (seed * 53) % 200)
+    img.paste(colour, (20 + seed % 20, 20, 70, 80))
+    img.save(path, quality=90)
+
+
+def _workdir(root: Path, name: str, assets: int) -> Path:
+    work = root / name
+    (work / "catalogue").mkdir(parents=True)
+    for i in range(assets):
+        _photo(work / "catalogue" / f"SKU-{i:06d}.jpg", i)
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["catalogue"] = str(work / "catalogue")
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    return work
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dam3d.bench_refresh", description=__doc__.split("\n")[0])
+    parser.add_argument("--assets", type=int, default=3000)
+    parser.add_argument("--keep", help="build in this folder and keep it (default: a temporary one)")
+    args = parser.parse_args(argv)
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="dam3d-refresh-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        # One real asset, computed by the pipeline: its artefacts become everyone's.
+        single = _workdir(root, "single", 1)
+        seconds_single, _ = _snakemake(single, "--cores", "2")
+        real = single / "results"
+
+        big = _workdir(root, "big", args.assets)
+        results = big / "results"
+        for i in range(args.assets):
+            asset = f"SKU-{i:06d}"
+            for src, dst in [
+                (real / "cutout" / "SKU-000000.png", results / "cutout" / f"{asset}.png"),
+                (real / "mesh" / "SKU-000000.glb", results / "mesh" / f"{asset}.glb"),
+                (real / "contact" / "SKU-000000.png", results / "contact" / f"{asset}.png"),
+            ]:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.link(src, dst)
+            for view in (real / "render" / "SKU-000000").iterdir():
+                (results / "render" / asset).mkdir(parents=True, exist_ok=True)
+                os.link(view, results / "render" / asset / view.name)
+            for model_dir in (real / "embed").iterdir():
+                (results / "embed" / model_dir.name).mkdir(parents=True, exist_ok=True)
+                os.link(model_dir / "SKU-000000.npz", results / "embed" / model_dir.name / f"{asset}.npz")
+        print(f"bench_refresh: {args.assets} assets in {big}; marking per-asset outputs up to date", file=sys.stderr)
+        _snakemake(big, "--cores", "2", "--touch", "--until", "embed", "contact_asset")
+        seconds_full_index, _ = _snakemake(big, "--cores", "2")  # index, contact sheet, report for real
+
+        seconds_dry, dry = _snakemake(big, "-n")
+        seconds_noop, noop = _snakemake(big, "--cores", "2")
+        if "Nothing to be done" not in noop.stdout + noop.stderr:
+            raise SystemExit("bench_refresh: the no-op run found work to do:\n" + noop.stderr[-2000:])
+
+        shutil.copy(single / "catalogue" / "SKU-000000.jpg", big / "catalogue" / "NEW-000001.jpg")
+        seconds_add, _ = _snakemake(big, "--cores", "2")
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print(f"dam3d refresh benchmark: {args.assets} assets up to date, {os.cpu_count()} cores")
+    print(f"  no-op refresh (snakemake --cores 2, nothing to do)   {seconds_noop:6.1f} s")
+    print(f"  dry run (snakemake -n)                               {seconds_dry:6.1f} s")
+    print(f"  index + contact sheet of all {args.assets} assets        {seconds_full_index:6.1f} s")
+    print(f"  refresh after adding one asset                       {seconds_add:6.1f} s")
+    print(f"  the same asset alone (one-asset catalogue)           {seconds_single:6.1f} s")
+    print(f"  overhead of the large catalogue on that refresh      {seconds_add - seconds_single:6.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

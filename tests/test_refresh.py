@@ -178,3 +178,13 @@ def test_second_run_on_the_same_results_refuses(tmp_path: Path, catalogue: Path)
     assert "cannot be locked" in (second.stdout + second.stderr).lower()
     assert first.returncode == 0, out[-3000:]
     assert indexed_skus(tmp_path) == sorted(KINDS)
+
+
+def test_failures_command_prints_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dam3d.cli import main as dam3d
+
+    assert dam3d(["failures", "--results", str(tmp_path)]) == 2
+    (tmp_path / "failures.tsv").write_text("asset_id\tsku\tstage\treason\nA_1-1234\tA 1\tcutout\tnot an image file\n")
+    assert dam3d(["failures", "--results", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "A 1\tcutout\tnot an image file" in out and "1 failed asset(s)" in err

@@ -3,6 +3,8 @@
 
 configfile: "config.yaml"
 
+report: "workflow/report/workflow.rst"
+
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/cutout.smk"
@@ -16,6 +18,7 @@ if VIEWS:
 
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/index.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

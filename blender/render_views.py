@@ -5,6 +5,11 @@ Runs as `python blender/render_views.py -- ARGS` (the `bpy` module) or as
 are parsed.  One asset: `--mesh M.glb --out DIR`; many assets, paying Blender's
 start-up once: `--jobs JOBS.json` (a list of {"mesh", "out"}) with an optional
 `--report PATH` (a list of {"mesh", "out", "ok", "error", "seconds", ...}).
+A job may also carry `"views"`, a list of {"name", "azimuth", "elevation"} (degrees;
+optional "studio_light" and "light_rotation" for Workbench) that replaces the
+turntable for that job, and `"rotation"`, a row-major 3x3 turning the file's own
+frame into the convention below.  Wavefront OBJ files (+Y up, front +Z, MTL
+colours read as sRGB) are accepted besides glTF.
 
 Frame convention (glTF: +Y up, the product's front faces +Z): azimuth 0 puts
 the camera on glTF +Z, azimuth grows toward glTF +X, elevation is above the
@@ -267,18 +272,26 @@ class Renderer:
 
     # ----------------------------------------------------------------------- one job
 
-    def run(self, mesh: str, out: str) -> dict[str, float]:
-        """Render all views of `mesh` into `out`; raise with a short reason on failure."""
+    def run(self, mesh: str, out: str, job: dict[str, Any] | None = None) -> dict[str, float]:
+        """Render all views of `mesh` into `out`; raise with a short reason on failure.
+
+        `job` may name its own views and a rotation (see the module docstring).
+        """
+        job = job or {}
         times: dict[str, float] = {}
         t = time.perf_counter()
         try:
             self._import(mesh)
             times["import_seconds"] = time.perf_counter() - t
             new_meshes = [ob for ob in self._new("objects") if ob.type == "MESH"]
+            if job.get("rotation") is not None:
+                _rotate(self._new("objects"), job["rotation"])
             points = self._normalise(new_meshes)
             self._prepare_materials(new_meshes)
-            distance = camera_distance(points, self.cameras_dirs(), self.a.fov)
-            times["render_seconds"] = self._render_views(out, distance)
+            views = job_views(job["views"]) if job.get("views") else None
+            dirs = [view_dir(v["azimuth"], v["elevation"]) for v in views] if views else self.cameras_dirs()
+            distance = camera_distance(points, dirs, self.a.fov)
+            times["render_seconds"] = self._render_views(out, distance, views)
         finally:
             self._reset()
         return times
@@ -288,6 +301,9 @@ class Renderer:
             raise RuntimeError("mesh file not found")
         if os.path.getsize(mesh) == 0:
             raise RuntimeError("mesh file is empty")
+        if mesh.lower().endswith(".obj"):
+            _import_obj(mesh)
+            return
         try:
             res = bpy.ops.import_scene.gltf(filepath=os.path.abspath(mesh), import_select_created_objects=False)
         except Exception as exc:  # the importer reports failures as RuntimeError("Error: ...")
@@ -380,12 +396,32 @@ class Renderer:
             out.append(Vector((math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el))))
         return out
 
-    def _render_views(self, out: str, distance: float) -> float:
+    def _set_light(self, light: tuple[str, float] | None) -> None:
+        """Workbench: a job's own studio light, fixed in the world and turned about +Z; else the default."""
+        if self.a.engine != "BLENDER_WORKBENCH":
+            return
+        sh = self.scene.display.shading
+        if light is None:
+            sh.studio_light = "paint.sl"
+            sh.use_world_space_lighting = False
+            return
+        sh.studio_light = light[0]
+        sh.use_world_space_lighting = True
+        sh.studiolight_rotate_z = math.radians(light[1])
+
+    def _render_views(self, out: str, distance: float, views: list[dict[str, Any]] | None = None) -> float:
         os.makedirs(out, exist_ok=True)
         spent = 0.0
         result = None
-        for name, u in zip(view_names(self.a.views), self.cameras_dirs()):
+        if views is None:
+            names, dirs, lights = view_names(self.a.views), self.cameras_dirs(), [None] * self.a.views
+        else:
+            names = [v["name"] for v in views]
+            dirs = [view_dir(v["azimuth"], v["elevation"]) for v in views]
+            lights = [v.get("studio_light") and (v["studio_light"], v.get("light_rotation", 0.0)) for v in views]
+        for name, u, light in zip(names, dirs, lights):
             self.camera.matrix_world = look_at(u * distance)
+            self._set_light(light)
             t = time.perf_counter()
             bpy.ops.render.render(write_still=False)
             spent += time.perf_counter() - t
@@ -511,6 +547,67 @@ def _use_vertex_colour(ob: Any, mats: list[Any]) -> None:
                 nt.links.new(mix.outputs[2], base)
 
 
+def view_dir(azimuth_deg: float, elevation_deg: float) -> Vector:
+    """Unit vector toward a camera at (azimuth, elevation), Blender coordinates (see the frame convention)."""
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    return Vector((math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el)))
+
+
+def job_views(views: Any) -> list[dict[str, Any]]:
+    """Check a job's own view list: names usable as file stems, angles in range."""
+    out = []
+    for v in views:
+        name = str(v["name"])
+        if not name or "/" in name or name.startswith("."):
+            raise RuntimeError(f"bad view name {name!r}")
+        az, el = float(v["azimuth"]), float(v.get("elevation", 15.0))
+        if not -89.0 <= el <= 89.0:
+            raise RuntimeError(f"view {name}: elevation {el} outside [-89, 89]")
+        out.append({**v, "name": name, "azimuth": az, "elevation": el})
+    return out
+
+
+def _rotate(objs: list[Any], rows: list[list[float]]) -> None:
+    """Apply a 3x3 given in the file's frame (+Y up, front +Z) to the top-level imported objects."""
+    r = Matrix([[float(x) for x in row] for row in rows])
+    axes = Matrix(((1, 0, 0), (0, 0, -1), (0, 1, 0)))  # file (x, y, z) -> Blender (x, -z, y)
+    turn = (axes @ r @ axes.inverted()).to_4x4()
+    new = set(objs)
+    for ob in objs:
+        if ob.parent is None or ob.parent not in new:
+            ob.matrix_world = turn @ ob.matrix_world
+
+
+def _srgb_to_linear(c: float) -> float:
+    return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+
+def _import_obj(mesh: str) -> None:
+    """Wavefront OBJ in the glTF frame (+Y up, front +Z), MTL colours read as sRGB.
+
+    Blender's importer takes Kd as linear, which washes plain colours out; most
+    OBJ exporters (and Sweet Home 3D) mean sRGB. Workbench shows a material's
+    viewport colour, so that one is set too.
+    """
+    before = set(bpy.data.materials)
+    try:
+        res = bpy.ops.wm.obj_import(filepath=os.path.abspath(mesh), forward_axis="NEGATIVE_Z", up_axis="Y")
+    except Exception as exc:
+        raise RuntimeError(f"cannot import OBJ: {_one_line(exc)}") from None
+    if "FINISHED" not in res:
+        raise RuntimeError(f"cannot import OBJ: importer returned {sorted(res)}")
+    for mat in set(bpy.data.materials) - before:
+        if mat.node_tree is None:
+            continue
+        bsdf = next((n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+        if bsdf is None or bsdf.inputs["Base Color"].is_linked:
+            continue
+        r, g, b, a = bsdf.inputs["Base Color"].default_value
+        linear = (_srgb_to_linear(r), _srgb_to_linear(g), _srgb_to_linear(b), a)
+        bsdf.inputs["Base Color"].default_value = linear
+        mat.diffuse_color = linear
+
+
 def look_at(position: Vector) -> Matrix:
     """Camera matrix at `position` looking at the origin, Blender +Z up."""
     forward = -position.normalized()
@@ -558,12 +655,14 @@ def main(argv: list[str]) -> int:
     if a.jobs:
         try:
             with open(a.jobs) as f:
-                jobs = [(str(j["mesh"]), str(j["out"])) for j in json.load(f)]
+                specs = json.load(f)
+                jobs = [(str(j["mesh"]), str(j["out"])) for j in specs]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"render_views: {a.jobs}: cannot read job list: {_one_line(exc)}", file=sys.stderr)
             return 2
     else:
         jobs = [(a.mesh, a.out)]
+        specs = [{}]
         if not os.path.isfile(a.mesh):  # fail before paying for Blender's scene set-up
             print(f"render_views: {a.mesh}: mesh file not found", file=sys.stderr)
             return 1
@@ -583,11 +682,11 @@ def main(argv: list[str]) -> int:
           f"engine={a.engine} resolution={a.resolution} views={a.views}", flush=True)
 
     results: list[dict[str, Any]] = []
-    for mesh, out in jobs:
+    for (mesh, out), spec in zip(jobs, specs):
         t = time.perf_counter()
         rec: dict[str, Any] = {"mesh": mesh, "out": out, "ok": True, "error": None}
         try:
-            rec.update(renderer.run(mesh, out))
+            rec.update(renderer.run(mesh, out, spec))
         except Exception as exc:  # one bad asset must not stop the batch
             rec["ok"] = False
             rec["error"] = _one_line(exc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import subprocess
@@ -12,10 +11,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
-
 from dam3d import __version__
 from dam3d.errors import AssetError
+from dam3d.evaluate import QueryEncoder  # noqa: F401 - search, serve and evaluate share it
 from dam3d.index import FUSIONS, Index
 
 U2NETP_MD5 = "8e83ca70e441ab06c318d82300c84806"
@@ -33,35 +31,6 @@ def find_index(index: str | None, results: str = "results") -> Path:
         names = ", ".join(str(p) for p in found)
         raise SystemExit(f"dam3d: several indexes ({names}); choose one with --index")
     return found[0]
-
-
-class QueryEncoder:
-    """Turns a photo into a query vector with the same cutout and model the index was built with."""
-
-    def __init__(self, index: Index) -> None:
-        from dam3d.cutout import mask_fn
-        from dam3d.embed import ModelSpec
-
-        config = index.manifest["config"]
-        self.cutout_cfg = config["cutout"]
-        self.background = tuple(config["background"])
-        self.device = config.get("device", "auto")
-        self.spec = ModelSpec(**index.manifest["model"])
-        self.mask = mask_fn(index.manifest["backends"]["cutout"], model=self.cutout_cfg["model"], device=self.device)
-
-    def __call__(self, photo: str | Path) -> np.ndarray:
-        from dam3d.cutout import cut_out
-        from dam3d.embed import embed_images
-        from dam3d.images import flatten, load_image
-
-        image = load_image(photo, str(photo), stage="query", max_pixels=self.cutout_cfg["max_pixels"])
-        try:
-            cutout = cut_out(image, str(photo), mask=self.mask, size=self.cutout_cfg["size"], margin=self.cutout_cfg["margin"])
-        except AssetError as exc:
-            # A query with no detectable object is still worth answering from the whole frame.
-            print(f"dam3d: {exc}; searching with the whole photo", file=sys.stderr)
-            cutout = image
-        return embed_images(self.spec, [flatten(cutout, self.background)], device=self.device)[0]
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -85,30 +54,25 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dam3d.evaluate import default_cache_dir, evaluate, format_confusions, format_table
+
     index = Index.load(find_index(args.index, args.results))
-    encode = QueryEncoder(index)
-    queries_csv = Path(args.queries)
-    with queries_csv.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"query", "sku"} <= set(rows[0]):
-        raise SystemExit(f"dam3d: {queries_csv} needs the columns query,sku")
-    known = {a["sku"] for a in index.assets}
-    ranks: dict[str, list[int | None]] = {f: [] for f in FUSIONS}
-    for row in rows:
-        if row["sku"] not in known:
-            print(f"dam3d: {row['query']}: SKU {row['sku']!r} is not in the index; counted as a miss", file=sys.stderr)
-        query = encode(queries_csv.parent / row["query"])
-        for fusion in FUSIONS:
-            skus = [h["sku"] for h in index.search(query, k=len(index.assets), fusion=fusion)]
-            ranks[fusion].append(skus.index(row["sku"]) + 1 if row["sku"] in skus else None)
-    report = {f: {f"top{k}": sum(1 for r in rs if r is not None and r <= k) / len(rs) for k in (1, 3, 5)} for f, rs in ranks.items()}
+    cache = None if args.no_cache else Path(args.cache) if args.cache else default_cache_dir(index)
+    try:
+        report, encoder = evaluate(index, args.queries, cache_dir=cache, log=lambda m: print(f"dam3d: {m}", file=sys.stderr))
+    except ValueError as exc:
+        raise SystemExit(f"dam3d: {exc}") from None
     if args.json:
-        print(json.dumps({"queries": len(rows), "index": str(index.directory), "fusions": report}, indent=2))
-    else:
-        print(f"{len(rows)} queries, index {index.directory} ({len(index.assets)} SKUs)")
-        print(f"{'fusion':<6}  {'top-1':>6}  {'top-3':>6}  {'top-5':>6}")
-        for fusion, scores in report.items():
-            print(f"{fusion:<6}  " + "  ".join(f"{scores[f'top{k}']:6.1%}" for k in (1, 3, 5)))
+        print(json.dumps(report, indent=2))
+        return 0
+    first = next(iter(report.values()))
+    print(f"{first['n']} queries, index {index.directory} ({len(index.assets)} SKUs, model {index.manifest['model']['name']}); "
+          f"query vectors: {encoder.stats['cached']} cached, {encoder.stats['computed']} computed")
+    print(format_table(report))
+    if first["absent"]:
+        print(f"{len(first['absent'])} expected SKU(s) not in the index, counted as misses: {', '.join(first['absent'])}")
+    for fusion in report:
+        print(format_confusions(report, fusion, limit=3))
     return 0
 
 
@@ -161,9 +125,19 @@ def parser() -> argparse.ArgumentParser:
     search.set_defaults(func=cmd_search)
 
     evaluate = sub.add_parser("evaluate", help="top-1/3/5 of each fusion on labelled queries (CSV: query,sku)")
-    evaluate.add_argument("queries")
+    evaluate.add_argument("queries", help="CSV with the columns query (image path, relative to the CSV) and sku")
     with_index(evaluate)
+    evaluate.add_argument("--cache", help="query vector cache folder (default: RESULTS/cache/queries/{model} next to the index)")
+    evaluate.add_argument("--no-cache", action="store_true", help="neither read nor write cached query vectors")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    bench = sub.add_parser("bench", help="benchmarks: `dam3d bench make OUT` builds a labelled catalogue + query set")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    make = bench_sub.add_parser("make", help="catalogue + customer-style queries rendered from CC0/CC-BY 3D models")
+    from dam3d import benchgen
+
+    benchgen.add_arguments(make)
+    make.set_defaults(func=benchgen.run)
 
     failures = sub.add_parser("failures", help="assets that failed a stage, and why")
     failures.add_argument("--results", default="results")

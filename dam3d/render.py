@@ -42,7 +42,7 @@ class BatchRun:
 
 
 def run_batch(
-    jobs: list[tuple[Path, Path]],
+    jobs: list[tuple[Path, Path]] | list[dict[str, Any]],
     *,
     views: int = 8,
     elevation: float = 15.0,
@@ -62,7 +62,11 @@ def run_batch(
     with tempfile.TemporaryDirectory(prefix="dam3d-render-") as tmp:
         jobs_file = Path(tmp) / "jobs.json"
         report = Path(tmp) / "report.json"
-        jobs_file.write_text(json.dumps([{"mesh": str(m), "out": str(o)} for m, o in jobs]))
+        # A job is (mesh, out_dir), or a dict with render_views.py's optional per-job keys (views, rotation).
+        jobs_file.write_text(json.dumps([
+            {k: str(v) if k in ("mesh", "out") else v for k, v in j.items()} if isinstance(j, dict)
+            else {"mesh": str(j[0]), "out": str(j[1])} for j in jobs
+        ]))
         args = [
             "--jobs", str(jobs_file), "--report", str(report),
             "--views", str(views), "--elevation", str(elevation), "--resolution", str(resolution),

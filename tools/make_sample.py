@@ -21,12 +21,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import glob
-import html
 import io
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -39,8 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CATALOGUE_GLOB = "/usr/share/sweethome3d/furniture/*.sh3f"
-DEBIAN_PACKAGE = "sweethome3d-furniture"
+from dam3d import sh3d
+from dam3d.sh3d import CATALOGUE_GLOB, DEBIAN_PACKAGE, extract_model, read_properties
 
 
 @dataclass(frozen=True)
@@ -117,66 +114,23 @@ SENSOR_MM = 36.0
 
 
 # ---------------------------------------------------------------- the SH3D catalogue
-
-
-def find_cc0_catalogue(pattern: str = CATALOGUE_GLOB) -> Path:
-    """The .sh3f zip whose catalogue declares itself public domain (CC0)."""
-    for path in sorted(glob.glob(pattern)):
-        with zipfile.ZipFile(path) as zf:
-            text = zf.read("PluginFurnitureCatalog.properties").decode("latin-1")
-        header = dict(re.findall(r"^(id|license)=(.*)$", text, flags=re.M))
-        if "CC-0" in header.get("id", "") and header.get("license", "").strip().lower() == "public domain":
-            return Path(path)
-    raise SystemExit(f"no CC0 SweetHome3D catalogue matches {pattern}; install the Debian package {DEBIAN_PACKAGE}")
-
-
-def read_properties(zf: zipfile.ZipFile) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """The catalogue header and its models keyed by model folder name (`armchair`, ...)."""
-    # Java .properties are Latin-1 with \uXXXX escapes.
-    text = zf.read("PluginFurnitureCatalog.properties").decode("latin-1")
-    header: dict[str, str] = {}
-    by_index: dict[str, dict[str, str]] = {}
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        value = value.strip().encode("latin-1").decode("unicode_escape")
-        if "#" in key:
-            name, index = key.split("#", 1)
-            by_index.setdefault(index, {})[name] = value
-        else:
-            header[key] = value
-    models = {entry["model"].split("/")[-2]: entry for entry in by_index.values() if "model" in entry}
-    return header, models
+# Reading the catalogue and checking licences lives in the package (dam3d.sh3d),
+# shared with the benchmark generator `dam3d bench make`.
 
 
 def model_licence(folder: Path) -> tuple[str, str]:
-    """(licence as the model's own licence file states it, Blend Swap page) for one model folder.
-
-    The catalogue as a whole says public domain; we also check each model's own
-    file, so a model that was not CC0 could never slip into the sample.
-    """
-    files = sorted(p for p in folder.iterdir() if "license" in p.name.lower() and p.suffix.lower() in (".txt", ".html"))
-    if not files:
-        raise SystemExit(f"{folder.name}: no licence file in the model folder")
-    raw = files[0].read_text(encoding="utf-8", errors="replace")
-    text = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", raw)))
-    if not re.search(r"Creative Commons Zero|CC0|CC-0", text):
-        raise SystemExit(f"{folder.name}: licence file {files[0].name} does not say CC0")
-    url = re.search(r"https?://www\.blendswap\.com/blends?/view/\d+", text)
-    number = re.match(r"(\d+) - ", files[0].name)
-    page = url.group(0) if url else (f"https://www.blendswap.com/blends/view/{number.group(1)}" if number else "")
-    return "CC0 1.0 (Creative Commons Zero, public domain)", page
+    """(licence, Blend Swap page) of one model folder; stops if its own licence file is not CC0."""
+    try:
+        return sh3d.model_licence(folder, "cc0")
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
-def extract_model(zf: zipfile.ZipFile, entry: dict[str, str], dest: Path) -> Path:
-    """Extract one model folder (OBJ, MTL, textures, licence) and return the OBJ path."""
-    model_path = entry["model"].lstrip("/")
-    prefix = model_path.rsplit("/", 1)[0] + "/"
-    for name in zf.namelist():
-        if name.startswith(prefix) and not name.endswith("/"):
-            zf.extract(name, dest)
-    return dest / model_path
+def find_cc0_catalogue(pattern: str = CATALOGUE_GLOB) -> Path:
+    try:
+        return sh3d.find_cc0_catalogue(pattern)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 # ---------------------------------------------------------------- Blender scene

@@ -89,9 +89,13 @@ def asset_embeddings(wildcards):
     return [f"{RESULTS}/embed/{wildcards.model}/{asset}.npz" for asset in ASSETS]
 
 
+# Targets added by optional rule files (evaluate.smk: evaluation, timings).
+EXTRA_TARGETS = []
+
+
 def all_outputs():
     outputs = [f"{RESULTS}/index/{model}/manifest.json" for model in EMBED_MODELS]
     outputs.append(f"{RESULTS}/failures.tsv")
     if VIEWS:
         outputs.append(f"{RESULTS}/contact_sheet.png")
-    return outputs
+    return outputs + EXTRA_TARGETS

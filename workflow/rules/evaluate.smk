@@ -4,14 +4,6 @@
 from dam3d.evaluate import read_queries
 
 
-def stage_benchmarks():
-    """The `benchmark:` files the stages of this catalogue write (those that exist are read)."""
-    stages = ["cutout"] + (["mesh", "render"] if VIEWS else [])
-    files = [f"{RESULTS}/benchmarks/{stage}/{asset}.tsv" for stage in stages for asset in ASSETS]
-    files += [f"{RESULTS}/benchmarks/embed_{model}/{asset}.tsv" for model in EMBED_MODELS for asset in ASSETS]
-    return files + [f"{RESULTS}/benchmarks/index/{model}.tsv" for model in EMBED_MODELS]
-
-
 # Reads the benchmark files without requiring them: results built before they existed
 # are not recomputed just to time them; it runs after the indexes, so after every stage.
 rule timings:
@@ -21,7 +13,14 @@ rule timings:
         tsv=f"{RESULTS}/timings.tsv",
         html=report(f"{RESULTS}/timings.html", caption="../report/timings.rst", category="Timings"),
     params:
-        benchmarks=stage_benchmarks(),
+        # The `benchmark:` files the stages of this catalogue write; those that exist are read.
+        benchmarks=[
+            f"{RESULTS}/benchmarks/{stage}/{asset}.tsv"
+            for stage in ["cutout"] + (["mesh", "render"] if VIEWS else [])
+            for asset in ASSETS
+        ]
+        + [f"{RESULTS}/benchmarks/embed_{model}/{asset}.tsv" for model in EMBED_MODELS for asset in ASSETS]
+        + [f"{RESULTS}/benchmarks/index/{model}.tsv" for model in EMBED_MODELS],
     log:
         f"{RESULTS}/logs/timings.log",
     conda:

@@ -1,0 +1,341 @@
+"""Evaluation: top-1/3/5 of each fusion on labelled query photos, with a cache of query vectors.
+
+A query set is a CSV with the columns `query` (an image path, relative to the
+CSV's folder) and `sku` (the expected SKU as search prints it, or its asset id).
+Each photo goes through the same cutout and model as the index (QueryEncoder).
+
+Query vectors are cached by content: the key is the sha256 of the image bytes,
+the model spec, the cutout backend and settings and the background, so
+re-evaluating after the index changed (new SKUs, other renders, other fusion)
+reuses them, while another model or cutout computes new ones. The cache is a
+folder of .npy files (default RESULTS/cache/queries/{model}/), written atomically.
+
+Metrics per fusion: top-k = share of queries whose SKU ranks within the first
+k (ties broken as `dam3d search` does: by index order); a SKU absent from the
+index is a miss. The 95 % interval of top-1 is a percentile bootstrap over
+queries with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dam3d.atomic import atomic_path
+from dam3d.errors import AssetError
+from dam3d.index import FUSIONS, Index
+
+TOPK = (1, 3, 5)
+CACHE_VERSION = 1  # bump when the query preprocessing changes meaning
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+# --------------------------------------------------------------------------- queries
+
+
+@dataclass(frozen=True)
+class LabelledQuery:
+    query: str  # as written in the CSV
+    path: Path  # resolved
+    sku: str  # as written in the CSV
+
+
+def read_queries(csv_path: str | Path) -> list[LabelledQuery]:
+    """The rows of a query CSV (columns query, sku); paths relative to the CSV's folder."""
+    csv_path = Path(csv_path)
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"query", "sku"} <= set(reader.fieldnames):
+            raise ValueError(f"{csv_path} needs the columns query,sku (has {', '.join(reader.fieldnames or [])})")
+        rows = [r for r in reader if (r.get("query") or "").strip()]
+    if not rows:
+        raise ValueError(f"{csv_path} lists no queries")
+    out = [LabelledQuery(r["query"], csv_path.parent / r["query"].strip(), (r["sku"] or "").strip()) for r in rows]
+    missing = [q.query for q in out if not q.path.is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise FileNotFoundError(f"{csv_path}: query image {missing[0]} not found (relative to {csv_path.parent}){more}")
+    return out
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+class QueryEncoder:
+    """Turns photos into query vectors with the same cutout and model the index was built with.
+
+    Models load on first use, so a fully cached evaluation loads none. With a
+    `cache_dir`, `encode_many` reads and writes the vector cache.
+    """
+
+    def __init__(self, index: Index, *, cache_dir: str | Path | None = None, batch_size: int | None = None) -> None:
+        from dam3d.embed import ModelSpec
+
+        config = index.manifest["config"]
+        self.cutout_cfg = config["cutout"]
+        self.background = tuple(config["background"])
+        self.device = config.get("device", "auto")
+        self.spec = ModelSpec(**index.manifest["model"])
+        self.cutout_backend = index.manifest["backends"]["cutout"]
+        self.batch_size = batch_size or config.get("embed", {}).get("batch_size", 32)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._mask = None
+        self.stats = {"cached": 0, "computed": 0}
+        # What the vector of a photo depends on besides its bytes.
+        self.key_config = {
+            "version": CACHE_VERSION,
+            "model": {"name": self.spec.name, "backend": self.spec.backend, "model": self.spec.model,
+                      "pooling": self.spec.pooling},
+            "cutout": {"backend": self.cutout_backend, "size": self.cutout_cfg["size"],
+                       "margin": self.cutout_cfg["margin"],
+                       "model": self.cutout_cfg["model"] if self.cutout_backend == "rmbg" else self.cutout_backend},
+            "background": list(self.background),
+        }
+        self._config_digest = hashlib.sha256(json.dumps(self.key_config, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def mask(self):  # noqa: ANN201 - a MaskFn
+        if self._mask is None:
+            from dam3d.cutout import mask_fn
+
+            self._mask = mask_fn(self.cutout_backend, model=self.cutout_cfg["model"], device=self.device)
+        return self._mask
+
+    def prepare(self, photo: str | Path) -> tuple[Image.Image, Image.Image, str | None]:
+        """(cutout or whole photo, the RGB image the model sees, a note when no object was found)."""
+        from dam3d.cutout import cut_out
+        from dam3d.images import flatten, load_image
+
+        image = load_image(photo, str(photo), stage="query", max_pixels=self.cutout_cfg["max_pixels"])
+        note = None
+        try:
+            cutout = cut_out(image, str(photo), mask=self.mask, size=self.cutout_cfg["size"], margin=self.cutout_cfg["margin"])
+        except AssetError as exc:
+            # A query with no detectable object is still worth answering from the whole frame.
+            note = f"{exc}; searching with the whole photo"
+            cutout = image
+        return cutout, flatten(cutout, self.background), note
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        from dam3d.embed import embed_images
+
+        return embed_images(self.spec, list(images), batch_size=self.batch_size, device=self.device)
+
+    def encode(self, photo: str | Path) -> tuple[Image.Image, np.ndarray, str | None]:
+        """The image searched with (the cutout, or the whole photo), its vector, and a note when no object was found."""
+        cutout, flat, note = self.prepare(photo)
+        return cutout, self.embed([flat])[0], note
+
+    def __call__(self, photo: str | Path) -> np.ndarray:
+        _, vector, note = self.encode(photo)
+        if note:
+            print(f"dam3d: {note}", file=sys.stderr)
+        return vector
+
+    def cache_key(self, photo: str | Path) -> str:
+        digest = hashlib.sha256(Path(photo).read_bytes()).hexdigest()
+        return hashlib.sha256(f"{digest}:{self._config_digest}".encode()).hexdigest()
+
+    def encode_many(self, photos: Sequence[str | Path], *, log: Callable[[str], None] | None = None) -> np.ndarray:
+        """(N, D) vectors for `photos`: cached ones are read, the others cut out, embedded in batches and cached."""
+        keys = [self.cache_key(p) for p in photos]
+        vectors: list[np.ndarray | None] = [None] * len(photos)
+        todo: list[int] = []
+        for i, key in enumerate(keys):
+            cached = self._read_cache(key)
+            if cached is None:
+                todo.append(i)
+            else:
+                vectors[i] = cached
+        self.stats["cached"] += len(photos) - len(todo)
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            flats = []
+            for i in chunk:
+                _, flat, note = self.prepare(photos[i])
+                if note and log:
+                    log(f"{photos[i]}: {note}")
+                flats.append(flat)
+            for i, vector in zip(chunk, self.embed(flats), strict=True):
+                vectors[i] = vector
+                self._write_cache(keys[i], vector)
+            self.stats["computed"] += len(chunk)
+            if log:
+                log(f"encoded {min(start + self.batch_size, len(todo))}/{len(todo)} new query photos")
+        return np.stack(vectors).astype(np.float32)
+
+    def _cache_file(self, key: str) -> Path | None:
+        return self.cache_dir / f"{key}.npy" if self.cache_dir else None
+
+    def _read_cache(self, key: str) -> np.ndarray | None:
+        path = self._cache_file(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            vector = np.load(path)
+        except (OSError, ValueError):
+            return None  # a damaged entry is recomputed
+        return vector if vector.ndim == 1 else None
+
+    def _write_cache(self, key: str, vector: np.ndarray) -> None:
+        path = self._cache_file(key)
+        if path is None:
+            return
+        with atomic_path(path) as tmp:
+            np.save(tmp, np.asarray(vector, dtype=np.float32))
+
+
+def default_cache_dir(index: Index) -> Path:
+    """RESULTS/cache/queries/{model}/ for an index at RESULTS/index/{model}/."""
+    return index.directory.resolve().parent.parent / "cache" / "queries" / index.manifest["model"]["name"]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def score_matrix(index: Index, queries: np.ndarray, fusion: str, chunk: int = 256) -> np.ndarray:
+    """(Q, N) cosine scores of L2-normalised query vectors against every SKU, as Index.scores does one by one."""
+    out = np.empty((len(queries), len(index.assets)), dtype=np.float32)
+    v2, v3, vm = np.asarray(index.vec2d), np.asarray(index.vec3d), np.asarray(index.vecmean)
+    for s in range(0, len(queries), chunk):
+        q = np.asarray(queries[s : s + chunk], dtype=np.float32)
+        if fusion == "2d":
+            out[s : s + chunk] = q @ v2.T
+        elif fusion == "3d":
+            out[s : s + chunk] = np.einsum("qd,nvd->qnv", q, v3).max(axis=2)
+        elif fusion == "mean":
+            out[s : s + chunk] = q @ vm.T
+        elif fusion == "max":
+            out[s : s + chunk] = np.maximum(q @ v2.T, np.einsum("qd,nvd->qnv", q, v3).max(axis=2))
+        else:
+            raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
+    return out
+
+
+def ranks_of(scores: np.ndarray, targets: Sequence[int | None]) -> list[int | None]:
+    """1-based rank of each query's target row (None: absent), ties broken by row order as in Index.search."""
+    ranks: list[int | None] = []
+    n = scores.shape[1]
+    for row, t in zip(scores, targets, strict=True):
+        if t is None:
+            ranks.append(None)
+            continue
+        s = row[t]
+        ahead = int((row > s).sum()) + int((row[:t] == s).sum())
+        ranks.append(min(ahead + 1, n))
+    return ranks
+
+
+def bootstrap_interval(hits: np.ndarray, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap 95 % interval of the mean of 0/1 `hits` (resampling queries)."""
+    n = len(hits)
+    if n == 0:
+        return (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    for b in range(0, samples, 500):
+        idx = rng.integers(0, n, size=(min(500, samples - b), n))
+        means[b : b + len(idx)] = hits[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def evaluate_vectors(
+    index: Index,
+    queries: Sequence[LabelledQuery],
+    vectors: np.ndarray,
+    *,
+    fusions: Sequence[str] = FUSIONS,
+    confusions: int = 5,
+    bootstrap_seed: int = BOOTSTRAP_SEED,
+) -> dict[str, dict]:
+    """Per fusion: top1/top3/top5, n, the top-1 95 % interval, absent SKUs, worst confusions and queries."""
+    by_sku: dict[str, int] = {}
+    for i, a in enumerate(index.assets):
+        by_sku.setdefault(str(a["asset_id"]), i)
+    for i, a in enumerate(index.assets):
+        by_sku[str(a["sku"])] = i  # the brand SKU wins over an asset id that happens to look the same
+    targets = [by_sku.get(q.sku) for q in queries]
+    absent = sorted({q.sku for q, t in zip(queries, targets, strict=True) if t is None})
+    skus = [str(a["sku"]) for a in index.assets]
+    report: dict[str, dict] = {}
+    for fusion in fusions:
+        scores = score_matrix(index, vectors, fusion)
+        ranks = ranks_of(scores, targets)
+        top1 = scores.argmax(axis=1)  # first maximum: the SKU search prints first
+        result: dict = {}
+        for k in TOPK:
+            result[f"top{k}"] = sum(1 for r in ranks if r is not None and r <= k) / len(queries)
+        result["n"] = len(queries)
+        hits1 = np.array([1.0 if r == 1 else 0.0 for r in ranks])
+        result["top1_ci95"] = list(bootstrap_interval(hits1, seed=bootstrap_seed))
+        result["absent"] = absent
+        pairs: Counter[tuple[str, str]] = Counter()
+        examples: dict[tuple[str, str], list[str]] = {}
+        for q, r, best in zip(queries, ranks, top1, strict=True):
+            if r != 1:
+                pair = (q.sku, skus[int(best)])
+                pairs[pair] += 1
+                examples.setdefault(pair, []).append(q.query)
+        result["confusions"] = [
+            {"expected": e, "predicted": p, "count": c, "queries": examples[(e, p)]}
+            for (e, p), c in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:confusions]
+        ]
+        order = sorted(range(len(queries)), key=lambda i: (-(ranks[i] or len(skus) + 1), queries[i].query))
+        result["worst"] = [
+            {"query": queries[i].query, "expected": queries[i].sku, "rank": ranks[i],
+             "predicted": skus[int(top1[i])], "score": float(scores[i, top1[i]])}
+            for i in order[:confusions] if ranks[i] != 1
+        ]
+        report[fusion] = result
+    return report
+
+
+def evaluate(
+    index: Index,
+    queries_csv: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    encoder: QueryEncoder | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[dict[str, dict], QueryEncoder]:
+    """Read the query CSV, encode (through the cache), score every fusion. Returns (report, encoder)."""
+    queries = read_queries(queries_csv)
+    if log:
+        for sku in sorted({q.sku for q in queries} - {str(a["sku"]) for a in index.assets} - {str(a["asset_id"]) for a in index.assets}):
+            log(f"SKU {sku!r} is not in the index {index.directory}; its queries count as misses")
+    encoder = encoder or QueryEncoder(index, cache_dir=cache_dir)
+    vectors = encoder.encode_many([q.path for q in queries], log=log)
+    return evaluate_vectors(index, queries, vectors), encoder
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_table(report: dict[str, dict]) -> str:
+    """The accuracy table as plain text (also valid Markdown)."""
+    lines = ["| fusion | top-1 | top-1 95% CI | top-3 | top-5 | n |", "|---|---|---|---|---|---|"]
+    for fusion, r in report.items():
+        lo, hi = r["top1_ci95"]
+        lines.append(f"| {fusion} | {r['top1']:.1%} | {lo:.1%}-{hi:.1%} | {r['top3']:.1%} | {r['top5']:.1%} | {r['n']} |")
+    return "\n".join(lines)
+
+
+def format_confusions(report: dict[str, dict], fusion: str, limit: int = 5) -> str:
+    r = report[fusion]
+    if not r["confusions"]:
+        return f"worst confusions ({fusion}): none, every query's SKU came first"
+    lines = [f"worst confusions ({fusion}): expected -> predicted at top-1"]
+    for c in r["confusions"][:limit]:
+        lines.append(f"  {c['expected']} -> {c['predicted']}  x{c['count']}  ({', '.join(c['queries'][:3])})")
+    return "\n".join(lines)

@@ -77,12 +77,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
-    from dam3d.stage import read_failures
-
-    failures = read_failures(args.results)
-    for failure in failures:
-        print(f"{failure['asset']}\t{failure['stage']}\t{failure['reason']}")
-    print(f"{len(failures)} failed asset-stage(s) under {args.results}/failures", file=sys.stderr)
+    report = Path(args.results) / "failures.tsv"
+    if not report.exists():
+        print(f"dam3d: no {report}; it is written at the end of each `snakemake` run", file=sys.stderr)
+        return 2
+    lines = report.read_text(encoding="utf-8").splitlines()
+    print("\n".join(lines))
+    print(f"{len(lines) - 1} failed asset(s) in {report}", file=sys.stderr)
     return 0
 
 

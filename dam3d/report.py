@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from dam3d.atomic import atomic_path, write_text
-from dam3d.evaluate import TOPK
+from dam3d.evaluate import TOPK, format_delta
 
 COLOURS = {1: (31, 119, 180), 3: (255, 127, 14), 5: (44, 160, 44)}
 _STYLE = ("<style>body{font-family:sans-serif;font-size:14px}table{border-collapse:collapse}"
@@ -57,7 +57,8 @@ def bar_plot(report: dict[str, dict], out: Path, *, title: str = "") -> None:
             v = float(report[fusion][f"top{k}"])
             xa, xb = x0 + b * bar, x0 + (b + 1) * bar - 3
             d.rectangle([xa, y_of(v), xb, y_of(0)], fill=COLOURS[k])
-            d.text(((xa + xb) / 2, y_of(v) - 3), f"{v:.0%}", fill="black", font=small, anchor="md")
+            label_at = max(v, report[fusion]["top1_ci95"][1]) if k == 1 else v  # above the whisker
+            d.text(((xa + xb) / 2, y_of(label_at) - 3), f"{v:.0%}", fill="black", font=small, anchor="md")
             if k == 1:
                 lo, hi = report[fusion]["top1_ci95"]
                 xm = (xa + xb) / 2
@@ -82,10 +83,11 @@ def accuracy_html(report: dict[str, dict], *, title: str, notes: Iterable[str] =
     for fusion, r in report.items():
         lo, hi = r["top1_ci95"]
         rows.append(f"<tr><td>{html.escape(fusion)}</td><td>{r['top1']:.1%}</td><td>{lo:.1%} - {hi:.1%}</td>"
-                    f"<td>{r['top3']:.1%}</td><td>{r['top5']:.1%}</td><td>{r['n']}</td></tr>")
+                    f"<td>{r['top3']:.1%}</td><td>{r['top5']:.1%}</td><td>{r['n']}</td>"
+                    f"<td>{html.escape(format_delta(r))}</td></tr>")
     parts = [f"<html><head><meta charset='utf-8'>{_STYLE}</head><body><h3>{html.escape(title)}</h3>",
              "<table><tr><th>fusion</th><th>top-1</th><th>top-1 95% CI</th><th>top-3</th><th>top-5</th>"
-             "<th>queries</th></tr>", *rows, "</table>"]
+             "<th>queries</th><th>top-1 minus 2d (paired bootstrap 95% CI)</th></tr>", *rows, "</table>"]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     for fusion, r in report.items():
         if not r["confusions"]:

@@ -76,6 +76,12 @@ def test_topk_per_fusion_on_hand_built_index(hand_index: Index) -> None:
         lo, hi = r["top1_ci95"]
         assert 0.0 <= lo <= r["top1"] <= hi <= 1.0
     assert report["2d"]["top1"] == 0.5 and report["mean"]["top1"] == 0.75 and report["3d"]["top3"] == 0.75
+    # Paired difference with 2D: mean wins q2 where 2d does not, loses nothing.
+    assert "top1_vs_2d" not in report["2d"]
+    assert report["mean"]["top1_vs_2d"]["delta"] == pytest.approx(0.25)
+    lo, hi = report["mean"]["top1_vs_2d"]["ci95"]
+    assert 0.0 <= lo <= 0.25 <= hi <= 1.0
+    assert report["max"]["top1_vs_2d"]["delta"] == 0.0
     # Worst confusions: what came first instead of the expected SKU.
     pairs = {(c["expected"], c["predicted"]) for c in report["2d"]["confusions"]}
     assert pairs == {("B", "SKU C"), ("GHOST", "SKU A")}

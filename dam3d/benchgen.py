@@ -535,7 +535,8 @@ def write_licence(out: Path, headers: dict[str, dict], rows: list[dict], texture
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", type=Path, help="output folder (catalogue/, queries/, queries.csv, ...)")
+    p.add_argument("out", type=Path, help="output folder; its catalogue/ and queries/ are replaced (also queries.csv, "
+                                          "objects.csv, bench.json, LICENSE.md)")
     p.add_argument("--objects", type=int, default=120, help="number of objects (SKUs), default 120")
     p.add_argument("--queries-per-object", type=int, default=2, help="customer photos per object, default 2")
     p.add_argument("--seed", type=int, default=0, help="same seed, same benchmark (default 0)")

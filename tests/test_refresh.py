@@ -41,7 +41,8 @@ def per_asset(n: int) -> dict[str, int]:
 
 
 def after_assets(n: int) -> dict[str, int]:
-    return {**per_asset(n), "index": 1, "contact_sheet": 1, "failure_report": 1}
+    # timings: the per-stage seconds page (evaluate.smk) follows every index rebuild.
+    return {**per_asset(n), "index": 1, "contact_sheet": 1, "failure_report": 1, "timings": 1}
 
 
 def run(workdir: Path, catalogue: Path, *args: str, **extra: dict) -> subprocess.CompletedProcess[str]:
@@ -88,7 +89,8 @@ def test_parameter_and_model_changes_rerun_that_stage_onwards(tmp_path: Path, ca
     assert run(tmp_path, catalogue).returncode == 0
     # A render parameter: render and everything after it, for every asset; nothing before.
     dry = run(tmp_path, catalogue, "-n", render={"elevation": 30})
-    assert job_counts(dry) == {"render": 3, "embed": 3, "contact_asset": 3, "index": 1, "contact_sheet": 1, "failure_report": 1}
+    assert job_counts(dry) == {"render": 3, "embed": 3, "contact_asset": 3, "index": 1, "contact_sheet": 1, "failure_report": 1,
+                                "timings": 1}
     # A cutout parameter: everything.
     assert job_counts(run(tmp_path, catalogue, "-n", cutout={"margin": 0.15})) == after_assets(3)
     # A second embedding model: its embeddings and index only; the first index stays.
@@ -99,7 +101,7 @@ def test_parameter_and_model_changes_rerun_that_stage_onwards(tmp_path: Path, ca
                "vit-large": {"backend": "vit", "model": "google/vit-large-patch16-224", "pooling": "cls"}}
     both = run(tmp_path, catalogue, embed={"models": ["mobilenetv2", "tiny"], "presets": presets})
     assert both.returncode == 0, both.stderr[-3000:]
-    assert job_counts(both) == {"embed": 3, "index": 1, "failure_report": 1}
+    assert job_counts(both) == {"embed": 3, "index": 1, "failure_report": 1, "timings": 1}
     for model in ("mobilenetv2", "tiny"):
         assert json.loads((tmp_path / "results" / "index" / model / "manifest.json").read_text())["counts"]["indexed"] == 3
 
@@ -122,7 +124,8 @@ def test_bad_asset_is_isolated_reported_and_picked_up_once_fixed(tmp_path: Path,
 
     # Rerun one asset from a given stage on purpose (e.g. after a bad mesh): that asset, from there on.
     again = run(tmp_path, catalogue, "--forcerun", "results/mesh/blue-box.glb")
-    assert job_counts(again) == {"mesh": 1, "render": 1, "embed": 1, "contact_asset": 1, "index": 1, "contact_sheet": 1, "failure_report": 1}
+    assert job_counts(again) == {"mesh": 1, "render": 1, "embed": 1, "contact_asset": 1, "index": 1, "contact_sheet": 1, "failure_report": 1,
+                                  "timings": 1}
 
 
 def test_sigkill_mid_run_resumes_without_redoing_finished_work(tmp_path: Path, catalogue: Path) -> None:

@@ -10,6 +10,8 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 
 # Workbench and EEVEE render headless through Mesa's EGL.
 apt_packages=(libegl1 libegl-mesa0 libgl1-mesa-dri)
+# A throwaway single-node Slurm for the cluster profile's test (tests/test_slurm.py).
+apt_packages+=(slurm-wlm munge)
 if ! dpkg -s "${apt_packages[@]}" >/dev/null 2>&1; then
     sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
     $sudo apt-get update -q
@@ -23,6 +25,8 @@ fi
 # On a GPU machine install your CUDA build of torch before running this.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e '.[test]'
+# The Slurm executor plugin: profiles/slurm-gpu and its test.
+.venv/bin/pip install -q -e '.[slurm]'
 .venv/bin/dam3d install-u2netp
 # rembg's first import compiles numba kernels (~40 s); pay it here, once, not inside the first job.
 .venv/bin/python -c "import rembg" 2>/dev/null

@@ -199,7 +199,11 @@ class Renderer:
             c.caustics_reflective = False
             c.caustics_refractive = False
             c.device = self._cycles_device()
-            r.threads_mode = "AUTO"
+        # The CPU threads the job was granted (dam3d.jobenv sets DAM3D_THREADS); unset: all cores.
+        threads = int(os.environ.get("DAM3D_THREADS") or 0)
+        r.threads_mode = "FIXED" if threads > 0 else "AUTO"
+        if threads > 0:
+            r.threads = threads
 
     def _cycles_device(self) -> str:
         if self.a.device != "GPU":

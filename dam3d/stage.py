@@ -50,14 +50,17 @@ def run_asset_stage(
     attempt: int = 1,
     retries: int = 0,
     log: str | Path | None = None,
+    note: str | None = None,
 ) -> bool:
     """Run `work` for one asset; on failure record it and leave placeholders. True if it succeeded.
 
     `attempt` counts from 1 (Snakemake's); while attempt <= retries an unexpected
     error is raised so that Snakemake retries the job. The job's own chatter goes
-    to `log`; a failure is also told on the terminal.
+    to `log` (after `note`, e.g. dam3d.jobenv's line); a failure is also told on the terminal.
     """
     with _logging_to(log):
+        if note:
+            print(note, file=sys.stderr)
         ok, reason = _run(stage, asset, results, outputs, work, requires, attempt, retries)
     if not ok:
         print(f"dam3d: FAILED {asset}: {stage}: {reason}", file=sys.stderr)

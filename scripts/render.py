@@ -2,11 +2,13 @@
 
 from pathlib import Path
 
+from dam3d.jobenv import use_granted
 from dam3d.errors import AssetError
 from dam3d.render import render_assets
 from dam3d.stage import run_asset_stage
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
+job = use_granted(smk.threads)  # Blender's threads (DAM3D_THREADS); Slurm's GPU is CUDA_VISIBLE_DEVICES
 settings = smk.params.settings
 asset = smk.wildcards.asset
 out_dir = Path(smk.output[0]).parent
@@ -42,5 +44,6 @@ run_asset_stage(
     attempt=smk.resources.attempt,
     retries=smk.config["retries"],
     log=smk.log[0],
+    note=job,
     work=render,
 )

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -8,8 +9,14 @@ from snakemake.utils import min_version, validate
 
 min_version("8.0")
 
-# The package lives next to the Snakefile; make it importable even when not pip-installed.
+# The package lives next to the Snakefile; make it importable even when not pip-installed,
+# here and in the jobs (the per-stage conda envs of --use-conda do not install it).
 sys.path.insert(0, workflow.basedir)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        dict.fromkeys([workflow.basedir, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+    )
+)
 
 from dam3d.catalogue import SAFE_ID_PATTERN, file_digests, load_catalogue
 from dam3d.cutout import resolve_backend
@@ -89,7 +96,7 @@ def asset_embeddings(wildcards):
     return [f"{RESULTS}/embed/{wildcards.model}/{asset}.npz" for asset in ASSETS]
 
 
-# Targets added by optional rule files (evaluate.smk: evaluation, timings).
+# Targets added by the optional evaluate.smk (evaluation, timings).
 EXTRA_TARGETS = []
 
 

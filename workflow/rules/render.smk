@@ -12,9 +12,6 @@ rule render:
         # needs it to tell a retry (raise) from the last attempt (record the failure).
         attempt=lambda wildcards, attempt: attempt,
         gpu=1 if config["render"]["device"] == "GPU" else 0,
-    # Renders are short: on a cluster, batch several assets into one job.
-    group:
-        "render"
     benchmark:
         f"{RESULTS}/benchmarks/render/{{asset}}.tsv"
     log:

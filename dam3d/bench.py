@@ -85,10 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"mesh ({mesh['backend']})", f"{t / n:.3f} s/asset"))
 
         jobs = [(out / "mesh" / f"{a.asset_id}.glb", out / "render" / a.asset_id) for a in assets]
-        one = run_batch(jobs[:1], views=render["views"], elevation=render["elevation"], resolution=render["resolution"],
-                        engine=render["engine"], device=render["device"], samples=render["samples"], fov=render["fov"], aa=render["aa"])
-        batch = run_batch(jobs, views=render["views"], elevation=render["elevation"], resolution=render["resolution"],
-                          engine=render["engine"], device=render["device"], samples=render["samples"], fov=render["fov"], aa=render["aa"])
+        settings = {k: render[k] for k in ("views", "elevation", "resolution", "engine", "device", "samples", "fov", "aa")}
+        one = run_batch(jobs[:1], **settings)
+        batch = run_batch(jobs, **settings)
         rendering = sum(r.get("render_seconds") or 0.0 for r in batch.records)
         outside = 1.0 - rendering / batch.wall_seconds
         label = f"render ({render['engine']}, {render['resolution']} px, aa {render['aa']}, {len(views)} views)"

@@ -94,30 +94,19 @@ def render_assets(
     jobs: list[tuple[Path, Path]],
     *,
     views: int = 8,
-    elevation: float = 15.0,
-    resolution: int = 256,
     engine: str = "BLENDER_WORKBENCH",
-    device: str = "CPU",
-    samples: int = 16,
-    fov: float = 30.0,
-    aa: int = 4,
-    vertex_colors: str = "srgb",
-    blender: str | None = None,
-    timeout: float | None = None,
+    **settings: Any,
 ) -> dict[Path, str | None]:
     """Render every (mesh, out_dir) job; map each out_dir to None (done) or the error.
 
     Writes out_dir/az000.png ... (RGBA, transparent background), one Blender process
     for the whole list.  A crash of that process is reported against every job
-    it did not finish, never raised.  `aa`: Workbench/EEVEE anti-aliasing samples;
-    `vertex_colors`: read COLOR_0 as "srgb" (what trimesh writes) or "linear" (glTF).
+    it did not finish, never raised.  `settings` are run_batch's (elevation,
+    resolution, device, samples, fov, aa, vertex_colors, blender, timeout).
     """
     if not jobs:
         return {}
-    run = run_batch(
-        jobs, views=views, elevation=elevation, resolution=resolution, engine=engine, device=device,
-        samples=samples, fov=fov, aa=aa, vertex_colors=vertex_colors, blender=blender, timeout=timeout,
-    )
+    run = run_batch(jobs, views=views, engine=engine, **settings)
     done = {Path(r["out"]): r for r in run.records}
     names = VIEW_NAMES(views)
     result: dict[Path, str | None] = {}

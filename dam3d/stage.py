@@ -13,6 +13,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 from pathlib import Path
 
 from dam3d.atomic import write_text
@@ -120,3 +121,25 @@ def _placeholders(outputs: list[Path]) -> None:
     for path in outputs:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
+
+
+def run_job(smk: Any, stage: str, work: Callable[[], None], *, requires: Iterable[str | Path] = (), torch: bool = False) -> bool:
+    """`run_asset_stage` for a Snakemake `script:` job: asset, outputs, attempt, retries and log from `smk`.
+
+    Threads (and, on Slurm, the GPU in CUDA_VISIBLE_DEVICES) are taken up first, see dam3d.jobenv.
+    """
+    from dam3d.jobenv import use_granted
+
+    note = use_granted(smk.threads, torch=torch)
+    return run_asset_stage(
+        stage=stage,
+        asset=smk.wildcards.asset,
+        results=smk.config["results"],
+        outputs=smk.output,
+        work=work,
+        requires=requires,
+        attempt=smk.resources.attempt,
+        retries=smk.config["retries"],
+        log=smk.log[0],
+        note=note,
+    )

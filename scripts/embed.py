@@ -2,23 +2,14 @@
 
 from pathlib import Path
 
-from dam3d.jobenv import use_granted
 from dam3d.embed import ModelSpec, embed_asset
-from dam3d.stage import run_asset_stage
+from dam3d.stage import run_job
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
-job = use_granted(smk.threads, torch=True)  # threads; Slurm's GPU is CUDA_VISIBLE_DEVICES
-run_asset_stage(
-    stage=f"embed-{smk.wildcards.model}",
-    asset=smk.wildcards.asset,
-    results=smk.config["results"],
-    outputs=smk.output,
-    requires=[smk.input.cutout],
-    attempt=smk.resources.attempt,
-    retries=smk.config["retries"],
-    log=smk.log[0],
-    note=job,
-    work=lambda: embed_asset(
+run_job(
+    smk,
+    f"embed-{smk.wildcards.model}",
+    lambda: embed_asset(
         smk.wildcards.asset,
         Path(smk.input.cutout),
         [Path(p) for p in smk.input.views],
@@ -28,4 +19,6 @@ run_asset_stage(
         batch_size=smk.params.batch_size,
         device=smk.config["device"],
     ),
+    requires=[smk.input.cutout],
+    torch=True,
 )

@@ -2,23 +2,14 @@
 
 from pathlib import Path
 
-from dam3d.jobenv import use_granted
 from dam3d.mesh import build_mesh
-from dam3d.stage import run_asset_stage
+from dam3d.stage import run_job
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
-job = use_granted(smk.threads, torch=smk.params.backend == "trellis")  # threads; Slurm's GPU is CUDA_VISIBLE_DEVICES
-run_asset_stage(
-    stage="mesh",
-    asset=smk.wildcards.asset,
-    results=smk.config["results"],
-    outputs=smk.output,
-    requires=[smk.input.cutout],
-    attempt=smk.resources.attempt,
-    retries=smk.config["retries"],
-    log=smk.log[0],
-    note=job,
-    work=lambda: build_mesh(
+run_job(
+    smk,
+    "mesh",
+    lambda: build_mesh(
         smk.wildcards.asset,
         Path(smk.input.cutout),
         Path(smk.output[0]),
@@ -26,4 +17,6 @@ run_asset_stage(
         dict(smk.params.settings),
         provided=Path(smk.input.provided[0]) if smk.input.provided else None,
     ),
+    requires=[smk.input.cutout],
+    torch=smk.params.backend == "trellis",
 )

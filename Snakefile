@@ -21,6 +21,10 @@ include: "workflow/rules/index.smk"
 include: "workflow/rules/evaluate.smk"
 
 
+if workflow.is_main_process:
+    print(plan_summary(PLANS), file=sys.stderr)
+
+
 rule all:
     input:
         all_outputs(),

@@ -1,4 +1,4 @@
-"""Running one asset through one stage so that a bad asset never costs the whole run.
+"""Running a chunk of assets through one stage so that a bad asset never costs the whole run.
 
 A bad asset (AssetError) or an error that survives its retries leaves a
 failure record, results/failures/{stage}/{asset}.json, and 0-byte
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -40,34 +41,6 @@ def read_failures(results: str | Path) -> list[dict]:
     return records
 
 
-def run_asset_stage(
-    *,
-    stage: str,
-    asset: str,
-    results: str | Path,
-    outputs: Iterable[str | Path],
-    work: Callable[[], None],
-    requires: Iterable[str | Path] = (),
-    attempt: int = 1,
-    retries: int = 0,
-    log: str | Path | None = None,
-    note: str | None = None,
-) -> bool:
-    """Run `work` for one asset; on failure record it and leave placeholders. True if it succeeded.
-
-    `attempt` counts from 1 (Snakemake's); while attempt <= retries an unexpected
-    error is raised so that Snakemake retries the job. The job's own chatter goes
-    to `log` (after `note`, e.g. dam3d.jobenv's line); a failure is also told on the terminal.
-    """
-    with _logging_to(log):
-        if note:
-            print(note, file=sys.stderr)
-        ok, reason = _run(stage, asset, results, outputs, work, requires, attempt, retries)
-    if not ok:
-        print(f"dam3d: FAILED {asset}: {stage}: {reason}", file=sys.stderr)
-    return ok
-
-
 @contextlib.contextmanager
 def _logging_to(log: str | Path | None) -> Iterator[None]:
     if log is None:
@@ -78,68 +51,149 @@ def _logging_to(log: str | Path | None) -> Iterator[None]:
         yield
 
 
-def _run(
-    stage: str,
-    asset: str,
-    results: str | Path,
-    outputs: Iterable[str | Path],
-    work: Callable[[], None],
-    requires: Iterable[str | Path],
-    attempt: int,
-    retries: int,
-) -> tuple[bool, str | None]:
-    outputs = [Path(p) for p in outputs]
-    record = failure_path(results, stage, asset)
-    failed_inputs = [str(p) for p in requires if is_placeholder(p)]
-    reason = None
-    if failed_inputs:
-        # The earlier stage holds the failure record with the real reason; only pass the placeholder on.
-        reason = f"an earlier stage failed for this asset (placeholder {failed_inputs[0]})"
-        record.unlink(missing_ok=True)
-        _placeholders(outputs)
-        return False, reason
-    try:
-        work()
-        record.unlink(missing_ok=True)
-        return True, None
-    except AssetError as exc:
-        reason = exc.reason
-    except Exception as exc:  # noqa: BLE001 - anything else may be transient
-        reason = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-        if attempt <= retries:
-            # Let Snakemake retry the job (rule `retries:`); only the last attempt is recorded.
-            print(f"dam3d: {asset}: {stage}: attempt {attempt} failed ({reason}); Snakemake will retry", file=sys.stderr)
-            raise
-    print(f"dam3d: FAILED {asset}: {stage}: {reason}", file=sys.stderr)  # into the log
-    write_text(record, json.dumps({"asset": asset, "stage": stage, "reason": reason}) + "\n")
-    _placeholders(outputs)
-    return False, reason
-
-
 def _placeholders(outputs: list[Path]) -> None:
     for path in outputs:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
 
 
-def run_job(smk: Any, stage: str, work: Callable[[], None], *, requires: Iterable[str | Path] = (), torch: bool = False) -> bool:
-    """`run_asset_stage` for a Snakemake `script:` job: asset, outputs, attempt, retries and log from `smk`.
+Process = Callable[[list[dict]], Iterable[tuple[str, BaseException | None]]]
 
-    Threads (and, on Slurm, the GPU in CUDA_VISIBLE_DEVICES) are taken up first, see dam3d.jobenv.
+
+def each(members: list[dict], work: Callable[[dict], None]) -> Iterator[tuple[str, BaseException | None]]:
+    """A `Process` for stages without batching: `work(member)` for each, its error kept to it."""
+    for member in members:
+        try:
+            work(member)
+        except Exception as exc:  # noqa: BLE001 - reported for this asset alone
+            yield member["asset"], exc
+        else:
+            yield member["asset"], None
+
+
+def run_members(
+    *,
+    stage: str,
+    chunk: str,
+    members: list[dict],
+    process: Process,
+    results: str | Path,
+    retries: int = 0,
+    progress: Any = None,
+) -> list[dict]:
+    """Compute a chunk's members through `process`, each asset's failure alone; return their outcomes.
+
+    `members` are dicts with asset, key, outputs and, optionally, requires (files
+    from earlier stages; a placeholder there passes that stage's failure on). An
+    asset already stamped with its key is skipped (a retried or resumed job). An
+    AssetError is recorded at once; any other error is retried alone up to
+    `retries` times first. Every finished asset gets its stamp (dam3d.plan), after
+    its outputs, so a killed job keeps what it finished.
+    """
+    from dam3d.plan import read_stamp, stamp_path
+
+    progress = progress or sys.stderr
+    outcomes: dict[str, dict] = {}
+    started = time.monotonic()
+    last_report = started
+
+    def finish(member: dict, reason: str | None, *, record: bool = True) -> None:
+        nonlocal last_report
+        asset = member["asset"]
+        failure = failure_path(results, stage, asset)
+        if reason is None:
+            failure.unlink(missing_ok=True)
+        else:
+            if record:
+                write_text(failure, json.dumps({"asset": asset, "stage": stage, "reason": reason}) + "\n")
+            else:
+                failure.unlink(missing_ok=True)
+            _placeholders([Path(p) for p in member["outputs"]])
+            print(f"dam3d: FAILED {asset}: {stage}: {reason}", file=sys.stderr)
+        write_text(
+            stamp_path(results, stage, asset),
+            json.dumps({"key": member["key"], "chunk": chunk, "ok": reason is None, "reason": reason}) + "\n",
+        )
+        outcomes[asset] = {"asset": asset, "ok": reason is None, "reason": reason}
+        # Long chunks (TRELLIS: minutes) say how far they are on the terminal, every 30 s.
+        now = time.monotonic()
+        if now - last_report > 30 and len(outcomes) < len(members):
+            last_report = now
+            print(f"dam3d: {stage} {chunk}: {len(outcomes)}/{len(members)} assets, "
+                  f"{(now - started) / len(outcomes):.2f} s/asset", file=progress, flush=True)
+
+    todo = []
+    for member in members:
+        stamp = read_stamp(results, stage, member["asset"])
+        if stamp and stamp.get("key") == member["key"] and all(Path(p).exists() for p in member["outputs"]):
+            outcomes[member["asset"]] = {"asset": member["asset"], "ok": stamp.get("ok", True),
+                                         "reason": stamp.get("reason"), "resumed": True}
+            continue
+        failed_inputs = [str(p) for p in member.get("requires", ()) if is_placeholder(p)]
+        if failed_inputs:
+            # The earlier stage holds the failure record with the real reason; only pass the placeholder on.
+            finish(member, f"an earlier stage failed for this asset (placeholder {failed_inputs[0]})", record=False)
+        else:
+            todo.append(member)
+
+    for attempt in range(retries + 1):
+        by_asset = {m["asset"]: m for m in todo}
+        again: list[dict] = []
+        try:
+            for asset, error in process(todo):
+                member = by_asset.pop(asset)
+                if error is None:
+                    finish(member, None)
+                elif isinstance(error, AssetError):
+                    finish(member, error.reason)
+                elif attempt < retries:
+                    print(f"dam3d: {asset}: {stage}: attempt {attempt + 1} failed ({_describe(error)}); retrying",
+                          file=sys.stderr)
+                    again.append(member)
+                else:
+                    finish(member, _describe(error))
+        except Exception as exc:  # noqa: BLE001 - e.g. the model failed to load: every asset left gets the reason
+            traceback.print_exc()
+            for member in by_asset.values():
+                (again.append(member) if attempt < retries else finish(member, _describe(exc)))
+            by_asset = {}
+        for member in by_asset.values():  # a process that skipped an asset is a bug; never lose it silently
+            finish(member, "internal error: the stage returned no result for this asset")
+        todo = again
+        if not todo:
+            break
+    return [outcomes[m["asset"]] for m in members]
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, AssetError):
+        return error.reason
+    return f"{type(error).__name__}: {error}"
+
+
+def run_chunk(smk: Any, stage: str, process: Process, *, torch: bool = False) -> list[dict]:
+    """`run_members` for a Snakemake chunk job: members, retries and log from `smk`; writes the chunk manifest.
+
+    Threads (and, on Slurm, the GPU in CUDA_VISIBLE_DEVICES) are taken up first, see
+    dam3d.jobenv. The job's chatter goes to its log; failures and progress also to the terminal.
     """
     from dam3d.jobenv import use_granted
 
-    note = use_granted(smk.threads, torch=torch)
-    return run_asset_stage(
-        stage=stage,
-        asset=smk.wildcards.asset,
-        results=smk.config["results"],
-        outputs=smk.output,
-        work=work,
-        requires=requires,
-        attempt=smk.resources.attempt,
-        retries=smk.config["retries"],
-        log=smk.log[0],
-        note=note,
-    )
+    members = [dict(m) for m in smk.params.members]
+    chunk = smk.wildcards.chunk
+    terminal = sys.stderr
+    started = time.monotonic()
+    with _logging_to(smk.log[0]):
+        print(use_granted(smk.threads, torch=torch), file=sys.stderr)
+        print(f"dam3d: {stage} {chunk}: {len(members)} assets", file=sys.stderr)
+        outcomes = run_members(stage=stage, chunk=chunk, members=members, process=process,
+                               results=smk.config["results"], retries=smk.config["retries"], progress=terminal)
+    seconds = time.monotonic() - started
+    failed = [o for o in outcomes if not o["ok"]]
+    for o in failed:
+        print(f"dam3d: FAILED {o['asset']}: {stage}: {o['reason']}", file=terminal)
+    print(f"dam3d: {stage} {chunk}: {len(outcomes)} assets in {seconds:.1f} s "
+          f"({seconds / max(1, len(outcomes)):.2f} s/asset), {len(failed)} failed", file=terminal)
+    write_text(smk.output[0], json.dumps({"stage": stage, "chunk": chunk, "seconds": round(seconds, 3),
+                                          "members": outcomes}, indent=1) + "\n")
+    return outcomes

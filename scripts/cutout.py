@@ -1,22 +1,23 @@
-"""Snakemake entry point: cutout of one asset (see dam3d.cutout)."""
+"""Snakemake entry point: cutouts of one chunk of assets (see dam3d.cutout, dam3d.stage)."""
 
-from dam3d.cutout import make_cutout
-from dam3d.stage import run_job
+from pathlib import Path
+
+from dam3d.cutout import make_cutouts
+from dam3d.stage import run_chunk
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
-run_job(
+run_chunk(
     smk,
     "cutout",
-    lambda: make_cutout(
-        smk.wildcards.asset,
-        smk.input[0],
-        smk.output[0],
+    lambda members: make_cutouts(
+        [(m["asset"], Path(m["image"]), Path(m["outputs"][0])) for m in members],
         backend=smk.params.backend,
         model=smk.params.model,
         size=smk.params.size,
         margin=smk.params.margin,
         max_pixels=smk.params.max_pixels,
         device=smk.config["device"],
+        batch_size=smk.params.batch_size,
     ),
     torch=smk.params.backend == "rmbg",
 )

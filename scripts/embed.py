@@ -1,24 +1,20 @@
-"""Snakemake entry point: vectors of one asset's cutout and views (see dam3d.embed)."""
+"""Snakemake entry point: vectors of one chunk of assets' cutouts and views (see dam3d.embed, dam3d.stage)."""
 
 from pathlib import Path
 
-from dam3d.embed import ModelSpec, embed_asset
-from dam3d.stage import run_job
+from dam3d.embed import ModelSpec, embed_assets
+from dam3d.stage import run_chunk
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
-run_job(
+run_chunk(
     smk,
     f"embed-{smk.wildcards.model}",
-    lambda: embed_asset(
-        smk.wildcards.asset,
-        Path(smk.input.cutout),
-        [Path(p) for p in smk.input.views],
-        Path(smk.output[0]),
+    lambda members: embed_assets(
+        [(m["asset"], Path(m["cutout"]), [Path(v) for v in m["views"]], Path(m["outputs"][0])) for m in members],
         ModelSpec(**smk.params.spec),
         background=tuple(smk.params.background),
         batch_size=smk.params.batch_size,
         device=smk.config["device"],
     ),
-    requires=[smk.input.cutout],
     torch=True,
 )

@@ -12,7 +12,7 @@ from dam3d.stage import read_failures
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 config = smk.config
 assets = load_catalogue(config["catalogue"])
-by_id = {Path(p).stem: Path(p) for p in smk.input}
+by_id = {Path(p).stem: Path(p) for p in smk.params.embeddings}
 out_dir = Path(smk.output.manifest).parent
 failures = [f for f in read_failures(config["results"]) if f["asset"] in by_id]
 manifest = build_index(

@@ -1,22 +1,27 @@
-"""Snakemake entry point: mesh of one asset (see dam3d.mesh)."""
+"""Snakemake entry point: meshes of one chunk of assets (see dam3d.mesh, dam3d.stage).
+
+The backend's model (TRELLIS) is loaded once per process, so once per chunk.
+"""
 
 from pathlib import Path
 
 from dam3d.mesh import build_mesh
-from dam3d.stage import run_job
+from dam3d.stage import each, run_chunk
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
-run_job(
+run_chunk(
     smk,
     "mesh",
-    lambda: build_mesh(
-        smk.wildcards.asset,
-        Path(smk.input.cutout),
-        Path(smk.output[0]),
-        smk.params.backend,
-        dict(smk.params.settings),
-        provided=Path(smk.input.provided[0]) if smk.input.provided else None,
+    lambda members: each(
+        members,
+        lambda m: build_mesh(
+            m["asset"],
+            Path(m["cutout"]),
+            Path(m["outputs"][0]),
+            smk.params.backend,
+            dict(smk.params.settings),
+            provided=Path(m["provided"]) if m["provided"] else None,
+        ),
     ),
-    requires=[smk.input.cutout],
     torch=smk.params.backend == "trellis",
 )

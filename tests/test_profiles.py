@@ -36,10 +36,12 @@ def test_local_profile_runs_gpu_jobs_one_at_a_time(tmp_path: Path) -> None:
     config["render"]["views"] = 0
     config["embed"]["models"] = ["tiny"]
     config["embed"]["presets"]["tiny"] = {"backend": "vit", "model": str(make_tiny_vit(tmp_path / "vit")), "pooling": "cls"}
+    config["chunks"] = {"cutout": 1, "embed": 1}  # one asset per job, to see how jobs share the machine
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     cmd = [
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
         "--configfile", str(tmp_path / "config.yaml"), "--profile", str(REPO / "profiles" / "local"), "--cores", "2",
+        "--set-threads", "cutout=1", "embed=1",
     ]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     log = run.stdout + run.stderr

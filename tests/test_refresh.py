@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -19,25 +20,39 @@ CONFIG = {"render": {"resolution": 48, "aa": 1}}
 KINDS = ("red-vase", "blue-box", "green-lamp")
 
 
+# The rule that runs each per-asset stage's chunk jobs.
+CHUNK_RULES = {"cutout": "cutout", "mesh": "mesh", "render": "render", "contact": "contact_asset"}
+
+
 def job_counts(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
-    """Jobs per rule from Snakemake's 'Job stats' table (empty when nothing was to be done)."""
-    counts: dict[str, int] = {}
-    lines = (result.stdout + result.stderr).splitlines()
+    """Assets computed per per-asset stage (the run's plan line), jobs per aggregate rule (Snakemake's 'Job stats')."""
+    jobs: dict[str, int] = {}
+    text = result.stdout + result.stderr
+    lines = text.splitlines()
     for i, line in enumerate(lines):
         if line.startswith("Job stats:"):
             for row in lines[i + 3 :]:
                 parts = row.split()
                 if len(parts) != 2 or not parts[1].isdigit():
                     break
-                counts[parts[0]] = int(parts[1])
+                jobs[parts[0]] = int(parts[1])
             break
-    counts.pop("total", None)
-    counts.pop("all", None)
+    plan = re.search(r"dam3d: to compute \(assets/catalogue\): (.*)", text)
+    assert plan, text[-3000:]
+    counts = {rule: n for rule, n in jobs.items() if rule not in (*CHUNK_RULES.values(), "embed", "total", "all")}
+    for part in plan.group(1).split(", "):
+        stage, fraction = part.split()[:2]
+        n = int(fraction.split("/")[0])
+        # Planned assets are computed by chunk jobs that Snakemake ran (or, with -n, would run).
+        rule = "embed" if stage.startswith("embed-") else CHUNK_RULES[stage]
+        assert n == 0 or rule in jobs, (stage, n, jobs)
+        if n:
+            counts[stage] = n
     return counts
 
 
 def per_asset(n: int) -> dict[str, int]:
-    return {"cutout": n, "mesh": n, "render": n, "embed": n, "contact_asset": n}
+    return {"cutout": n, "mesh": n, "render": n, "embed-mobilenetv2": n, "contact": n}
 
 
 def after_assets(n: int) -> dict[str, int]:
@@ -89,8 +104,8 @@ def test_parameter_and_model_changes_rerun_that_stage_onwards(tmp_path: Path, ca
     assert run(tmp_path, catalogue).returncode == 0
     # A render parameter: render and everything after it, for every asset; nothing before.
     dry = run(tmp_path, catalogue, "-n", render={"elevation": 30})
-    assert job_counts(dry) == {"render": 3, "embed": 3, "contact_asset": 3, "index": 1, "contact_sheet": 1, "failure_report": 1,
-                                "timings": 1}
+    assert job_counts(dry) == {"render": 3, "embed-mobilenetv2": 3, "contact": 3, "index": 1, "contact_sheet": 1,
+                               "failure_report": 1, "timings": 1}
     # A cutout parameter: everything.
     assert job_counts(run(tmp_path, catalogue, "-n", cutout={"margin": 0.15})) == after_assets(3)
     # A second embedding model: its embeddings and index only; the first index stays.
@@ -101,7 +116,7 @@ def test_parameter_and_model_changes_rerun_that_stage_onwards(tmp_path: Path, ca
                "vit-large": {"backend": "vit", "model": "google/vit-large-patch16-224", "pooling": "cls"}}
     both = run(tmp_path, catalogue, embed={"models": ["mobilenetv2", "tiny"], "presets": presets})
     assert both.returncode == 0, both.stderr[-3000:]
-    assert job_counts(both) == {"embed": 3, "index": 1, "failure_report": 1, "timings": 1}
+    assert job_counts(both) == {"embed-tiny": 3, "index": 1, "failure_report": 1, "timings": 1}
     for model in ("mobilenetv2", "tiny"):
         assert json.loads((tmp_path / "results" / "index" / model / "manifest.json").read_text())["counts"]["indexed"] == 3
 
@@ -122,10 +137,12 @@ def test_bad_asset_is_isolated_reported_and_picked_up_once_fixed(tmp_path: Path,
     assert (tmp_path / "results" / "failures.tsv").read_text().splitlines() == ["asset_id\tsku\tstage\treason"]
     assert indexed_skus(tmp_path) == sorted([*KINDS, "SKU 42"])
 
-    # Rerun one asset from a given stage on purpose (e.g. after a bad mesh): that asset, from there on.
-    again = run(tmp_path, catalogue, "--forcerun", "results/mesh/blue-box.glb")
-    assert job_counts(again) == {"mesh": 1, "render": 1, "embed": 1, "contact_asset": 1, "index": 1, "contact_sheet": 1, "failure_report": 1,
-                                  "timings": 1}
+    # Rerun one asset from a given stage on purpose (e.g. after a bad mesh): delete its output there;
+    # that asset is computed from there on, nothing else.
+    (tmp_path / "results" / "mesh" / "blue-box.glb").unlink()
+    again = run(tmp_path, catalogue)
+    assert job_counts(again) == {"mesh": 1, "render": 1, "embed-mobilenetv2": 1, "contact": 1, "index": 1, "contact_sheet": 1,
+                                 "failure_report": 1, "timings": 1}
 
 
 def test_sigkill_mid_run_resumes_without_redoing_finished_work(tmp_path: Path, catalogue: Path) -> None:

@@ -13,6 +13,7 @@ local run's. It fails, never skips, when Slurm cannot be started here.
 from __future__ import annotations
 
 import collections
+import json
 import re
 import shlex
 import shutil
@@ -128,12 +129,12 @@ def test_pipeline_on_slurm_with_gpu_profile(slurm: LocalSlurm, tmp_path: Path) -
     submitted = collections.Counter(t.split(":", 1)[0] for call in calls for t in _target_jobs(call))
     assert submitted == stats - collections.Counter(all=1), (submitted, stats)
     assert re.findall(r"^localrule (\w+):", output, re.M) == ["all"]
-    # ...batched: one sbatch per stage for the per-asset jobs.
+    # ...batched: each per-asset stage is one chunk job here (3 assets), one sbatch call each.
     n_jobs = sum(submitted.values())
     for stage in PER_ASSET_STAGES:
         batched = [c for c in calls if any(t.startswith(f"{stage}:") for t in _target_jobs(c))]
-        assert len(batched) == 1 and len(_target_jobs(batched[0])) == len(KINDS), (stage, batched)
-    assert len(calls) == n_jobs - len(PER_ASSET_STAGES) * (len(KINDS) - 1) < n_jobs
+        assert len(batched) == 1 and len(_target_jobs(batched[0])) == 1, (stage, batched)
+    assert len(calls) == n_jobs
     print(f"sbatch calls: {len(calls)} for {n_jobs} jobs")
 
     # What Slurm granted (scontrol; jobs stay listed for MinJobAge) and that they completed (sacct -c).
@@ -156,18 +157,22 @@ def test_pipeline_on_slurm_with_gpu_profile(slurm: LocalSlurm, tmp_path: Path) -
     # Inside the jobs: the Slurm job, the threads granted and the GPU Slurm handed over.
     results = slurm_dir / "results"
     for stage in PER_ASSET_STAGES[:4]:
-        for kind in KINDS:
-            log = results / "logs" / stage / ("tiny" if stage == "embed" else "") / f"{kind}.log"
-            first = log.read_text().splitlines()[0]
-            m = re.fullmatch(r"dam3d: slurm job (\d+) on \S+: threads=(\d+) CUDA_VISIBLE_DEVICES=(\S+)", first)
-            assert m, first
-            job_id, threads, gpus = m.groups()
-            assert job_id in jobs and jobs[job_id]["Comment"].startswith(f"rule_{stage}"), (first, jobs.get(job_id))
-            assert threads == jobs[job_id]["NumCPUs"] == "2", first  # set-threads, capped by --cores 2
-            if stage == "embed":
-                assert gpus == "0", first  # the one GPU granted, numbered from 0
-            else:
-                assert gpus == "(unset)", first
+        [log] = (results / "logs" / stage / ("tiny" if stage == "embed" else "")).glob("*.log")
+        first = log.read_text().splitlines()[0]
+        m = re.fullmatch(r"dam3d: slurm job (\d+) on \S+: threads=(\d+) CUDA_VISIBLE_DEVICES=(\S+)", first)
+        assert m, first
+        job_id, threads, gpus = m.groups()
+        assert job_id in jobs and jobs[job_id]["Comment"].startswith(f"rule_{stage}"), (first, jobs.get(job_id))
+        assert threads == jobs[job_id]["NumCPUs"] == "2", first  # set-threads, capped by --cores 2
+        if stage == "embed":
+            assert gpus == "0", first  # the one GPU granted, numbered from 0
+        else:
+            assert gpus == "(unset)", first
+        # The job computed the chunk the main process planned: every asset, all fine.
+        folder = "embed-tiny" if stage == "embed" else stage
+        [manifest] = (results / "chunks" / folder).glob("*x-*[0-9a-f].json")
+        members = json.loads(manifest.read_text())["members"]
+        assert sorted(m["asset"] for m in members) == sorted(KINDS) and all(m["ok"] for m in members), members
 
     # The same index as the local run.
     for name in ("vectors_2d.npy", "vectors_3d.npy", "vectors_mean.npy"):

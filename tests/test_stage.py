@@ -1,57 +1,105 @@
+"""A chunk job's members: each asset's failure alone, retries alone, stamps so finished work is kept."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
-
 from dam3d.errors import AssetError
-from dam3d.stage import read_failures, run_asset_stage
+from dam3d.plan import read_stamp
+from dam3d.stage import each, read_failures, run_members
 
 
-def test_asset_error_is_recorded_with_placeholders_and_not_retried(tmp_path: Path) -> None:
-    calls = []
-
-    def work() -> None:
-        calls.append(1)
-        raise AssetError("A", "cutout", "image file is empty")
-
-    out = tmp_path / "out" / "A.png"
-    assert not run_asset_stage(stage="cutout", asset="A", results=tmp_path, outputs=[out], work=work, retries=3)
-    assert calls == [1] and out.read_bytes() == b""
-    assert read_failures(tmp_path) == [{"asset": "A", "stage": "cutout", "reason": "image file is empty"}]
+def member(tmp_path: Path, asset: str, **extra: object) -> dict:
+    return {"asset": asset, "key": f"key-{asset}", "outputs": [str(tmp_path / "out" / f"{asset}.png")], **extra}
 
 
-def test_unexpected_errors_are_raised_for_a_retry_then_recorded_on_the_last_attempt(tmp_path: Path) -> None:
-    def broken() -> None:
-        raise RuntimeError("out of memory")
+def write_outputs(m: dict) -> None:
+    for p in m["outputs"]:
+        Path(p).parent.mkdir(parents=True, exist_ok=True)
+        Path(p).write_bytes(b"result " + m["asset"].encode())
 
-    log = tmp_path / "logs" / "C.log"
-    kwargs = dict(stage="mesh", asset="C", results=tmp_path, outputs=[tmp_path / "c.glb"], work=broken, retries=1, log=log)
-    with pytest.raises(RuntimeError):
-        run_asset_stage(attempt=1, **kwargs)
-    assert read_failures(tmp_path) == [] and not (tmp_path / "c.glb").exists()
-    assert "Snakemake will retry" in log.read_text()
-    assert not run_asset_stage(attempt=2, **kwargs)
-    assert read_failures(tmp_path)[0]["reason"] == "RuntimeError: out of memory"
-    assert (tmp_path / "c.glb").read_bytes() == b"" and "Traceback" in log.read_text()
+
+def test_one_bad_asset_fails_alone_with_a_record_placeholders_and_a_stamp(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def work(m: dict) -> None:
+        calls.append(m["asset"])
+        if m["asset"] == "B":
+            raise AssetError("B", "cutout", "image file is empty")
+        write_outputs(m)
+
+    members = [member(tmp_path, a) for a in "ABC"]
+    outcomes = run_members(stage="cutout", chunk="3x-abc", members=members, process=lambda ms: each(ms, work),
+                           results=tmp_path, retries=3)
+    assert [(o["asset"], o["ok"]) for o in outcomes] == [("A", True), ("B", False), ("C", True)]
+    assert calls == ["A", "B", "C"]  # an AssetError is not retried
+    assert (tmp_path / "out" / "B.png").read_bytes() == b"" and (tmp_path / "out" / "C.png").read_bytes() == b"result C"
+    assert read_failures(tmp_path) == [{"asset": "B", "stage": "cutout", "reason": "image file is empty"}]
+    assert read_stamp(tmp_path, "cutout", "B") == {"key": "key-B", "chunk": "3x-abc", "ok": False, "reason": "image file is empty"}
+    assert read_stamp(tmp_path, "cutout", "A")["ok"] is True
+
+
+def test_unexpected_errors_are_retried_alone_then_recorded(tmp_path: Path) -> None:
+    batches: list[list[str]] = []
+
+    def process(ms: list[dict]):
+        batches.append([m["asset"] for m in ms])
+        for m in ms:
+            if m["asset"] == "C":
+                yield "C", RuntimeError("CUDA error: an illegal memory access")
+            else:
+                write_outputs(m)
+                yield m["asset"], None
+
+    members = [member(tmp_path, a) for a in "ABC"]
+    outcomes = run_members(stage="mesh", chunk="x", members=members, process=process, results=tmp_path, retries=2)
+    assert batches == [["A", "B", "C"], ["C"], ["C"]]
+    assert [o["ok"] for o in outcomes] == [True, True, False]
+    assert read_failures(tmp_path)[0]["reason"] == "RuntimeError: CUDA error: an illegal memory access"
+
+
+def test_a_process_that_dies_fails_every_asset_left_with_its_reason(tmp_path: Path) -> None:
+    def process(ms: list[dict]):
+        write_outputs(ms[0])
+        yield ms[0]["asset"], None
+        raise OSError("model weights not found: /models/rmbg")
+
+    outcomes = run_members(stage="cutout", chunk="x", members=[member(tmp_path, a) for a in "AB"], process=process,
+                           results=tmp_path, retries=0)
+    assert [(o["asset"], o["ok"], o["reason"]) for o in outcomes] == [
+        ("A", True, None), ("B", False, "OSError: model weights not found: /models/rmbg")]
 
 
 def test_placeholder_input_is_passed_on_without_running(tmp_path: Path) -> None:
     upstream = tmp_path / "cutout.png"
     upstream.write_bytes(b"")
 
-    def never() -> None:
+    def never(m: dict) -> None:
         raise AssertionError("must not run")
 
-    out = tmp_path / "mesh.glb"
-    assert not run_asset_stage(stage="mesh", asset="D", results=tmp_path, outputs=[out], work=never, requires=[upstream])
-    assert out.read_bytes() == b"" and read_failures(tmp_path) == []
+    m = member(tmp_path, "D", requires=[str(upstream)])
+    [outcome] = run_members(stage="mesh", chunk="x", members=[m], process=lambda ms: each(ms, never), results=tmp_path)
+    assert not outcome["ok"] and "earlier stage failed" in outcome["reason"]
+    assert (tmp_path / "out" / "D.png").read_bytes() == b"" and read_failures(tmp_path) == []
 
 
-def test_success_clears_an_old_failure_record(tmp_path: Path) -> None:
+def test_stamped_assets_are_skipped_and_success_clears_an_old_failure(tmp_path: Path) -> None:
     record = tmp_path / "failures" / "cutout" / "E.json"
     record.parent.mkdir(parents=True)
     record.write_text(json.dumps({"asset": "E", "stage": "cutout", "reason": "old"}))
-    assert run_asset_stage(stage="cutout", asset="E", results=tmp_path, outputs=[], work=lambda: None)
-    assert not record.exists()
+    calls: list[str] = []
+
+    def work(m: dict) -> None:
+        calls.append(m["asset"])
+        write_outputs(m)
+
+    members = [member(tmp_path, "E"), member(tmp_path, "F")]
+    run_members(stage="cutout", chunk="x", members=members, process=lambda ms: each(ms, work), results=tmp_path)
+    assert not record.exists() and calls == ["E", "F"]
+    # A retried or resumed job computes only what has no stamp with its key (or lost an output).
+    (tmp_path / "out" / "F.png").unlink()
+    members.append(member(tmp_path, "G"))
+    outcomes = run_members(stage="cutout", chunk="x", members=members, process=lambda ms: each(ms, work), results=tmp_path)
+    assert calls == ["E", "F", "F", "G"]
+    assert [o.get("resumed", False) for o in outcomes] == [True, False, False]

@@ -18,9 +18,11 @@ os.environ.update(
     )
 )
 
-from dam3d.catalogue import SAFE_ID_PATTERN, file_digests, load_catalogue
+from dam3d.catalogue import file_digests, load_catalogue
 from dam3d.cutout import resolve_backend
 from dam3d.embed import resolve_models
+from dam3d.atomic import write_text
+from dam3d.plan import chunk_members_path, plan_stage, summary as plan_summary
 from dam3d.render import VIEW_NAMES
 
 
@@ -59,41 +61,93 @@ print(
 
 
 wildcard_constraints:
-    asset=SAFE_ID_PATTERN,
     model="|".join(EMBED_MODELS),
 
 
-def catalogue_image(wildcards):
-    return ASSETS[wildcards.asset].image
+ASSET_IDS = list(ASSETS)
+CHUNKS = config["chunks"]
+# Chunk plans of the per-asset stages (dam3d.plan), filled by the stage files in order.
+PLANS = {}
 
 
-def image_digest(wildcards):
-    return DIGESTS[ASSETS[wildcards.asset].image]
+def script_digest(name):
+    """Editing a stage's script reruns that stage (Snakemake's `code` trigger, per asset)."""
+    return hashlib.sha1(Path(workflow.basedir, "scripts", f"{name}.py").read_bytes()).hexdigest()
 
 
-def provided_mesh_digest(wildcards):
-    mesh = ASSETS[wildcards.asset].mesh
-    return DIGESTS.get(mesh, "none") if config["mesh"]["backend"] == "provided" and mesh else "none"
+def add_plan(stage, *, outputs, key_parts, upstream=(), per_job, members):
+    """Plan `stage` and remember how its chunk jobs describe each asset (`members(asset) -> dict`).
+
+    Only the main Snakemake process plans: a job that Snakemake re-parses the workflow
+    for (cluster, group job) would see other chunks already done and cut different
+    chunks, so it reads its chunk's members from the file the main process wrote.
+    """
+    plan = plan_stage(
+        stage,
+        RESULTS,
+        ASSET_IDS,
+        outputs=outputs,
+        key_parts=key_parts,
+        upstream=[PLANS[up] for up in upstream],
+        per_job=per_job,
+    )
+    plan.members = members
+    PLANS[stage] = plan
+    if workflow.is_main_process and not workflow.dryrun:
+        for name, assets in plan.chunks.items():
+            path = chunk_members_path(RESULTS, stage, name)
+            if not path.exists():
+                write_text(path, json.dumps([chunk_member(stage, a) for a in assets]))
+    return plan
 
 
-def provided_mesh(wildcards):
-    """The DAM's own mesh for the `provided` backend; missing ones fail that asset, not the DAG."""
-    mesh = ASSETS[wildcards.asset].mesh
+def chunk_member(stage, asset):
+    plan = PLANS[stage]
+    return {"asset": asset, "key": plan.keys[asset], "outputs": plan.outputs[asset], **plan.members(asset)}
+
+
+def chunk_members(stage, chunk):
+    """The members of one chunk job, as the main process planned them."""
+    plan = PLANS[stage]
+    if chunk in plan.chunks:
+        return [chunk_member(stage, a) for a in plan.chunks[chunk]]
+    return json.loads(chunk_members_path(RESULTS, stage, chunk).read_text())
+
+
+def chunk_constraint(stage):
+    # Re-parsed jobs accept any chunk name: theirs was planned by the main process.
+    return PLANS[stage].chunk_pattern() if workflow.is_main_process else r"[0-9]+x-[0-9a-f]{12}"
+
+
+def chunk_inputs(stage, upstream, sources=lambda asset: []):
+    """Input function of a chunk job: its members' source files and the upstream chunks computing them now."""
+
+    def inputs(wildcards):
+        assets = [m["asset"] for m in chunk_members(stage, wildcards.chunk)]
+        files = [str(f) for a in assets for f in sources(a)]
+        for up in upstream:
+            files += PLANS[up].chunk_refs(assets)
+        return files
+
+    return inputs
+
+
+def stage_refs(stage):
+    """Per asset, the file standing for `stage`'s result (see StagePlan.ref): input of the aggregate rules."""
+    plan = PLANS[stage]
+    return [plan.ref(a) for a in ASSET_IDS]
+
+
+def provided_mesh(asset):
+    """The DAM's own mesh for the `provided` backend; a missing one fails that asset, not the DAG."""
+    mesh = ASSETS[asset].mesh
     if config["mesh"]["backend"] == "provided" and mesh is not None and mesh.exists():
-        return [mesh]
-    return []
+        return mesh
+    return None
 
 
 def view_paths(asset):
     return [f"{RESULTS}/render/{asset}/{view}.png" for view in VIEWS]
-
-
-def rendered_views(wildcards):
-    return view_paths(wildcards.asset)
-
-
-def asset_embeddings(wildcards):
-    return [f"{RESULTS}/embed/{wildcards.model}/{asset}.npz" for asset in ASSETS]
 
 
 # Targets added by the optional evaluate.smk (evaluation, timings).

@@ -1,23 +1,38 @@
+for model, spec in EMBED_MODELS.items():
+    add_plan(
+        f"embed-{model}",
+        outputs=lambda asset, model=model: [f"{RESULTS}/embed/{model}/{asset}.npz"],
+        key_parts=lambda asset, spec=spec: [asdict(spec), BACKGROUND, script_digest("embed")],
+        upstream=["cutout", "render"] if VIEWS else ["cutout"],
+        per_job=CHUNKS["embed"],
+        members=lambda asset: {
+            "cutout": f"{RESULTS}/cutout/{asset}.png",
+            "views": view_paths(asset),
+            "requires": [f"{RESULTS}/cutout/{asset}.png"],
+        },
+    )
+
+
 rule embed:
     input:
-        cutout=f"{RESULTS}/cutout/{{asset}}.png",
-        views=rendered_views,
+        lambda wildcards: chunk_inputs(f"embed-{wildcards.model}", ["cutout", "render"] if VIEWS else ["cutout"])(wildcards),
     output:
-        f"{RESULTS}/embed/{{model}}/{{asset}}.npz",
+        f"{RESULTS}/chunks/embed-{{model}}/{{chunk}}.json",
+    wildcard_constraints:
+        chunk="|".join(chunk_constraint(f"embed-{model}") for model in EMBED_MODELS),
     params:
+        members=lambda wildcards: chunk_members(f"embed-{wildcards.model}", wildcards.chunk),
         spec=lambda wildcards: asdict(EMBED_MODELS[wildcards.model]),
         background=BACKGROUND,
         batch_size=config["embed"]["batch_size"],
+    threads: workflow.cores
     retries: config["retries"]
     resources:
-        # Snakemake hands the attempt number to resource functions only; the stage
-        # needs it to tell a retry (raise) from the last attempt (record the failure).
-        attempt=lambda wildcards, attempt: attempt,
         gpu=lambda wildcards: int(EMBED_MODELS[wildcards.model].backend == "vit"),
     benchmark:
-        f"{RESULTS}/benchmarks/embed_{{model}}/{{asset}}.tsv"
+        f"{RESULTS}/benchmarks/embed-{{model}}/{{chunk}}.tsv"
     log:
-        f"{RESULTS}/logs/embed/{{model}}/{{asset}}.log",
+        f"{RESULTS}/logs/embed/{{model}}/{{chunk}}.log",
     conda:
         "../../envs/embed.yaml"
     script:

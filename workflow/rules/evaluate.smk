@@ -13,14 +13,11 @@ rule timings:
         tsv=f"{RESULTS}/timings.tsv",
         html=report(f"{RESULTS}/timings.html", caption="../report/timings.rst", category="Timings"),
     params:
-        # The `benchmark:` files the stages of this catalogue write; those that exist are read.
+        # The folders of the stages' `benchmark:` files (one file per chunk job); the script reads them all.
         benchmarks=[
-            f"{RESULTS}/benchmarks/{stage}/{asset}.tsv"
-            for stage in ["cutout"] + (["mesh", "render"] if VIEWS else [])
-            for asset in ASSETS
-        ]
-        + [f"{RESULTS}/benchmarks/embed_{model}/{asset}.tsv" for model in EMBED_MODELS for asset in ASSETS]
-        + [f"{RESULTS}/benchmarks/index/{model}.tsv" for model in EMBED_MODELS],
+            f"{RESULTS}/benchmarks/{stage}"
+            for stage in ["cutout", *(["mesh", "render"] if VIEWS else []), *(f"embed-{m}" for m in EMBED_MODELS), "index"]
+        ],
     log:
         f"{RESULTS}/logs/timings.log",
     conda:

@@ -1,10 +1,11 @@
 rule index:
     input:
-        asset_embeddings,
+        lambda wildcards: stage_refs(f"embed-{wildcards.model}"),
     output:
         assets=f"{RESULTS}/index/{{model}}/assets.parquet",
         manifest=f"{RESULTS}/index/{{model}}/manifest.json",
     params:
+        embeddings=lambda wildcards: [f"{RESULTS}/embed/{wildcards.model}/{asset}.npz" for asset in ASSET_IDS],
         catalogue=CATALOGUE_DIGEST,
         spec=lambda wildcards: asdict(EMBED_MODELS[wildcards.model]),
         backends={

@@ -1,24 +1,43 @@
+add_plan(
+    "mesh",
+    outputs=lambda asset: [f"{RESULTS}/mesh/{asset}.glb"],
+    key_parts=lambda asset: [
+        config["mesh"]["backend"],
+        # Only the active backend's settings, so tuning another one reruns nothing.
+        config["mesh"].get(config["mesh"]["backend"], {}),
+        DIGESTS.get(provided_mesh(asset), "none"),
+        script_digest("mesh"),
+    ],
+    upstream=["cutout"],
+    per_job=CHUNKS["mesh"],
+    members=lambda asset: {
+        "cutout": f"{RESULTS}/cutout/{asset}.png",
+        "provided": str(mesh) if (mesh := provided_mesh(asset)) else None,
+        "requires": [f"{RESULTS}/cutout/{asset}.png"],
+    },
+)
+
+
 rule mesh:
     input:
-        cutout=f"{RESULTS}/cutout/{{asset}}.png",
-        provided=provided_mesh,
+        chunk_inputs("mesh", ["cutout"], sources=lambda asset: [m for m in [provided_mesh(asset)] if m]),
     output:
-        f"{RESULTS}/mesh/{{asset}}.glb",
+        f"{RESULTS}/chunks/mesh/{{chunk}}.json",
+    wildcard_constraints:
+        chunk=chunk_constraint("mesh"),
     params:
-        provided_digest=provided_mesh_digest,
+        members=lambda wildcards: chunk_members("mesh", wildcards.chunk),
         backend=config["mesh"]["backend"],
-        # Only the active backend's settings, so tuning another one reruns nothing.
         settings=config["mesh"].get(config["mesh"]["backend"], {}),
+    # inflate and provided are single-threaded NumPy/trimesh; TRELLIS works on the GPU.
+    threads: 1
     retries: config["retries"]
     resources:
-        # Snakemake hands the attempt number to resource functions only; the stage
-        # needs it to tell a retry (raise) from the last attempt (record the failure).
-        attempt=lambda wildcards, attempt: attempt,
         gpu=1 if config["mesh"]["backend"] == "trellis" else 0,
     benchmark:
-        f"{RESULTS}/benchmarks/mesh/{{asset}}.tsv"
+        f"{RESULTS}/benchmarks/mesh/{{chunk}}.tsv"
     log:
-        f"{RESULTS}/logs/mesh/{{asset}}.log",
+        f"{RESULTS}/logs/mesh/{{chunk}}.log",
     conda:
         "../../envs/trellis.yaml" if config["mesh"]["backend"] == "trellis" else "../../envs/blender.yaml"
     script:

@@ -1,38 +1,66 @@
+RENDER_SETTINGS = {k: v for k, v in config["render"].items() if k != "blender"}
+
+add_plan(
+    "render",
+    outputs=view_paths,
+    key_parts=lambda asset: [RENDER_SETTINGS, script_digest("render")],
+    upstream=["mesh"],
+    per_job=CHUNKS["render"],
+    members=lambda asset: {"mesh": f"{RESULTS}/mesh/{asset}.glb", "requires": [f"{RESULTS}/mesh/{asset}.glb"]},
+)
+
+
 rule render:
     input:
-        f"{RESULTS}/mesh/{{asset}}.glb",
+        chunk_inputs("render", ["mesh"]),
     output:
-        [f"{RESULTS}/render/{{asset}}/{view}.png" for view in VIEWS],
+        f"{RESULTS}/chunks/render/{{chunk}}.json",
+    wildcard_constraints:
+        chunk=chunk_constraint("render"),
     params:
-        settings={k: v for k, v in config["render"].items() if k != "blender"},
+        members=lambda wildcards: chunk_members("render", wildcards.chunk),
+        settings=RENDER_SETTINGS,
         blender=config["render"]["blender"],
+    threads: workflow.cores
     retries: config["retries"]
     resources:
-        # Snakemake hands the attempt number to resource functions only; the stage
-        # needs it to tell a retry (raise) from the last attempt (record the failure).
-        attempt=lambda wildcards, attempt: attempt,
         gpu=1 if config["render"]["device"] == "GPU" else 0,
     benchmark:
-        f"{RESULTS}/benchmarks/render/{{asset}}.tsv"
+        f"{RESULTS}/benchmarks/render/{{chunk}}.tsv"
     log:
-        f"{RESULTS}/logs/render/{{asset}}.log",
+        f"{RESULTS}/logs/render/{{chunk}}.log",
     conda:
         "../../envs/blender.yaml"
     script:
         "../../scripts/render.py"
 
 
+add_plan(
+    "contact",
+    outputs=lambda asset: [f"{RESULTS}/contact/{asset}.png"],
+    key_parts=lambda asset: [BACKGROUND, ASSETS[asset].sku, script_digest("contact")],
+    upstream=["cutout", "render"],
+    per_job=CHUNKS["contact"],
+    members=lambda asset: {
+        "cutout": f"{RESULTS}/cutout/{asset}.png",
+        "views": view_paths(asset),
+        "sku": ASSETS[asset].sku,
+    },
+)
+
+
 rule contact_asset:
     input:
-        cutout=f"{RESULTS}/cutout/{{asset}}.png",
-        views=rendered_views,
+        chunk_inputs("contact", ["cutout", "render"]),
     output:
-        f"{RESULTS}/contact/{{asset}}.png",
+        f"{RESULTS}/chunks/contact/{{chunk}}.json",
+    wildcard_constraints:
+        chunk=chunk_constraint("contact"),
     params:
+        members=lambda wildcards: chunk_members("contact", wildcards.chunk),
         background=BACKGROUND,
-        sku=lambda wildcards: ASSETS[wildcards.asset].sku,
     log:
-        f"{RESULTS}/logs/contact/{{asset}}.log",
+        f"{RESULTS}/logs/contact/{{chunk}}.log",
     conda:
         "../../envs/embed.yaml"
     script:
@@ -41,9 +69,11 @@ rule contact_asset:
 
 rule contact_sheet:
     input:
-        [f"{RESULTS}/contact/{asset}.png" for asset in ASSETS],
+        stage_refs("contact"),
     output:
         report(f"{RESULTS}/contact_sheet.png", caption="../report/contact_sheet.rst", category="Renders"),
+    params:
+        sheets=[f"{RESULTS}/contact/{asset}.png" for asset in ASSET_IDS],
     log:
         f"{RESULTS}/logs/contact_sheet.log",
     conda:

@@ -1,0 +1,140 @@
+"""Which assets each per-asset stage still has to compute, in chunks of many assets per job.
+
+A GPU model takes seconds to load and a process seconds to start; one Snakemake job
+per asset and stage would pay that for every SKU. So each per-asset stage runs as
+chunk jobs (rule wildcard `chunk`) of up to `chunks.{stage}` assets: one process,
+one model load, batched inference. Snakemake decides per *job*, so which assets go
+into a chunk is decided here, per *asset*, when the workflow starts:
+
+- every asset has a key per stage: a hash of the stage, its settings, its own
+  source (photo or provided mesh digest) and the keys of the stages it reads from;
+- a finished asset leaves a stamp, results/stamps/{stage}/{asset}.json, written
+  after its outputs (atomically, last), holding that key and its chunk;
+- an asset is pending when its stamp is missing or holds another key, an output is
+  missing, or an upstream stage is pending for it. Pending assets are cut into chunks
+  named by a hash of their members and keys, so a chunk's manifest
+  (results/chunks/{stage}/{chunk}.json, the rule's declared output) is new whenever
+  there is work, and Snakemake runs it.
+
+The aggregate rules (index, contact sheet) take, per asset, the manifest of the
+chunk that last computed it: the same files run after run while nothing changes,
+so a refresh with nothing new runs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def stamp_path(results: str | Path, stage: str, asset: str) -> Path:
+    return Path(results) / "stamps" / stage / f"{asset}.json"
+
+
+def chunk_path(results: str | Path, stage: str, chunk: str) -> Path:
+    return Path(results) / "chunks" / stage / f"{chunk}.json"
+
+
+def chunk_members_path(results: str | Path, stage: str, chunk: str) -> Path:
+    """What a chunk job computes, written when the run starts (see workflow/rules/common.smk)."""
+    return Path(results) / "chunks" / stage / f"{chunk}.members.json"
+
+
+def read_stamp(results: str | Path, stage: str, asset: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(stamp_path(results, stage, asset).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class StagePlan:
+    """One stage's keys, pending assets and chunks for this run."""
+
+    stage: str
+    results: str
+    keys: dict[str, str]
+    outputs: dict[str, list[str]]
+    pending: list[str] = field(default_factory=list)
+    chunks: dict[str, list[str]] = field(default_factory=dict)
+    chunk_of: dict[str, str] = field(default_factory=dict)
+    owner: dict[str, str] = field(default_factory=dict)
+    # What a chunk job needs to know of each asset beyond key and outputs (set by the workflow).
+    members: Callable[[str], dict[str, Any]] | None = None
+
+    def ref(self, asset: str) -> str:
+        """The file an aggregate rule takes as input for this asset at this stage.
+
+        Pending: the manifest of the chunk computing it now (ordering). Done: the
+        manifest of the chunk that computed it, or its stamp when that chunk's job
+        died before writing its manifest (its finished assets are kept).
+        """
+        if asset in self.chunk_of:
+            return str(chunk_path(self.results, self.stage, self.chunk_of[asset]))
+        return self.owner[asset]
+
+    def chunk_refs(self, assets: Iterable[str]) -> list[str]:
+        """Manifests of this stage's chunks computing any of `assets` now (a downstream chunk waits for them)."""
+        return sorted({str(chunk_path(self.results, self.stage, self.chunk_of[a])) for a in assets if a in self.chunk_of})
+
+    def chunk_pattern(self) -> str:
+        # A wildcard constraint: only this run's chunks are made by the rule; older
+        # manifests on disk are plain input files.
+        return "|".join(self.chunks) or "(?!)"
+
+
+def plan_stage(
+    stage: str,
+    results: str | Path,
+    assets: Sequence[str],
+    *,
+    outputs: Callable[[str], list[str]],
+    key_parts: Callable[[str], Any],
+    upstream: Sequence[StagePlan] = (),
+    per_job: int,
+) -> StagePlan:
+    """Keys, pending assets and chunks of `stage` for `assets` (in catalogue order)."""
+    results = str(results)
+    plan = StagePlan(stage, results, keys={}, outputs={})
+    for asset in assets:
+        key = digest([stage, key_parts(asset), [up.keys[asset] for up in upstream]])
+        plan.keys[asset] = key
+        plan.outputs[asset] = outputs(asset)
+        stamp = read_stamp(results, stage, asset)
+        done = (
+            stamp is not None
+            and stamp.get("key") == key
+            and not any(asset in up.chunk_of for up in upstream)
+            and all(Path(p).exists() for p in plan.outputs[asset])
+        )
+        if done:
+            manifest = chunk_path(results, stage, str(stamp.get("chunk")))
+            plan.owner[asset] = str(manifest if manifest.exists() else stamp_path(results, stage, asset))
+        else:
+            plan.pending.append(asset)
+    n_chunks = math.ceil(len(plan.pending) / max(1, per_job))
+    for i in range(n_chunks):
+        # Near-equal chunks: 65 pending with 64 per job make 33 + 32, not 64 + 1.
+        members = plan.pending[i * len(plan.pending) // n_chunks : (i + 1) * len(plan.pending) // n_chunks]
+        name = f"{len(members)}x-" + digest([stage, [(a, plan.keys[a]) for a in members]])[:12]
+        plan.chunks[name] = members
+        plan.chunk_of.update(dict.fromkeys(members, name))
+    return plan
+
+
+def summary(plans: Mapping[str, StagePlan]) -> str:
+    """One line for the start of a run: what each stage will compute."""
+    parts = [
+        f"{stage} {len(plan.pending)}/{len(plan.keys)}" + (f" in {len(plan.chunks)} job(s)" if plan.chunks else "")
+        for stage, plan in plans.items()
+    ]
+    return "dam3d: to compute (assets/catalogue): " + ", ".join(parts)

@@ -1,0 +1,78 @@
+"""Chunk plans: which assets a stage computes, cut into chunk jobs, decided per asset from stamps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dam3d.plan import chunk_path, plan_stage, stamp_path, summary
+
+
+def plan(tmp_path: Path, stage: str, assets: list[str], *, settings: object = 1, upstream=(), per_job: int = 64,
+         sources: dict[str, str] | None = None):
+    return plan_stage(
+        stage,
+        tmp_path,
+        assets,
+        outputs=lambda a: [str(tmp_path / stage / f"{a}.out")],
+        key_parts=lambda a: [settings, (sources or {}).get(a, "")],
+        upstream=upstream,
+        per_job=per_job,
+    )
+
+
+def finish(tmp_path: Path, p, *, write_manifest: bool = True) -> None:
+    """What chunk jobs leave behind: outputs, a stamp per asset, the chunk manifest."""
+    for name, assets in p.chunks.items():
+        for a in assets:
+            for out in p.outputs[a]:
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                Path(out).write_text("x")
+            stamp = stamp_path(tmp_path, p.stage, a)
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(json.dumps({"key": p.keys[a], "chunk": name, "ok": True}))
+        if write_manifest:
+            chunk_path(tmp_path, p.stage, name).parent.mkdir(parents=True, exist_ok=True)
+            chunk_path(tmp_path, p.stage, name).write_text("{}")
+
+
+def test_pending_assets_are_cut_into_near_equal_chunks(tmp_path: Path) -> None:
+    assets = [f"A{i:03d}" for i in range(130)]
+    p = plan(tmp_path, "cutout", assets, per_job=64)
+    assert p.pending == assets
+    assert sorted(len(m) for m in p.chunks.values()) == [43, 43, 44]
+    assert [a for m in p.chunks.values() for a in m] == assets
+    assert all(name.startswith(f"{len(m)}x-") for name, m in p.chunks.items())
+    assert summary({"cutout": p}) == "dam3d: to compute (assets/catalogue): cutout 130/130 in 3 job(s)"
+
+
+def test_only_new_changed_or_lost_assets_are_pending_and_downstream_follows(tmp_path: Path) -> None:
+    sources = {"A": "photo-a", "B": "photo-b", "C": "photo-c"}
+    cut = plan(tmp_path, "cutout", list(sources), sources=sources)
+    finish(tmp_path, cut)
+    mesh = plan(tmp_path, "mesh", list(sources), upstream=[cut])
+    finish(tmp_path, mesh)
+
+    # Nothing changed: nothing to do, and the aggregate inputs are the manifests that made each asset.
+    cut = plan(tmp_path, "cutout", [*sources, "D"], sources={**sources, "B": "photo-b2", "D": "photo-d"})
+    assert cut.pending == ["B", "D"]
+    mesh = plan(tmp_path, "mesh", ["A", "B", "C", "D"], upstream=[cut])
+    assert mesh.pending == ["B", "D"]  # upstream pending: computed again even though B's mesh exists
+    assert mesh.ref("A").endswith(".json") and "/chunks/mesh/" in mesh.ref("A")
+    assert mesh.ref("B") == str(chunk_path(tmp_path, "mesh", mesh.chunk_of["B"]))
+    assert mesh.chunk_refs(["A", "B"]) == [mesh.ref("B")]
+
+    # A lost output, or another setting, makes the asset pending again; a stable plan keeps its names.
+    (tmp_path / "cutout" / "C.out").unlink()
+    again = plan(tmp_path, "cutout", [*sources, "D"], sources={**sources, "B": "photo-b2", "D": "photo-d"})
+    assert again.pending == ["B", "C", "D"]
+    assert plan(tmp_path, "cutout", list(sources), settings=2, sources=sources).pending == ["A", "B", "C"]
+
+
+def test_assets_finished_by_a_job_that_died_are_kept(tmp_path: Path) -> None:
+    p = plan(tmp_path, "render", ["A", "B"])
+    finish(tmp_path, p, write_manifest=False)  # the job was killed after both stamps, before its manifest
+    again = plan(tmp_path, "render", ["A", "B"])
+    assert again.pending == [] and again.chunks == {}
+    assert again.ref("A") == str(stamp_path(tmp_path, "render", "A"))
+    assert again.chunk_pattern() == "(?!)"

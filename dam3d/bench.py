@@ -1,9 +1,14 @@
-"""Benchmark: seconds per asset for each stage on this machine, with model loads and start-up apart.
+"""Benchmark: throughput of each stage on this machine, with model loads and start-up apart.
 
-    python -m dam3d.bench [--catalogue sample/catalogue] [--assets 12] [--engine BLENDER_WORKBENCH]
+    python -m dam3d.bench [--catalogue sample/catalogue] [--assets 12] [--device auto] [--batch-size N]
+    python -m dam3d.bench --target [--assets 8]            # also the target models' architectures, random weights
     python -m dam3d.bench --search 3000 [--queries 30]     # query latency of dam3d search / serve
 
-Prints one table; nothing is asserted. Artefacts go to a temporary folder.
+For the model stages (cutout, embed) it prints what a chunk job does, through make_cutouts /
+embed_assets (decode, preprocessing, batched forward, writing), next to the raw forward of
+the same model on a ready-made batch on the same device, their ratio, the model load and the
+process start-up as a share of a chunk job. Prints one table; nothing is asserted.
+Artefacts go to a temporary folder.
 """
 
 from __future__ import annotations
@@ -11,15 +16,23 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+import dam3d.cutout
+import dam3d.embed
+from dam3d.batching import BatchNet
 from dam3d.catalogue import load_catalogue
-from dam3d.cutout import make_cutout, mask_fn, resolve_backend
-from dam3d.embed import embed_asset, encoder, resolve_models
+from dam3d.cutout import _device, make_cutouts, mask_fn, resolve_backend
+from dam3d.embed import ModelSpec, embed_assets, encoder, resolve_models
+from dam3d.images import load_image
 from dam3d.mesh import build_mesh
 from dam3d.render import VIEW_NAMES, run_batch
 
@@ -32,11 +45,162 @@ def _timed(fn) -> float:  # noqa: ANN001 - any zero-argument callable
     return time.perf_counter() - start
 
 
+# --target: the target architectures with random weights of the real sizes (nothing can be
+# downloaded), registered in the stages' loaders under these names so that the very code
+# path of a chunk job is timed.
+TARGET_CUTOUT = "bench-random/birefnet-swin-large-encoder-1024"
+TARGET_EMBED = "bench-random/vit-large-patch16-224"
+
+
+def _swin_standin() -> Any:
+    """BiRefNet stand-in: its Swin-L backbone at 1024x1024 plus a light head to a 1-channel
+    1024x1024 logit map. BiRefNet's decoder is NOT included, so the time is a lower bound of
+    the real model's (issue 6 anchor: Swin-L encoder fp16 on an H100, 76 images/s)."""
+    import torch
+    from transformers import SwinConfig, SwinModel
+
+    class SwinSegmentation(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            config = SwinConfig(embed_dim=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48], window_size=12, image_size=1024)
+            self.backbone = SwinModel(config, add_pooling_layer=False)
+            self.head = torch.nn.Sequential(torch.nn.Conv2d(config.hidden_size, 64, 1), torch.nn.ReLU(), torch.nn.Conv2d(64, 1, 1))
+
+        def forward(self, x: Any) -> list[Any]:
+            hidden = self.backbone(pixel_values=x).last_hidden_state  # (B, 32*32, 1536)
+            side = int(hidden.shape[1] ** 0.5)
+            grid = hidden.transpose(1, 2).reshape(hidden.shape[0], -1, side, side)
+            # A list of side outputs, the last at full resolution, like BiRefNet.
+            return [torch.nn.functional.interpolate(self.head(grid), size=x.shape[-2:], mode="bilinear")]
+
+    return SwinSegmentation().eval()
+
+
+def _vit_large_random() -> tuple[Any, Any]:
+    """ViT-L/16 at 224 (google/vit-large-patch16-224's architecture), random weights, and its processor."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    config = ViTConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                       image_size=224, patch_size=16)
+    return ViTModel(config, add_pooling_layer=False).eval(), ViTImageProcessor()
+
+
+def _raw_rate(net: BatchNet, image: Any, batch_size: int, *, seconds: float = 2.0) -> float:
+    """Images/s of the network alone on a ready-made device batch, after a warm-up."""
+    import torch
+
+    cuda = net.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    x = net.collate([net.prepare(image)] * batch_size)
+    with torch.inference_mode():
+        for _ in range(3 if cuda else 1):  # kernel selection, lazy initialisation
+            net.run(x)
+        sync()
+        runs, start = 0, time.perf_counter()
+        while runs == 0 or time.perf_counter() - start < seconds:
+            net.run(x)
+            sync()
+            runs += 1
+    return runs * batch_size / (time.perf_counter() - start)
+
+
+def _raw_rate_onnx(session: Any, *, seconds: float = 2.0) -> float:
+    """Images/s of rembg's ONNX session alone (one 320x320 image per call, as rembg runs it)."""
+    import numpy as np
+
+    inner = session.inner_session
+    feed = {inner.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)}
+    inner.run(None, feed)
+    runs, start = 0, time.perf_counter()
+    while runs == 0 or time.perf_counter() - start < seconds:
+        inner.run(None, feed)
+        runs += 1
+    return runs / (time.perf_counter() - start)
+
+
+_IMPORTS: dict[str, float] = {}
+
+
+def _import_seconds(modules: str) -> float:
+    """Seconds a fresh Python process takes to import what a chunk job of the stage imports."""
+    if modules not in _IMPORTS:
+        _IMPORTS[modules] = _timed(lambda: subprocess.run([sys.executable, "-c", f"import {modules}"], check=True))
+    return _IMPORTS[modules]
+
+
+def _model_rows(label: str, *, n: int, images: int, pipeline: float, failed: int, batch: int, raw: float,
+                raw_batch: int, load: float, imports: str, chunk: int) -> list[tuple[str, str]]:
+    """The three lines of a model stage: pipeline vs raw forward, then load and start-up."""
+    startup = _import_seconds(imports) + load
+    job = startup + chunk * pipeline / n
+    return [
+        (label, f"pipeline {n / pipeline:.2f} assets/s = {images / pipeline:.2f} images/s "
+                f"(batch {batch}{f'; {failed} assets failed' if failed else ''})"),
+        ("", f"raw forward {raw:.2f} images/s (batch {raw_batch}, ready-made input) -> pipeline at "
+             f"{images / pipeline / raw:.0%} of raw"),
+        ("", f"model load {load:.1f} s; start-up {startup:.1f} s (imports {startup - load:.1f} s + load) = "
+             f"{startup / job:.1%} of a {chunk}-asset chunk job"),
+    ]
+
+
+def _cutout_rows(label: str, backend: str, model: str, jobs: list, *, cut: dict, device: str, batch: int,
+                 chunk: int, build: Callable[[], Any] | None = None) -> list[tuple[str, str]]:
+    """Time one cutout model: load (or `build` a random stand-in), raw forward, then make_cutouts."""
+    import transformers  # noqa: F401 - imported before timing the load: counted with the start-up imports
+
+    def load() -> None:
+        if build:
+            dam3d.cutout.BENCH_NETS[model] = build()
+        mask_fn(backend, model=model, device=device)
+
+    seconds = _timed(load)
+    first = load_image(jobs[0][1], jobs[0][0])
+    if backend == "rmbg":
+        raw, raw_batch = _raw_rate(dam3d.cutout._rmbg_net(model, device), first, batch), batch
+    else:
+        raw, raw_batch = _raw_rate_onnx(mask_fn(backend, model=model).session), 1
+    results: list = []
+    t = _timed(lambda: results.extend(make_cutouts(jobs, backend=backend, model=model, size=cut["size"], margin=cut["margin"],
+                                                   max_pixels=cut["max_pixels"], device=device, batch_size=batch)))
+    imports = "dam3d.stage, dam3d.cutout, torch" + (", transformers" if backend == "rmbg" else "")
+    return _model_rows(label, n=len(jobs), images=len(jobs), pipeline=t, failed=sum(e is not None for _, e in results),
+                       batch=batch if backend == "rmbg" else 1, raw=raw, raw_batch=raw_batch, load=seconds,
+                       imports=imports, chunk=chunk)
+
+
+def _embed_rows(label: str, spec: ModelSpec, jobs: list, *, background: tuple[int, int, int], device: str, batch: int,
+                chunk: int, build: Callable[[], Any] | None = None) -> list[tuple[str, str]]:
+    """Time one embedding model: load (or `build` a random stand-in), raw forward, then embed_assets."""
+    import transformers  # noqa: F401 - imported before timing the load: counted with the start-up imports
+
+    def load() -> None:
+        if build:
+            dam3d.embed.BENCH_NETS[spec.model] = build()
+        encoder(spec, device)
+
+    seconds = _timed(load)
+    first = load_image(jobs[0][1], jobs[0][0]).convert("RGB")
+    raw = _raw_rate(encoder(spec, device), first, batch)
+    images = sum(1 + sum(dam3d.embed._usable(v) for v in views) for _, cutout, views, _ in jobs if dam3d.embed._usable(cutout))
+    results: list = []
+    t = _timed(lambda: results.extend(embed_assets(jobs, spec, background=background, batch_size=batch, device=device)))
+    imports = "dam3d.stage, dam3d.embed, torch" + (", transformers" if spec.backend == "vit" else "")
+    return _model_rows(label, n=len(jobs), images=images, pipeline=t, failed=sum(e is not None for _, e in results),
+                       batch=batch, raw=raw, raw_batch=batch, load=seconds, imports=imports, chunk=chunk)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dam3d.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--catalogue", default=str(REPO / "sample" / "catalogue"))
     parser.add_argument("--config", default=str(REPO / "config.yaml"))
-    parser.add_argument("--assets", type=int, default=12)
+    parser.add_argument("--assets", type=int, default=None,
+                        help="assets to run (default 12 on CPU, 64 on CUDA); catalogue images are cycled beyond its size")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward for cutout and embed (default: cutout.batch_size, embed.batch_size)")
+    parser.add_argument("--target", action="store_true",
+                        help="also time the target architectures with random weights: BiRefNet's Swin-L encoder at "
+                             "1024 px (+ a light head) for cutout, ViT-L/16 at 224 for embed")
     parser.add_argument("--engine", default=None, help="render engine (default: config)")
     parser.add_argument("--resolution", type=int, default=None, help="render resolution (default: config)")
     parser.add_argument("--aa", type=int, default=None, help="Workbench/EEVEE anti-aliasing (default: config)")
@@ -66,25 +230,37 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cut, mesh, render, embed = config["cutout"], config["mesh"], dict(config["render"]), config["embed"]
     render.update({k: v for k, v in (("engine", args.engine), ("resolution", args.resolution), ("aa", args.aa)) if v})
-    assets = load_catalogue(args.catalogue)[: args.assets]
-    n = len(assets)
+    device = _device(args.device)
+    catalogue = load_catalogue(args.catalogue)
+    n = args.assets or (64 if device.startswith("cuda") else 12)
+    # Beyond the catalogue's size its images come round again under new asset ids.
+    assets = [(a.asset_id if k < len(catalogue) else f"{a.asset_id}-r{k // len(catalogue)}", a.image)
+              for k, a in ((k, catalogue[k % len(catalogue)]) for k in range(n))]
     backend = resolve_backend(cut["backend"], cut["model"])
     (spec,) = resolve_models(embed["models"][:1], embed["presets"])
     views = VIEW_NAMES(render["views"])
+    cut_batch = args.batch_size or cut.get("batch_size", 8)
+    embed_batch = args.batch_size or embed["batch_size"]
+    chunks = config.get("chunks", {})
+    background = tuple(config.get("background", (255, 255, 255)))
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="dam3d-bench-") as tmp:
         out = Path(tmp)
-        load = _timed(lambda: mask_fn(backend, model=cut["model"]))
-        t = _timed(lambda: [make_cutout(a.asset_id, a.image, out / "cutout" / f"{a.asset_id}.png", backend=backend,
-                                         model=cut["model"], size=cut["size"], margin=cut["margin"]) for a in assets])
-        rows.append((f"cutout ({backend})", f"{t / n:.3f} s/asset   (model load {load:.1f} s, once per job)"))
+        jobs = [(a, image, out / "cutout" / f"{a}.png") for a, image in assets]
+        rows += _cutout_rows(f"cutout ({backend}, {device})", backend, cut["model"], jobs, cut=cut, device=device,
+                             batch=cut_batch, chunk=chunks.get("cutout", 64))
+        if args.target:
+            target_jobs = [(a, image, out / "cutout-target" / f"{a}.png") for a, image in assets]
+            rows += _cutout_rows(f"cutout (target: Swin-L 1024 stand-in, random, {device})", "rmbg", TARGET_CUTOUT,
+                                 target_jobs, cut=cut, device=device, batch=cut_batch, chunk=chunks.get("cutout", 64),
+                                 build=_swin_standin)
 
         params = mesh.get(mesh["backend"], {})
-        t = _timed(lambda: [build_mesh(a.asset_id, out / "cutout" / f"{a.asset_id}.png", out / "mesh" / f"{a.asset_id}.glb",
-                                       mesh["backend"], params) for a in assets])
+        t = _timed(lambda: [build_mesh(a, out / "cutout" / f"{a}.png", out / "mesh" / f"{a}.glb",
+                                       mesh["backend"], params) for a, _ in assets])
         rows.append((f"mesh ({mesh['backend']})", f"{t / n:.3f} s/asset"))
 
-        jobs = [(out / "mesh" / f"{a.asset_id}.glb", out / "render" / a.asset_id) for a in assets]
+        jobs = [(out / "mesh" / f"{a}.glb", out / "render" / a) for a, _ in assets]
         settings = {k: render[k] for k in ("views", "elevation", "resolution", "engine", "device", "samples", "fov", "aa")}
         one = run_batch(jobs[:1], **settings)
         batch = run_batch(jobs, **settings)
@@ -95,13 +271,25 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("", f"{(batch.wall_seconds - (batch.startup_seconds or 0)) / n:.3f} s/asset in a batch of {n}; "
                          f"start-up {batch.startup_seconds or 0:.2f} s; {outside:.0%} of the batch outside rendering"))
 
-        load = _timed(lambda: encoder(spec))
-        t = _timed(lambda: [embed_asset(a.asset_id, out / "cutout" / f"{a.asset_id}.png",
-                                        [out / "render" / a.asset_id / f"{v}.png" for v in views],
-                                        out / "embed" / f"{a.asset_id}.npz", spec, batch_size=embed["batch_size"]) for a in assets])
-        rows.append((f"embed ({spec.name})", f"{t / n:.3f} s/asset = {t / (n * (1 + len(views))):.4f} s/image   (model load {load:.1f} s)"))
+        jobs = [(a, out / "cutout" / f"{a}.png", [out / "render" / a / f"{v}.png" for v in views], out / "embed" / f"{a}.npz")
+                for a, _ in assets]
+        rows += _embed_rows(f"embed ({spec.name}, {device})", spec, jobs, background=background, device=device,
+                            batch=embed_batch, chunk=chunks.get("embed", 64))
+        if args.target:
+            target = ModelSpec("vit-large-random", "vit", TARGET_EMBED, "cls")
+            rows += _embed_rows(f"embed (target: ViT-L/16 224, random, {device})", target,
+                                [(a, c, v, out / "embed-target" / f"{a}.npz") for a, c, v, _ in jobs],
+                                background=background, device=device, batch=embed_batch, chunk=chunks.get("embed", 64),
+                                build=_vit_large_random)
 
-    print(f"dam3d bench: {n} assets from {args.catalogue}; {platform.machine()}, {platform.python_version()}")
+    import torch
+
+    gpu = f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""
+    print(f"dam3d bench: {n} assets ({len(catalogue)} catalogue images{', cycled' if n > len(catalogue) else ''}) from "
+          f"{args.catalogue}; device {device}{gpu}; torch threads {torch.get_num_threads()}; "
+          f"{platform.machine()}, {platform.python_version()}")
+    print("  model stages: pipeline = make_cutouts / embed_assets as a chunk job runs them (decode, preprocessing, "
+          "batched forward, writing); raw = the network alone on a ready-made batch")
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")

@@ -1,0 +1,55 @@
+"""The benchmark's pieces: the --target hook goes through the chunk-job path, and the row arithmetic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dam3d.bench as bench
+import dam3d.cutout
+from conftest import product_photo
+from dam3d.cutout import make_cutouts
+
+
+class HalfPlane(torch.nn.Module):
+    """Foreground = the left half, whatever the image: an easy mask to check."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        logits = torch.full((x.shape[0], 1, *x.shape[-2:]), -20.0, dtype=x.dtype)
+        logits[..., : x.shape[-1] // 2] = 20.0
+        return [logits * self.scale]
+
+
+def test_a_registered_net_runs_through_make_cutouts_and_the_raw_timer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(dam3d.cutout.BENCH_NETS, "bench-test/half-plane", HalfPlane())
+    jobs = []
+    for n, kind in enumerate(("red-vase", "blue-box", "stripes")):
+        product_photo(kind, size=(200 + 40 * n, 200)).save(tmp_path / f"{kind}.jpg")
+        jobs.append((kind, tmp_path / f"{kind}.jpg", tmp_path / "out" / f"{kind}.png"))
+    results = list(make_cutouts(jobs, backend="rmbg", model="bench-test/half-plane", size=64, margin=0.0, device="cpu", batch_size=2))
+    assert results == [(kind, None) for kind, _, _ in jobs]
+    # The left half of each photo, centred on the square: a tall object, transparent at the sides.
+    alpha = np.asarray(Image.open(tmp_path / "out" / "red-vase.png").getchannel("A"))
+    assert alpha[:, 32].min() > 200 and alpha[:, :5].max() == 0 and alpha[:, -5:].max() == 0
+
+    net = dam3d.cutout._rmbg_net("bench-test/half-plane", "cpu")
+    assert bench._raw_rate(net, product_photo("red-vase"), 2, seconds=0.05) > 0
+
+
+def test_model_rows_share_of_a_chunk_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(bench._IMPORTS, "m", 3.0)
+    rows = bench._model_rows("embed (x)", n=10, images=90, pipeline=5.0, failed=1, batch=32, raw=36.0, raw_batch=32,
+                             load=1.0, imports="m", chunk=64)
+    text = "\n".join(v for _, v in rows)
+    assert "2.00 assets/s = 18.00 images/s" in text and "1 assets failed" in text
+    assert "pipeline at 50% of raw" in text
+    # start-up 3 + 1 = 4 s against 64 assets at 0.5 s each: 4 / 36.
+    assert f"= {4 / 36:.1%} of a 64-asset chunk job" in text

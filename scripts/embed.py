@@ -15,6 +15,8 @@ run_chunk(
         background=tuple(smk.params.background),
         batch_size=smk.params.batch_size,
         device=smk.config["device"],
+        # Decoding and preprocessing threads: on a GPU they, not the model, can set the pace.
+        workers=max(2, smk.threads),
     ),
     torch=True,
 )

@@ -704,6 +704,9 @@ def main(argv: list[str]) -> int:
               f"(render {rec.get('render_seconds', 0.0):.3f} s) {status}", flush=True)
         if not rec["ok"]:
             print(f"render_views: {mesh}: {rec['error']}", file=sys.stderr, flush=True)
+        if a.report:
+            # After every asset: should Blender crash on a later one, these still count as done.
+            _write_report(a.report, results)
 
     if a.report:
         _write_report(a.report, results)

@@ -10,11 +10,11 @@ into a chunk is decided here, per *asset*, when the workflow starts:
   source (photo or provided mesh digest) and the keys of the stages it reads from;
 - a finished asset leaves a stamp, results/stamps/{stage}/{asset}.json, written
   after its outputs (atomically, last), holding that key and its chunk;
-- an asset is pending when its stamp is missing or holds another key, an output is
-  missing, or an upstream stage is pending for it. Pending assets are cut into chunks
-  named by a hash of their members and keys, so a chunk's manifest
-  (results/chunks/{stage}/{chunk}.json, the rule's declared output) is new whenever
-  there is work, and Snakemake runs it.
+- an asset is pending when its stamp is missing, holds another key or an unexpected
+  error (retried next run), an output is missing, or an upstream stage is pending for
+  it. Pending assets are cut into chunks named by a hash of their members and keys
+  whose manifest (results/chunks/{stage}/{chunk}.json, the rule's declared output)
+  does not exist yet, so Snakemake runs them.
 
 The aggregate rules (index, contact sheet) take, per asset, the manifest of the
 chunk that last computed it: the same files run after run while nothing changes,
@@ -24,6 +24,7 @@ so a refresh with nothing new runs nothing.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -113,6 +114,8 @@ def plan_stage(
         done = (
             stamp is not None
             and stamp.get("key") == key
+            # An unexpected error (not the asset's fault: a crash, the GPU) is tried again next run.
+            and not stamp.get("retry")
             and not any(asset in up.chunk_of for up in upstream)
             and all(Path(p).exists() for p in plan.outputs[asset])
         )
@@ -125,7 +128,13 @@ def plan_stage(
     for i in range(n_chunks):
         # Near-equal chunks: 65 pending with 64 per job make 33 + 32, not 64 + 1.
         members = plan.pending[i * len(plan.pending) // n_chunks : (i + 1) * len(plan.pending) // n_chunks]
-        name = f"{len(members)}x-" + digest([stage, [(a, plan.keys[a]) for a in members]])[:12]
+        # Named by its members and keys, and new: a chunk whose manifest exists was run
+        # before, and Snakemake would take it as done. The same pending work after a killed
+        # run gets the same name again, so a resumed job skips the assets it finished.
+        for attempt in itertools.count():
+            name = f"{len(members)}x-" + digest([stage, [(a, plan.keys[a]) for a in members], attempt])[:12]
+            if not chunk_path(results, stage, name).exists():
+                break
         plan.chunks[name] = members
         plan.chunk_of.update(dict.fromkeys(members, name))
     return plan

@@ -23,6 +23,8 @@ from typing import Any
 
 SCRIPT = Path(__file__).resolve().parent.parent / "blender" / "render_views.py"
 ENGINES = ("BLENDER_WORKBENCH", "BLENDER_EEVEE", "CYCLES")
+# How render_assets starts the error of an asset that Blender never reported (it died first).
+RENDERER_EXITED = "renderer exited"
 
 
 def VIEW_NAMES(views: int) -> list[str]:  # noqa: N802 - a constant-like table, named as in the design
@@ -113,7 +115,7 @@ def render_assets(
     for _, out in jobs:
         rec = done.get(Path(out))
         if rec is None:
-            why = f"renderer exited with code {run.returncode} before this asset: {_tail(run.output)}"
+            why = f"{RENDERER_EXITED} with code {run.returncode} before this asset: {_tail(run.output)}"
             if engine != "CYCLES" and "EGL" in run.output and run.returncode != 0:
                 why += " (Workbench/EEVEE need OpenGL through EGL: apt install libegl1 libegl-mesa0 libgl1-mesa-dri)"
             result[Path(out)] = why

@@ -71,6 +71,14 @@ def each(members: list[dict], work: Callable[[dict], None]) -> Iterator[tuple[st
             yield member["asset"], None
 
 
+class ChunkError(RuntimeError):
+    """The stage itself failed, not one asset (a model that does not load, a lost GPU).
+
+    The chunk job fails so that Snakemake retries it; the assets it finished keep
+    their stamps and the others are planned again on the next run.
+    """
+
+
 def run_members(
     *,
     stage: str,
@@ -85,10 +93,12 @@ def run_members(
 
     `members` are dicts with asset, key, outputs and, optionally, requires (files
     from earlier stages; a placeholder there passes that stage's failure on). An
-    asset already stamped with its key is skipped (a retried or resumed job). An
-    AssetError is recorded at once; any other error is retried alone up to
-    `retries` times first. Every finished asset gets its stamp (dam3d.plan), after
-    its outputs, so a killed job keeps what it finished.
+    asset this chunk already stamped with its key is skipped (a retried or resumed
+    job). An AssetError is recorded at once; any other error is retried alone up to
+    `retries` times, then recorded and stamped to be tried again next run. Every
+    finished asset gets its stamp (dam3d.plan), after its outputs, so a killed job
+    keeps what it finished. An error of `process` itself raises ChunkError once the
+    retries are spent.
     """
     from dam3d.plan import read_stamp, stamp_path
 
@@ -97,7 +107,7 @@ def run_members(
     started = time.monotonic()
     last_report = started
 
-    def finish(member: dict, reason: str | None, *, record: bool = True) -> None:
+    def finish(member: dict, reason: str | None, *, record: bool = True, retry: bool = False) -> None:
         nonlocal last_report
         asset = member["asset"]
         failure = failure_path(results, stage, asset)
@@ -110,10 +120,8 @@ def run_members(
                 failure.unlink(missing_ok=True)
             _placeholders([Path(p) for p in member["outputs"]])
             print(f"dam3d: FAILED {asset}: {stage}: {reason}", file=sys.stderr)
-        write_text(
-            stamp_path(results, stage, asset),
-            json.dumps({"key": member["key"], "chunk": chunk, "ok": reason is None, "reason": reason}) + "\n",
-        )
+        stamp = {"key": member["key"], "chunk": chunk, "ok": reason is None, "reason": reason}
+        write_text(stamp_path(results, stage, asset), json.dumps({**stamp, **({"retry": True} if retry else {})}) + "\n")
         outcomes[asset] = {"asset": asset, "ok": reason is None, "reason": reason}
         # Long chunks (TRELLIS: minutes) say how far they are on the terminal, every 30 s.
         now = time.monotonic()
@@ -125,10 +133,14 @@ def run_members(
     todo = []
     for member in members:
         stamp = read_stamp(results, stage, member["asset"])
-        if stamp and stamp.get("key") == member["key"] and all(Path(p).exists() for p in member["outputs"]):
+        if (stamp and stamp.get("chunk") == chunk and stamp.get("key") == member["key"] and not stamp.get("retry")
+                and all(Path(p).exists() for p in member["outputs"])):
             outcomes[member["asset"]] = {"asset": member["asset"], "ok": stamp.get("ok", True),
                                          "reason": stamp.get("reason"), "resumed": True}
             continue
+        # The old stamp goes before the outputs change: killed between new outputs and new
+        # stamp, the asset must be pending, not taken as done with its old key.
+        stamp_path(results, stage, member["asset"]).unlink(missing_ok=True)
         failed_inputs = [str(p) for p in member.get("requires", ()) if is_placeholder(p)]
         if failed_inputs:
             # The earlier stage holds the failure record with the real reason; only pass the placeholder on.
@@ -137,12 +149,16 @@ def run_members(
             todo.append(member)
 
     for attempt in range(retries + 1):
+        if not todo:  # nothing left (or a resumed job with all done): no model is loaded
+            break
         by_asset = {m["asset"]: m for m in todo}
         again: list[dict] = []
         try:
             for asset, error in process(todo):
-                member = by_asset.pop(asset)
-                if error is None:
+                member = by_asset.pop(asset, None)
+                if member is None:
+                    print(f"dam3d: {stage}: ignored a second or unknown result for {asset!r}", file=sys.stderr)
+                elif error is None:
                     finish(member, None)
                 elif isinstance(error, AssetError):
                     finish(member, error.reason)
@@ -151,17 +167,19 @@ def run_members(
                           file=sys.stderr)
                     again.append(member)
                 else:
-                    finish(member, _describe(error))
-        except Exception as exc:  # noqa: BLE001 - e.g. the model failed to load: every asset left gets the reason
+                    finish(member, _describe(error), retry=True)
+        except Exception as exc:  # noqa: BLE001 - the stage itself failed (e.g. its model did not load)
             traceback.print_exc()
-            for member in by_asset.values():
-                (again.append(member) if attempt < retries else finish(member, _describe(exc)))
+            if attempt == retries:
+                raise ChunkError(f"{stage} {chunk}: {_describe(exc)} ({len(by_asset)} asset(s) not done; "
+                                 "they are computed again by the job's retry or the next run)") from exc
+            print(f"dam3d: {stage} {chunk}: attempt {attempt + 1} failed ({_describe(exc)}); "
+                  f"retrying the {len(by_asset)} asset(s) left", file=sys.stderr)
+            again.extend(by_asset.values())
             by_asset = {}
         for member in by_asset.values():  # a process that skipped an asset is a bug; never lose it silently
-            finish(member, "internal error: the stage returned no result for this asset")
+            finish(member, "internal error: the stage returned no result for this asset", retry=True)
         todo = again
-        if not todo:
-            break
     return [outcomes[m["asset"]] for m in members]
 
 
@@ -192,8 +210,10 @@ def run_chunk(smk: Any, stage: str, process: Process, *, torch: bool = False) ->
     failed = [o for o in outcomes if not o["ok"]]
     for o in failed:
         print(f"dam3d: FAILED {o['asset']}: {stage}: {o['reason']}", file=terminal)
-    print(f"dam3d: {stage} {chunk}: {len(outcomes)} assets in {seconds:.1f} s "
-          f"({seconds / max(1, len(outcomes)):.2f} s/asset), {len(failed)} failed", file=terminal)
+    resumed = sum(bool(o.get("resumed")) for o in outcomes)
+    computed = len(outcomes) - resumed
+    print(f"dam3d: {stage} {chunk}: {computed} computed" + (f", {resumed} done before" if resumed else "")
+          + f" in {seconds:.1f} s ({seconds / max(1, computed):.2f} s/asset), {len(failed)} failed", file=terminal)
     write_text(smk.output[0], json.dumps({"stage": stage, "chunk": chunk, "seconds": round(seconds, 3),
                                           "members": outcomes}, indent=1) + "\n")
     return outcomes

@@ -8,7 +8,7 @@ from dam3d.stage import read_failures
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 skus = smk.params.skus
 # Records of SKUs no longer in the catalogue are left out: the report matches this run.
-failures = [f for f in read_failures(smk.config["results"]) if f["asset"] in skus]
+failures = [f for f in read_failures(smk.config["results"]) if f["asset"] in skus and f["stage"] in smk.params.stages]
 lines = ["asset_id\tsku\tstage\treason"]
 lines += [f"{f['asset']}\t{skus[f['asset']]}\t{f['stage']}\t{' '.join(f['reason'].split())}" for f in failures]
 write_text(smk.output[0], "\n".join(lines) + "\n")

@@ -14,7 +14,7 @@ config = smk.config
 assets = load_catalogue(config["catalogue"])
 by_id = {Path(p).stem: Path(p) for p in smk.params.embeddings}
 out_dir = Path(smk.output.manifest).parent
-failures = [f for f in read_failures(config["results"]) if f["asset"] in by_id]
+failures = [f for f in read_failures(config["results"]) if f["asset"] in by_id and f["stage"] in smk.params.stages]
 manifest = build_index(
     assets,
     [by_id[a.asset_id] for a in assets],

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from dam3d.errors import AssetError
-from dam3d.render import render_assets
+from dam3d.render import RENDERER_EXITED, render_assets
 from dam3d.stage import run_chunk
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
@@ -17,7 +17,11 @@ def render(members: list[dict]):
     for m in members:
         error = errors.get(out_dirs[m["asset"]])
         missing = [p for p in m["outputs"] if not Path(p).exists()]
-        if error:
+        if error and error.startswith(RENDERER_EXITED):
+            # Blender died before this asset (another asset crashed it, or the machine):
+            # not this asset's fault, so it is retried, alone, and again next run.
+            yield m["asset"], RuntimeError(error)
+        elif error:
             yield m["asset"], AssetError(m["asset"], "render", error)
         elif missing:
             yield m["asset"], AssetError(m["asset"], "render", f"renderer wrote no {missing[0]}")

@@ -190,10 +190,12 @@ PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
                 continue
             log = ""
             if name == "sbatch":
-                log = (
-                    f'"{sys.executable}" -c \'import json,sys; print(json.dumps(sys.argv[1:]))\' "$@" '
-                    f'>> {shlex.quote(str(self.sbatch_log))}\n'
-                )
+                # Chunk jobs are submitted side by side: one locked write per call keeps lines whole.
+                append = ("import fcntl, json, sys\n"
+                          "with open(sys.argv[1], 'a') as f:\n"
+                          "    fcntl.flock(f, fcntl.LOCK_EX)\n"
+                          "    f.write(json.dumps(sys.argv[2:]) + '\\n')\n")
+                log = f'"{sys.executable}" -c {shlex.quote(append)} {shlex.quote(str(self.sbatch_log))} "$@"\n'
             wrapper = self.root / "bin" / name
             wrapper.write_text(f"#!/bin/sh\nexport SLURM_CONF={shlex.quote(str(self.conf))}\n{log}exec {real} \"$@\"\n")
             wrapper.chmod(0o755)

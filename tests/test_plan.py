@@ -76,3 +76,25 @@ def test_assets_finished_by_a_job_that_died_are_kept(tmp_path: Path) -> None:
     assert again.pending == [] and again.chunks == {}
     assert again.ref("A") == str(stamp_path(tmp_path, "render", "A"))
     assert again.chunk_pattern() == "(?!)"
+
+
+def test_the_same_work_planned_again_gets_a_new_chunk_unless_its_job_never_finished(tmp_path: Path) -> None:
+    first = plan(tmp_path, "cutout", ["A", "B"])
+    # Killed before its manifest: the resumed run plans the same chunk (its finished assets are skipped).
+    assert plan(tmp_path, "cutout", ["A", "B"]).chunks == first.chunks
+    finish(tmp_path, first)
+    # A setting changed and back (or an output deleted): the same members and keys as a chunk that
+    # ran. Its manifest exists and Snakemake would take it as done, so the chunk gets a new name.
+    (tmp_path / "cutout" / "A.out").unlink()
+    (tmp_path / "cutout" / "B.out").unlink()
+    again = plan(tmp_path, "cutout", ["A", "B"])
+    assert again.pending == ["A", "B"] and set(again.chunks).isdisjoint(first.chunks)
+
+
+def test_an_unexpected_failure_is_tried_again_next_run_an_asset_error_is_not(tmp_path: Path) -> None:
+    p = plan(tmp_path, "mesh", ["A", "B"])
+    finish(tmp_path, p)
+    for asset, retry in (("A", True), ("B", False)):
+        stamp = stamp_path(tmp_path, "mesh", asset)
+        stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "ok": False, "reason": "x", "retry": retry}))
+    assert plan(tmp_path, "mesh", ["A", "B"]).pending == ["A"]

@@ -40,14 +40,20 @@ def job_counts(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
     plan = re.search(r"dam3d: to compute \(assets/catalogue\): (.*)", text)
     assert plan, text[-3000:]
     counts = {rule: n for rule, n in jobs.items() if rule not in (*CHUNK_RULES.values(), "embed", "total", "all")}
+    planned: dict[str, int] = {}
     for part in plan.group(1).split(", "):
         stage, fraction = part.split()[:2]
-        n = int(fraction.split("/")[0])
-        # Planned assets are computed by chunk jobs that Snakemake ran (or, with -n, would run).
-        rule = "embed" if stage.startswith("embed-") else CHUNK_RULES[stage]
-        assert n == 0 or rule in jobs, (stage, n, jobs)
-        if n:
-            counts[stage] = n
+        if n := int(fraction.split("/")[0]):
+            planned[stage] = n
+            # Planned assets are computed by chunk jobs that Snakemake ran (or, with -n, would run).
+            assert ("embed" if stage.startswith("embed-") else CHUNK_RULES[stage]) in jobs, (stage, n, jobs)
+    if "This was a dry-run" not in text:
+        # ...and the chunk jobs computed exactly those (not found them done), from their closing lines.
+        computed: dict[str, int] = {}
+        for stage, n in re.findall(r"^dam3d: (\S+) \S+: (\d+) computed", text, re.M):
+            computed[stage] = computed.get(stage, 0) + int(n)
+        assert computed == planned, (computed, planned)
+    counts.update(planned)
     return counts
 
 
@@ -121,6 +127,20 @@ def test_parameter_and_model_changes_rerun_that_stage_onwards(tmp_path: Path, ca
         assert json.loads((tmp_path / "results" / "index" / model / "manifest.json").read_text())["counts"]["indexed"] == 3
 
 
+def test_a_setting_changed_and_back_recomputes_again(tmp_path: Path, catalogue: Path) -> None:
+    """The same work as a chunk that ran before (same assets, same keys) still runs."""
+    flat = {"render": {"views": 0}}
+    assert run(tmp_path, catalogue, **flat).returncode == 0
+    first = (tmp_path / "results" / "cutout" / "red-vase.png").read_bytes()
+    wide = run(tmp_path, catalogue, cutout={"margin": 0.2}, **flat)
+    assert job_counts(wide) == {"cutout": 3, "embed-mobilenetv2": 3, "index": 1, "failure_report": 1, "timings": 1}
+    assert (tmp_path / "results" / "cutout" / "red-vase.png").read_bytes() != first
+    back = run(tmp_path, catalogue, **flat)
+    assert job_counts(back) == {"cutout": 3, "embed-mobilenetv2": 3, "index": 1, "failure_report": 1, "timings": 1}
+    assert (tmp_path / "results" / "cutout" / "red-vase.png").read_bytes() == first
+    assert job_counts(run(tmp_path, catalogue, **flat)) == {}
+
+
 def test_bad_asset_is_isolated_reported_and_picked_up_once_fixed(tmp_path: Path, catalogue: Path) -> None:
     (catalogue / "SKU 42.jpg").write_bytes(b"GIF89a but not really")
     first = run(tmp_path, catalogue)
@@ -128,7 +148,7 @@ def test_bad_asset_is_isolated_reported_and_picked_up_once_fixed(tmp_path: Path,
     report = (tmp_path / "results" / "failures.tsv").read_text().splitlines()
     assert report[0] == "asset_id\tsku\tstage\treason"
     assert len(report) == 2 and "\tSKU 42\tcutout\tnot an image file" in report[1]
-    assert "1 asset(s) failed and are not in the index: see results/failures.tsv" in first.stderr
+    assert "1 asset(s) failed at some stage: see results/failures.tsv" in first.stderr
     assert indexed_skus(tmp_path) == sorted(KINDS)
 
     product_photo("stripes").save(catalogue / "SKU 42.jpg", format="JPEG")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from dam3d.errors import AssetError
 from dam3d.plan import read_stamp
-from dam3d.stage import each, read_failures, run_members
+from dam3d.stage import ChunkError, each, read_failures, run_members
 
 
 def member(tmp_path: Path, asset: str, **extra: object) -> dict:
@@ -57,18 +59,26 @@ def test_unexpected_errors_are_retried_alone_then_recorded(tmp_path: Path) -> No
     assert batches == [["A", "B", "C"], ["C"], ["C"]]
     assert [o["ok"] for o in outcomes] == [True, True, False]
     assert read_failures(tmp_path)[0]["reason"] == "RuntimeError: CUDA error: an illegal memory access"
+    # Recorded, and tried again next run (an AssetError is not: see above).
+    assert read_stamp(tmp_path, "mesh", "C")["retry"] is True and "retry" not in read_stamp(tmp_path, "mesh", "A")
 
 
-def test_a_process_that_dies_fails_every_asset_left_with_its_reason(tmp_path: Path) -> None:
+def test_a_process_that_dies_fails_the_job_and_keeps_what_it_finished(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
     def process(ms: list[dict]):
+        calls.append([m["asset"] for m in ms])
         write_outputs(ms[0])
         yield ms[0]["asset"], None
         raise OSError("model weights not found: /models/rmbg")
 
-    outcomes = run_members(stage="cutout", chunk="x", members=[member(tmp_path, a) for a in "AB"], process=process,
-                           results=tmp_path, retries=0)
-    assert [(o["asset"], o["ok"], o["reason"]) for o in outcomes] == [
-        ("A", True, None), ("B", False, "OSError: model weights not found: /models/rmbg")]
+    members = [member(tmp_path, a) for a in "ABC"]
+    with pytest.raises(ChunkError, match="model weights not found"):
+        run_members(stage="cutout", chunk="x", members=members, process=process, results=tmp_path, retries=1)
+    assert calls == [["A", "B", "C"], ["B", "C"]]  # the retry takes only what is left
+    assert read_stamp(tmp_path, "cutout", "A")["ok"] and read_stamp(tmp_path, "cutout", "B")["ok"]
+    # Not the assets' fault: C is neither stamped nor recorded as failed; the next run plans it again.
+    assert read_stamp(tmp_path, "cutout", "C") is None and read_failures(tmp_path) == []
 
 
 def test_placeholder_input_is_passed_on_without_running(tmp_path: Path) -> None:
@@ -103,3 +113,19 @@ def test_stamped_assets_are_skipped_and_success_clears_an_old_failure(tmp_path: 
     outcomes = run_members(stage="cutout", chunk="x", members=members, process=lambda ms: each(ms, work), results=tmp_path)
     assert calls == ["E", "F", "F", "G"]
     assert [o.get("resumed", False) for o in outcomes] == [True, False, False]
+    # Another chunk computing E (its upstream was recomputed) computes it: only the same chunk resumes.
+    run_members(stage="cutout", chunk="y", members=members[:1], process=lambda ms: each(ms, work), results=tmp_path)
+    assert calls == ["E", "F", "F", "G", "E"]
+
+
+def test_a_duplicate_or_unknown_result_does_not_cost_the_other_assets(tmp_path: Path) -> None:
+    def process(ms: list[dict]):
+        for m in ms:
+            write_outputs(m)
+            yield m["asset"], None
+            yield m["asset"], None
+        yield "stranger", None
+
+    outcomes = run_members(stage="cutout", chunk="x", members=[member(tmp_path, a) for a in "AB"], process=process,
+                           results=tmp_path)
+    assert [o["ok"] for o in outcomes] == [True, True]

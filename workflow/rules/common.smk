@@ -78,9 +78,10 @@ def script_digest(name):
 def add_plan(stage, *, outputs, key_parts, upstream=(), per_job, members):
     """Plan `stage` and remember how its chunk jobs describe each asset (`members(asset) -> dict`).
 
-    Only the main Snakemake process plans: a job that Snakemake re-parses the workflow
-    for (cluster, group job) would see other chunks already done and cut different
-    chunks, so it reads its chunk's members from the file the main process wrote.
+    Only the main Snakemake process's plan counts: a job that Snakemake re-parses the
+    workflow for (cluster, group job) would see other chunks already done and cut
+    different chunks, so it reads its chunk's members from the file the main process
+    wrote when the run started (write_chunk_members).
     """
     plan = plan_stage(
         stage,
@@ -93,12 +94,14 @@ def add_plan(stage, *, outputs, key_parts, upstream=(), per_job, members):
     )
     plan.members = members
     PLANS[stage] = plan
-    if workflow.is_main_process and not workflow.dryrun:
-        for name, assets in plan.chunks.items():
-            path = chunk_members_path(RESULTS, stage, name)
-            if not path.exists():
-                write_text(path, json.dumps([chunk_member(stage, a) for a in assets]))
     return plan
+
+
+def write_chunk_members():
+    """The members of each chunk of this run, for jobs that re-parse the workflow (`onstart`: not on -n)."""
+    for stage, plan in PLANS.items():
+        for name, assets in plan.chunks.items():
+            write_text(chunk_members_path(RESULTS, stage, name), json.dumps([chunk_member(stage, a) for a in assets]))
 
 
 def chunk_member(stage, asset):
@@ -125,7 +128,8 @@ def chunk_inputs(stage, upstream, sources=lambda asset: []):
     def inputs(wildcards):
         assets = [m["asset"] for m in chunk_members(stage, wildcards.chunk)]
         files = [str(f) for a in assets for f in sources(a)]
-        for up in upstream:
+        # Only the main process orders chunks; a re-parsed job's own plan may name other chunks.
+        for up in upstream if workflow.is_main_process else []:
             files += PLANS[up].chunk_refs(assets)
         return files
 

@@ -6,6 +6,8 @@ rule index:
         manifest=f"{RESULTS}/index/{{model}}/manifest.json",
     params:
         embeddings=lambda wildcards: [f"{RESULTS}/embed/{wildcards.model}/{asset}.npz" for asset in ASSET_IDS],
+        # The stages this index is made from: their failure records go into its manifest.
+        stages=lambda wildcards: ["cutout", *(["mesh", "render"] if VIEWS else []), f"embed-{wildcards.model}"],
         catalogue=CATALOGUE_DIGEST,
         spec=lambda wildcards: asdict(EMBED_MODELS[wildcards.model]),
         backends={
@@ -27,10 +29,13 @@ rule index:
 rule failure_report:
     input:
         [f"{RESULTS}/index/{model}/manifest.json" for model in EMBED_MODELS],
+        stage_refs("contact") if VIEWS else [],
     output:
         f"{RESULTS}/failures.tsv",
     params:
         skus={asset_id: asset.sku for asset_id, asset in ASSETS.items()},
+        # Records of stages this configuration no longer runs (views: 0, a dropped model) are left out.
+        stages=list(PLANS),
     log:
         f"{RESULTS}/logs/failure_report.log",
     conda:

@@ -3,7 +3,8 @@ RENDER_SETTINGS = {k: v for k, v in config["render"].items() if k != "blender"}
 add_plan(
     "render",
     outputs=view_paths,
-    key_parts=lambda asset: [RENDER_SETTINGS, script_digest("render")],
+    # The Blender build too: another version may render differently.
+    key_parts=lambda asset: [RENDER_SETTINGS, config["render"]["blender"], script_digest("render")],
     upstream=["mesh"],
     per_job=CHUNKS["render"],
     members=lambda asset: {"mesh": f"{RESULTS}/mesh/{asset}.glb", "requires": [f"{RESULTS}/mesh/{asset}.glb"]},

@@ -63,6 +63,8 @@ Process = Callable[[list[dict]], Iterable[tuple[str, BaseException | None]]]
 def each(members: list[dict], work: Callable[[dict], None]) -> Iterator[tuple[str, BaseException | None]]:
     """A `Process` for stages without batching: `work(member)` for each, its error kept to it."""
     for member in members:
+        # Into the job's log: should the process die on this asset, the log's last line names it.
+        print(f"dam3d: {member['asset']} ...", file=sys.stderr, flush=True)
         try:
             work(member)
         except Exception as exc:  # noqa: BLE001 - reported for this asset alone

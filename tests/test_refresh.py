@@ -168,7 +168,9 @@ def test_bad_asset_is_isolated_reported_and_picked_up_once_fixed(tmp_path: Path,
 def test_sigkill_mid_run_resumes_without_redoing_finished_work(tmp_path: Path, catalogue: Path) -> None:
     for kind in ("stripes",):
         product_photo(kind).save(catalogue / f"{kind}.jpg")
-    config = {"catalogue": str(catalogue), **CONFIG}
+    # Finer meshes (~0.8 s each here) so that the kill lands inside the mesh chunk job.
+    slow = {"mesh": {"inflate": {"resolution": 500}}}
+    config = {"catalogue": str(catalogue), **CONFIG, **slow}
     snakemake(tmp_path, "-n", config=config)  # writes test-config.yaml
     cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(tmp_path / "test-config.yaml"), "--cores", "1"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -183,10 +185,10 @@ def test_sigkill_mid_run_resumes_without_redoing_finished_work(tmp_path: Path, c
     assert 2 <= done_meshes < 4, "the kill must land mid-run"
 
     # A killed run leaves Snakemake's lock behind; --unlock is the documented step.
-    blocked = run(tmp_path, catalogue)
+    blocked = run(tmp_path, catalogue, **slow)
     assert blocked.returncode != 0 and "unlock" in (blocked.stdout + blocked.stderr).lower()
-    assert run(tmp_path, catalogue, "--unlock").returncode == 0
-    resumed = run(tmp_path, catalogue)
+    assert run(tmp_path, catalogue, "--unlock", **slow).returncode == 0
+    resumed = run(tmp_path, catalogue, **slow)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # What was finished is not recomputed; at most the job whose bookkeeping the kill cut short is.
     counts = job_counts(resumed)

@@ -29,6 +29,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink()
 
 
+def remove_leftovers(path: str | os.PathLike[str]) -> None:
+    """Remove the temporaries that a killed writer of `path` left next to it (see atomic_path)."""
+    target = Path(path)
+    for tmp in target.parent.glob(f".{target.stem}.*.tmp{target.suffix}"):
+        tmp.unlink(missing_ok=True)
+
+
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

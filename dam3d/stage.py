@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from pathlib import Path
 
-from dam3d.atomic import write_text
+from dam3d.atomic import remove_leftovers, write_text
 from dam3d.errors import AssetError
 
 
@@ -143,6 +143,8 @@ def run_members(
         # The old stamp goes before the outputs change: killed between new outputs and new
         # stamp, the asset must be pending, not taken as done with its old key.
         stamp_path(results, stage, member["asset"]).unlink(missing_ok=True)
+        for output in member["outputs"]:  # what a killed job was writing for it
+            remove_leftovers(output)
         failed_inputs = [str(p) for p in member.get("requires", ()) if is_placeholder(p)]
         if failed_inputs:
             # The earlier stage holds the failure record with the real reason; only pass the placeholder on.

@@ -176,12 +176,12 @@ def test_sigkill_mid_run_resumes_without_redoing_finished_work(tmp_path: Path, c
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     meshes = tmp_path / "results" / "mesh"
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(meshes.glob("*.glb"))) < 2:
+    while time.time() < deadline and len(list(meshes.glob("[!.]*.glb"))) < 2:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_cutouts = len(list((tmp_path / "results" / "cutout").glob("*.png")))
-    done_meshes = len(list(meshes.glob("*.glb")))
+    done_cutouts = len(list((tmp_path / "results" / "cutout").glob("[!.]*.png")))  # not the temporaries
+    done_meshes = len(list(meshes.glob("[!.]*.glb")))
     assert 2 <= done_meshes < 4, "the kill must land mid-run"
 
     # A killed run leaves Snakemake's lock behind; --unlock is the documented step.
@@ -199,6 +199,9 @@ def test_sigkill_mid_run_resumes_without_redoing_finished_work(tmp_path: Path, c
     import trimesh
     from PIL import Image
 
+    # The temporary a killed writer left behind is gone once its asset is computed again...
+    assert not [p.name for p in tmp_path.joinpath("results").rglob(".*.tmp.*")]
+    # ...and every artefact in place is whole.
     for png in (tmp_path / "results" / "cutout").glob("*.png"):
         Image.open(png).load()
     for glb in meshes.glob("*.glb"):

@@ -73,6 +73,16 @@ def each(members: list[dict], work: Callable[[dict], None]) -> Iterator[tuple[st
             yield member["asset"], None
 
 
+# A chunk job that dies this many times while computing an asset records it as failed.
+MAX_DEATHS = 2
+
+
+def _starts_path(results: str | Path, stage: str, asset: str) -> Path:
+    from dam3d.plan import stamp_path
+
+    return stamp_path(results, stage, asset).with_suffix(".starts")
+
+
 class ChunkError(RuntimeError):
     """The stage itself failed, not one asset (a model that does not load, a lost GPU).
 
@@ -124,6 +134,7 @@ def run_members(
             print(f"dam3d: FAILED {asset}: {stage}: {reason}", file=sys.stderr)
         stamp = {"key": member["key"], "chunk": chunk, "ok": reason is None, "reason": reason}
         write_text(stamp_path(results, stage, asset), json.dumps({**stamp, **({"retry": True} if retry else {})}) + "\n")
+        _starts_path(results, stage, asset).unlink(missing_ok=True)
         outcomes[asset] = {"asset": asset, "ok": reason is None, "reason": reason}
         # Long chunks (TRELLIS: minutes) say how far they are on the terminal, every 30 s.
         now = time.monotonic()
@@ -132,7 +143,18 @@ def run_members(
             print(f"dam3d: {stage} {chunk}: {len(outcomes)}/{len(members)} assets, "
                   f"{(now - started) / len(outcomes):.2f} s/asset", file=progress, flush=True)
 
-    todo = []
+    def starts(asset: str) -> int:
+        """How many times a job started this asset and died before finishing it."""
+        try:
+            return int(_starts_path(results, stage, asset).read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def started(batch: list[dict]) -> None:
+        for member in batch:
+            write_text(_starts_path(results, stage, member["asset"]), str(starts(member["asset"]) + 1))
+
+    todo, suspects = [], []
     for member in members:
         stamp = read_stamp(results, stage, member["asset"])
         if (stamp and stamp.get("chunk") == chunk and stamp.get("key") == member["key"] and not stamp.get("retry")
@@ -146,44 +168,65 @@ def run_members(
         for output in member["outputs"]:  # what a killed job was writing for it
             remove_leftovers(output)
         failed_inputs = [str(p) for p in member.get("requires", ()) if is_placeholder(p)]
+        died = starts(member["asset"])
         if failed_inputs:
             # The earlier stage holds the failure record with the real reason; only pass the placeholder on.
             finish(member, f"an earlier stage failed for this asset (placeholder {failed_inputs[0]})", record=False)
+        elif died >= MAX_DEATHS:
+            finish(member, f"the {stage} process died {died} times while computing this asset (a crash in native "
+                           f"code or a memory limit); remove {stamp_path(results, stage, member['asset'])} to try again")
+        elif died:
+            suspects.append(member)
         else:
             todo.append(member)
 
-    for attempt in range(retries + 1):
-        if not todo:  # nothing left (or a resumed job with all done): no model is loaded
-            break
-        by_asset = {m["asset"]: m for m in todo}
-        again: list[dict] = []
-        try:
-            for asset, error in process(todo):
-                member = by_asset.pop(asset, None)
-                if member is None:
-                    print(f"dam3d: {stage}: ignored a second or unknown result for {asset!r}", file=sys.stderr)
-                elif error is None:
-                    finish(member, None)
-                elif isinstance(error, AssetError):
-                    finish(member, error.reason)
-                elif attempt < retries:
-                    print(f"dam3d: {asset}: {stage}: attempt {attempt + 1} failed ({_describe(error)}); retrying",
-                          file=sys.stderr)
-                    again.append(member)
-                else:
-                    finish(member, _describe(error), retry=True)
-        except Exception as exc:  # noqa: BLE001 - the stage itself failed (e.g. its model did not load)
-            traceback.print_exc()
-            if attempt == retries:
-                raise ChunkError(f"{stage} {chunk}: {_describe(exc)} ({len(by_asset)} asset(s) not done; "
-                                 "they are computed again by the job's retry or the next run)") from exc
-            print(f"dam3d: {stage} {chunk}: attempt {attempt + 1} failed ({_describe(exc)}); "
-                  f"retrying the {len(by_asset)} asset(s) left", file=sys.stderr)
-            again.extend(by_asset.values())
-            by_asset = {}
-        for member in by_asset.values():  # a process that skipped an asset is a bug; never lose it silently
-            finish(member, "internal error: the stage returned no result for this asset", retry=True)
-        todo = again
+    def compute(todo: list[dict]) -> None:
+        """`process` over `todo`, retrying errors of single assets (or of the stage) up to `retries` times."""
+        for attempt in range(retries + 1):
+            if not todo:  # nothing left (or a resumed job with all done): no model is loaded
+                return
+            by_asset = {m["asset"]: m for m in todo}
+            again: list[dict] = []
+            try:
+                for asset, error in process(todo):
+                    member = by_asset.pop(asset, None)
+                    if member is None:
+                        print(f"dam3d: {stage}: ignored a second or unknown result for {asset!r}", file=sys.stderr)
+                    elif error is None:
+                        finish(member, None)
+                    elif isinstance(error, AssetError):
+                        finish(member, error.reason)
+                    elif attempt < retries:
+                        print(f"dam3d: {asset}: {stage}: attempt {attempt + 1} failed ({_describe(error)}); retrying",
+                              file=sys.stderr)
+                        again.append(member)
+                    else:
+                        finish(member, _describe(error), retry=True)
+            except Exception as exc:  # noqa: BLE001 - the stage itself failed (e.g. its model did not load)
+                traceback.print_exc()
+                if attempt == retries:
+                    for member in by_asset.values():  # raised, not died: not the assets' doing
+                        _starts_path(results, stage, member["asset"]).unlink(missing_ok=True)
+                    raise ChunkError(f"{stage} {chunk}: {_describe(exc)} ({len(by_asset)} asset(s) not done; "
+                                     "they are computed again by the job's retry or the next run)") from exc
+                print(f"dam3d: {stage} {chunk}: attempt {attempt + 1} failed ({_describe(exc)}); "
+                      f"retrying the {len(by_asset)} asset(s) left", file=sys.stderr)
+                again.extend(by_asset.values())
+                by_asset = {}
+            for member in by_asset.values():  # a process that skipped an asset is a bug; never lose it silently
+                finish(member, "internal error: the stage returned no result for this asset", retry=True)
+            todo = again
+
+    # A job that dies (segfault, memory limit) leaves its unfinished assets with a start
+    # counted. Next time those go last and one by one: the one that kills the process is
+    # found, the others finish, and after MAX_DEATHS it is recorded as failed unrun.
+    started(todo)
+    compute(todo)
+    for member in suspects:
+        print(f"dam3d: {member['asset']}: {stage}: a job died while computing it before; computing it alone",
+              file=sys.stderr, flush=True)
+        started([member])
+        compute([member])
     return [outcomes[m["asset"]] for m in members]
 
 

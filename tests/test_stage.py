@@ -129,3 +129,42 @@ def test_a_duplicate_or_unknown_result_does_not_cost_the_other_assets(tmp_path: 
     outcomes = run_members(stage="cutout", chunk="x", members=[member(tmp_path, a) for a in "AB"], process=process,
                            results=tmp_path)
     assert [o["ok"] for o in outcomes] == [True, True]
+
+
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+from dam3d.stage import each, run_members
+
+results = Path(sys.argv[1])
+
+
+def work(m):
+    if m["asset"] == "X":
+        os.kill(os.getpid(), signal.SIGKILL)  # a segfault in native code, an out-of-memory kill
+    out = Path(m["outputs"][0])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("ok")
+
+
+members = [{"asset": a, "key": "k", "outputs": [str(results / "out" / f"{a}.txt")]} for a in "AXBC"]
+run_members(stage="mesh", chunk="c", members=members, process=lambda ms: each(ms, work), results=results)
+"""
+
+
+def test_an_asset_that_kills_its_job_is_found_and_failed_while_the_others_finish(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def attempt() -> int:
+        return subprocess.run([sys.executable, "-c", KILLER, str(tmp_path)], capture_output=True).returncode
+
+    assert attempt() != 0  # dies at X: A is done, X, B and C are not
+    assert read_stamp(tmp_path, "mesh", "A")["ok"] and read_stamp(tmp_path, "mesh", "B") is None
+    assert attempt() != 0  # the unfinished ones go one by one: X dies again before B and C
+    assert attempt() == 0  # X is recorded without running; B and C finish
+    assert [read_stamp(tmp_path, "mesh", a)["ok"] for a in "ABC"] == [True, True, True]
+    x = read_stamp(tmp_path, "mesh", "X")
+    assert not x["ok"] and "process died 2 times while computing this asset" in x["reason"]
+    assert [f["asset"] for f in read_failures(tmp_path)] == ["X"]
+    assert not list(tmp_path.rglob("*.starts"))

@@ -66,6 +66,9 @@ wildcard_constraints:
 
 ASSET_IDS = list(ASSETS)
 CHUNKS = config["chunks"]
+# Snakemake retries of a chunk job that died (node lost, or an asset that kills its process:
+# the third attempt records that asset as failed and finishes the others, see dam3d.stage).
+CHUNK_RETRIES = max(2, config["retries"])
 # Chunk plans of the per-asset stages (dam3d.plan), filled by the stage files in order.
 PLANS = {}
 

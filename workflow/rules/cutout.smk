@@ -30,7 +30,7 @@ rule cutout:
         max_pixels=config["cutout"]["max_pixels"],
         batch_size=config["cutout"]["batch_size"],
     threads: workflow.cores
-    retries: config["retries"]
+    retries: CHUNK_RETRIES
     resources:
         gpu=1 if CUTOUT_BACKEND == "rmbg" else 0,
     benchmark:

@@ -26,7 +26,7 @@ rule embed:
         background=BACKGROUND,
         batch_size=config["embed"]["batch_size"],
     threads: workflow.cores
-    retries: config["retries"]
+    retries: CHUNK_RETRIES
     resources:
         gpu=lambda wildcards: int(EMBED_MODELS[wildcards.model].backend == "vit"),
     benchmark:

@@ -31,7 +31,7 @@ rule mesh:
         settings=config["mesh"].get(config["mesh"]["backend"], {}),
     # inflate and provided are single-threaded NumPy/trimesh; TRELLIS works on the GPU.
     threads: 1
-    retries: config["retries"]
+    retries: CHUNK_RETRIES
     resources:
         gpu=1 if config["mesh"]["backend"] == "trellis" else 0,
     benchmark:

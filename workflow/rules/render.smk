@@ -23,7 +23,7 @@ rule render:
         settings=RENDER_SETTINGS,
         blender=config["render"]["blender"],
     threads: workflow.cores
-    retries: config["retries"]
+    retries: CHUNK_RETRIES
     resources:
         gpu=1 if config["render"]["device"] == "GPU" else 0,
     benchmark:

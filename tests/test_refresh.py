@@ -104,6 +104,11 @@ def test_refresh_computes_only_what_changed(tmp_path: Path, catalogue: Path) -> 
     assert refresh.returncode == 0, refresh.stderr[-3000:]
     assert job_counts(refresh) == after_assets(2)
     assert indexed_skus(tmp_path) == ["blue-box", "red-vase", "stripes"]
+    # Chunk files that no asset was made by any more are gone; those left are each some asset's.
+    stamps = [json.loads(p.read_text()) for p in (tmp_path / "results" / "stamps").glob("*/*.json")]
+    manifests = {p.stem for p in (tmp_path / "results" / "chunks").glob("*/*.json") if not p.name.endswith(".members.json")}
+    assert manifests == {s["chunk"] for s in stamps if s["chunk"] in manifests} and len(manifests) == 10, manifests
+    assert len(list((tmp_path / "results" / "chunks").glob("*/*.members.json"))) == 5  # this run's chunks only
 
 
 def test_parameter_and_model_changes_rerun_that_stage_onwards(tmp_path: Path, catalogue: Path) -> None:

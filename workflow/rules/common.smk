@@ -101,8 +101,16 @@ def add_plan(stage, *, outputs, key_parts, upstream=(), per_job, members):
 
 
 def write_chunk_members():
-    """The members of each chunk of this run, for jobs that re-parse the workflow (`onstart`: not on -n)."""
+    """The members of each chunk of this run, for jobs that re-parse the workflow (`onstart`: not on -n).
+
+    Files of older chunks that no asset was made by any more are removed first.
+    """
     for stage, plan in PLANS.items():
+        keep = {Path(ref).name for ref in plan.owner.values()}
+        keep |= {f"{name}{suffix}" for name in plan.chunks for suffix in (".json", ".members.json")}
+        for old in Path(RESULTS, "chunks", stage).glob("*.json"):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
         for name, assets in plan.chunks.items():
             write_text(chunk_members_path(RESULTS, stage, name), json.dumps([chunk_member(stage, a) for a in assets]))
 

@@ -1,3 +1,4 @@
+import functools
 import hashlib
 import json
 import os
@@ -73,6 +74,7 @@ CHUNK_RETRIES = max(2, config["retries"])
 PLANS = {}
 
 
+@functools.cache  # part of every asset's key: read each script once, not once per asset
 def script_digest(name):
     """Editing a stage's script reruns that stage (Snakemake's `code` trigger, per asset)."""
     return hashlib.sha1(Path(workflow.basedir, "scripts", f"{name}.py").read_bytes()).hexdigest()

@@ -208,25 +208,6 @@ def cut_out(image: Image.Image, asset: str, *, mask: MaskFn, size: int, margin: 
     return crop_square(image, alpha, size=size, margin=margin, asset=asset)
 
 
-def make_cutout(
-    asset: str,
-    image_path: Path,
-    out: Path,
-    *,
-    backend: str,
-    model: str,
-    size: int = 512,
-    margin: float = 0.08,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    device: str = "auto",
-) -> None:
-    """The stage for one asset: load the catalogue image, cut it out, write an RGBA PNG atomically."""
-    for _, error in make_cutouts([(asset, Path(image_path), Path(out))], backend=backend, model=model, size=size,
-                                 margin=margin, max_pixels=max_pixels, device=device, batch_size=1):
-        if error is not None:
-            raise error
-
-
 def _write_cutout(asset: str, image: Image.Image, alpha: Image.Image | np.ndarray, out: Path, *,
                   size: int, margin: float) -> Exception | None:
     """Crop and write one cutout (runs in a writer thread); the asset's error is returned, not raised."""

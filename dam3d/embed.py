@@ -180,28 +180,6 @@ def _usable(path: Path) -> bool:
     return path.exists() and path.stat().st_size > 0
 
 
-def embed_asset(
-    asset: str,
-    cutout: Path,
-    views: Sequence[Path],
-    out: Path,
-    spec: ModelSpec,
-    *,
-    background: tuple[int, int, int] = (255, 255, 255),
-    batch_size: int = 32,
-    device: str = "auto",
-) -> None:
-    """Embed one asset's cutout and its rendered views into `out` (.npz), atomically.
-
-    Views whose render failed are marked in `view_ok`, so the index can still
-    use the 2D vector for that SKU instead of dropping it.
-    """
-    for _, error in embed_assets([(asset, cutout, views, out)], spec, background=background,
-                                 batch_size=batch_size, device=device):
-        if error is not None:
-            raise error
-
-
 def embed_assets(
     jobs: Sequence[tuple[str, Path, Sequence[Path], Path]],
     spec: ModelSpec,
@@ -215,9 +193,11 @@ def embed_assets(
 
     The images of many assets share each forward (`batch_size` images, halved on CUDA
     out-of-memory), while `workers` prefetch threads decode, flatten and preprocess the next
-    ones. Each asset's .npz (as embed_asset writes it) is written as soon as its last image
-    is embedded; yields (asset, None) then, or (asset, error) for an asset that failed, in
-    completion order. A bad asset never stops the others.
+    ones. Each asset's .npz (vec2d, vec3d, view_ok, views, model) is written as soon as its
+    last image is embedded; yields (asset, None) then, or (asset, error) for an asset that
+    failed, in completion order. A bad asset never stops the others. Views whose render
+    failed (0-byte placeholders) are marked in `view_ok`, so the index can still use the
+    2D vector for that SKU instead of dropping it.
     """
     from dam3d.atomic import atomic_path
     from dam3d.errors import AssetError

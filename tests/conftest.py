@@ -86,3 +86,10 @@ def bad_files(folder: Path) -> dict[str, Path]:
     # Mode "1" keeps a 12000x12000 image at 18 MB in memory and a few KB on disk.
     Image.new("1", (12000, 12000), 1).save(files["huge"])
     return files
+
+
+def only(results):  # noqa: ANN001, ANN201 - an iterator of (asset, error)
+    """Run a chunk function (make_cutouts, embed_assets) for one asset: raise its error, if any."""
+    [(_, error)] = list(results)
+    if error is not None:
+        raise error

@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 
 import dam3d.cutout
 import dam3d.embed
-from conftest import REPO, bad_files, product_photo
+from conftest import REPO, bad_files, only, product_photo
 from dam3d.batching import Halving, prefetch, run_halving
-from dam3d.cutout import cut_out, make_cutout, make_cutouts, mask_fn
+from dam3d.cutout import cut_out, make_cutouts, mask_fn
 from dam3d.embed import ModelSpec, embed_assets, embed_images
 from dam3d.errors import AssetError
 from dam3d.images import flatten, load_image
@@ -111,7 +111,8 @@ def test_make_cutouts_u2netp_reports_each_bad_asset_alone(tmp_path: Path) -> Non
     # Each written cutout is exactly what the one-asset path writes.
     for asset, path, out in jobs:
         if asset != "BROKEN":
-            make_cutout(asset, path, tmp_path / "single.png", backend="u2netp", model="", size=128)
+            only(make_cutouts([(asset, path, tmp_path / "single.png")], backend="u2netp", model="", size=128,
+                              batch_size=1))
             np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "single.png")))
     assert Image.open(tmp_path / "out" / "GLASS.png").mode == "RGBA"
 

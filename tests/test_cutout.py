@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import product_photo
-from dam3d.cutout import crop_square, cut_out, make_cutout, mask_fn, model_available, resolve_backend
+from conftest import only, product_photo
+from dam3d.cutout import crop_square, cut_out, make_cutouts, mask_fn, model_available, resolve_backend
 from dam3d.errors import AssetError
 from tiny_models import make_tiny_birefnet
 
@@ -23,7 +23,8 @@ def test_u2netp_cutout_is_square_recentred_and_transparent(tmp_path: Path) -> No
     photo = Image.new("RGB", (800, 400), (250, 250, 250))
     photo.paste(product_photo("red-vase", size=(200, 300), background=(250, 250, 250)), (560, 50))
     photo.save(tmp_path / "vase.jpg")
-    make_cutout("VASE-1", tmp_path / "vase.jpg", tmp_path / "out.png", backend="u2netp", model="", size=256, margin=0.1)
+    only(make_cutouts([("VASE-1", tmp_path / "vase.jpg", tmp_path / "out.png")], backend="u2netp", model="", size=256,
+                      margin=0.1))
     out = Image.open(tmp_path / "out.png")
     assert out.mode == "RGBA" and out.size == (256, 256)
     x0, y0, x1, y1 = alpha_box(tmp_path / "out.png")
@@ -65,7 +66,8 @@ def test_rmbg_backend_loads_birefnet_remote_code_from_a_local_folder(tmp_path: P
     product_photo("blue-box").save(tmp_path / "box.jpg")
     # A random network may mask out everything; either result must be a clean outcome.
     try:
-        make_cutout("BOX", tmp_path / "box.jpg", tmp_path / "box.png", backend="rmbg", model=str(folder), size=64)
+        only(make_cutouts([("BOX", tmp_path / "box.jpg", tmp_path / "box.png")], backend="rmbg", model=str(folder),
+                          size=64))
         assert Image.open(tmp_path / "box.png").size == (64, 64)
     except AssetError as exc:
         assert "no foreground" in exc.reason
@@ -82,5 +84,5 @@ def test_auto_falls_back_offline_and_strict_refuses(tmp_path: Path) -> None:
 def test_bad_catalogue_image_names_the_asset(tmp_path: Path) -> None:
     (tmp_path / "x.jpg").write_bytes(b"\xff\xd8 not really")
     with pytest.raises(AssetError) as caught:
-        make_cutout("SKU 9", tmp_path / "x.jpg", tmp_path / "x.png", backend="u2netp", model="")
+        only(make_cutouts([("SKU 9", tmp_path / "x.jpg", tmp_path / "x.png")], backend="u2netp", model=""))
     assert caught.value.asset == "SKU 9" and not (tmp_path / "x.png").exists()

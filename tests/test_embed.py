@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import product_photo
-from dam3d.embed import ModelSpec, embed_asset, embed_images, resolve_models
+from conftest import only, product_photo
+from dam3d.embed import ModelSpec, embed_assets, embed_images, resolve_models
 from tiny_models import make_tiny_vit
 
 PRESETS = {
@@ -67,7 +67,7 @@ def test_embed_asset_marks_failed_views(tmp_path: Path) -> None:
     product_photo("blue-box", size=(256, 256)).save(views[0])
     views[1].write_bytes(b"")  # placeholder of a failed render
     product_photo("blue-box", size=(200, 256)).save(views[2])
-    embed_asset("BOX", cutout, views, tmp_path / "box.npz", MOBILENET)
+    only(embed_assets([("BOX", cutout, views, tmp_path / "box.npz")], MOBILENET))
     data = np.load(tmp_path / "box.npz")
     assert data["vec2d"].shape == (1280,) and data["vec3d"].shape == (3, 1280)
     assert data["view_ok"].tolist() == [True, False, True]

@@ -168,3 +168,14 @@ def test_an_asset_that_kills_its_job_is_found_and_failed_while_the_others_finish
     assert not x["ok"] and "process died 2 times while computing this asset" in x["reason"]
     assert [f["asset"] for f in read_failures(tmp_path)] == ["X"]
     assert not list(tmp_path.rglob("*.starts"))
+
+
+def test_temporaries_a_killed_writer_left_are_removed_when_the_asset_is_computed(tmp_path: Path) -> None:
+    m = member(tmp_path, "A")
+    leftover = tmp_path / "out" / ".A.k2j4x9.tmp.png"  # as dam3d.atomic names them
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a PNG")
+    other = tmp_path / "out" / ".B.k2j4x9.tmp.png"  # another asset's: not ours to touch
+    other.write_bytes(b"x")
+    run_members(stage="cutout", chunk="x", members=[m], process=lambda ms: each(ms, write_outputs), results=tmp_path)
+    assert not leftover.exists() and other.exists()

@@ -65,6 +65,10 @@ def test_2d_pipeline_end_to_end_with_bad_assets(tmp_path: Path, capsys: pytest.C
         product_photo(kind).save(catalogue / f"{kind}.jpg")
     bad = bad_files(catalogue)
     (catalogue / "SKU Ünïcode 7.jpg").write_bytes((catalogue / "red-vase.jpg").read_bytes())
+    # A record left by an earlier run with renders: this 2D run neither reports nor indexes it.
+    stale = tmp_path / "results" / "failures" / "render" / "stripes.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"asset": "stripes", "stage": "render", "reason": "old"}))
     result = snakemake(tmp_path, "--cores", "2", config={"catalogue": str(catalogue), "render": {"views": 0}})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cutout=u2netp" in result.stderr and "embed=mobilenetv2" in result.stderr
@@ -74,6 +78,7 @@ def test_2d_pipeline_end_to_end_with_bad_assets(tmp_path: Path, capsys: pytest.C
     assert manifest["backends"]["cutout"] == "u2netp" and manifest["model"]["name"] == "mobilenetv2"
     failed = {f["asset"]: f["reason"] for f in manifest["failures"]}
     assert set(failed) == {"corrupt", "empty", "notes", "huge"}, failed
+    assert "stripes" not in (tmp_path / "results" / "failures.tsv").read_text()
     assert "12000x12000" in failed["huge"] and "empty" in failed["empty"]
     assert manifest["counts"]["indexed"] == 4 + len(bad) - 4 + 1
 

@@ -38,7 +38,9 @@ onstart:
 onsuccess:
     report = Path(RESULTS) / "failures.tsv"
     if report.exists():
-        failed = len(report.read_text().splitlines()) - 1
-        if failed:
+        stages = [line.split("\t")[2] for line in report.read_text().splitlines()[1:]]
+        skipped, failed = stages.count("catalogue"), len(stages) - stages.count("catalogue")
+        if failed or skipped:
             # A failed cutout or embedding leaves the SKU out; a failed mesh or render keeps its 2D vector.
-            print(f"dam3d: {failed} asset(s) failed at some stage: see {report} (dam3d failures)", file=sys.stderr)
+            print(f"dam3d: {failed} asset(s) failed at some stage, {skipped} catalogue entries skipped: "
+                  f"see {report} (dam3d failures)", file=sys.stderr)

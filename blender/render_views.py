@@ -4,7 +4,8 @@ Runs as `python blender/render_views.py -- ARGS` (the `bpy` module) or as
 `blender -b -P blender/render_views.py -- ARGS`.  Only the arguments after `--`
 are parsed.  One asset: `--mesh M.glb --out DIR`; many assets, paying Blender's
 start-up once: `--jobs JOBS.json` (a list of {"mesh", "out"}) with an optional
-`--report PATH` (a list of {"mesh", "out", "ok", "error", "seconds", ...}).
+`--report PATH` (a list of {"mesh", "out", "ok", "error", "seconds", ...}) and/or
+`--records` (each job's record printed as one JSON line the moment it ends).
 A job may also carry `"views"`, a list of {"name", "azimuth", "elevation"} (degrees;
 optional "studio_light" and "light_rotation" for Workbench) that replaces the
 turntable for that job, and `"rotation"`, a row-major 3x3 turning the file's own
@@ -41,6 +42,8 @@ from mathutils import Matrix, Vector  # noqa: E402
 
 ENGINES = ("BLENDER_WORKBENCH", "BLENDER_EEVEE", "CYCLES")
 # Margin on each side of the frame, as a share of the frame: catalogue cutout look.
+# Must match dam3d.render.RECORD_PREFIX (this script cannot import the package inside Blender).
+RECORD_PREFIX = "render_views: record "
 MARGIN = 0.10
 # Data-block collections an import can add to; cleared between jobs.
 _DATA_KINDS = (
@@ -61,6 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     src.add_argument("--jobs", help='JSON list of {"mesh": ..., "out": ...}')
     p.add_argument("--out", help="output folder for --mesh")
     p.add_argument("--report", help="write a JSON list of per-job results here")
+    p.add_argument("--records", action="store_true",
+                   help=f"print each job's result as one line '{RECORD_PREFIX}{{json}}' the moment it ends")
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--elevation", type=float, default=15.0, help="degrees above the horizon")
     p.add_argument("--resolution", type=int, default=256)
@@ -645,6 +650,11 @@ def camera_distance(points: np.ndarray, dirs: list[Vector], fov_deg: float) -> f
 
 # --------------------------------------------------------------------------- main
 
+def _print_record(rec: dict[str, Any]) -> None:
+    # One line, flushed: the caller keeps this asset before Blender goes on (dam3d.render.stream_batch).
+    print(RECORD_PREFIX + json.dumps(rec), flush=True)
+
+
 def _write_report(path: str, results: list[dict[str, Any]]) -> None:
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
@@ -677,9 +687,12 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # e.g. no OpenGL/EGL for Workbench/EEVEE: every job fails alike
         reason = f"cannot set up {a.engine} renderer: {_one_line(exc)}"
         print(f"render_views: {reason}", file=sys.stderr, flush=True)
+        failed = [{"mesh": m, "out": o, "ok": False, "error": reason, "seconds": 0.0} for m, o in jobs]
+        if a.records:
+            for rec in failed:
+                _print_record(rec)
         if a.report:
-            _write_report(a.report, [{"mesh": m, "out": o, "ok": False, "error": reason, "seconds": 0.0}
-                                     for m, o in jobs])
+            _write_report(a.report, failed)
         return 1
     startup = time.perf_counter() - _T0
     print(f"render_views: startup_seconds={startup:.3f} (scene setup {time.perf_counter() - t:.3f}) "
@@ -704,6 +717,8 @@ def main(argv: list[str]) -> int:
               f"(render {rec.get('render_seconds', 0.0):.3f} s) {status}", flush=True)
         if not rec["ok"]:
             print(f"render_views: {mesh}: {rec['error']}", file=sys.stderr, flush=True)
+        if a.records:
+            _print_record(rec)
         if a.report:
             # After every asset: should Blender crash on a later one, these still count as done.
             _write_report(a.report, results)

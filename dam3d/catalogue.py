@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+# Formats that only some Pillow builds decode: taken when this Pillow can, else listed as skipped.
+OPTIONAL_SUFFIXES = {".avif": "avif"}
 MESH_SUFFIXES = {".glb", ".gltf", ".obj", ".ply", ".stl", ".off"}
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# Used as the Snakemake wildcard constraint, so the two stay in step.
-SAFE_ID_PATTERN = SAFE_ID.pattern
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# Spreadsheet exports: Excel writes ';' where the decimal separator is ',' (de-DE, fr-FR...).
+DELIMITERS = (",", ";", "\t")
 
 
 class CatalogueError(ValueError):
@@ -31,6 +34,30 @@ class Asset:
     image: Path
     mesh: Path | None = None  # a mesh the DAM already has, for the `provided` mesh backend
     metadata: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # Why this catalogue entry cannot be used (a URL, no image given): the cutout stage
+    # records it as the asset's failure without running, so it shows in failures.tsv.
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file of a catalogue folder, or a manifest row, that is not an asset, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    assets: list[Asset]
+    skipped: list[Skipped]
+
+
+def image_suffixes() -> set[str]:
+    """The file extensions a catalogue folder takes: IMAGE_SUFFIXES and what this Pillow decodes besides."""
+    from PIL import features
+
+    return IMAGE_SUFFIXES | {s for s, feature in OPTIONAL_SUFFIXES.items() if features.check(feature)}
 
 
 def safe_id(sku: str) -> str:
@@ -48,65 +75,127 @@ def safe_id(sku: str) -> str:
 
 
 def load_catalogue(source: str | Path) -> list[Asset]:
-    """Read a folder of images or a manifest (`asset_id,image[,mesh,...]`) into assets sorted by id."""
+    """The assets of `read_catalogue(source)`, sorted by id."""
+    return read_catalogue(source).assets
+
+
+def read_catalogue(source: str | Path) -> Catalogue:
+    """Read a folder of images or a manifest (`asset_id,image[,mesh,...]`): assets sorted by id, and what was skipped.
+
+    Raises CatalogueError when the catalogue as a whole cannot be read (not found, a
+    manifest without the asset_id and image columns, duplicate SKUs); a single unusable
+    entry is an asset with a `problem` or a `Skipped` file instead, never an error.
+    """
     source = Path(source)
     if source.is_dir():
-        rows = _rows_from_folder(source)
+        rows, skipped = _rows_from_folder(source)
     elif source.suffix.lower() in (".csv", ".parquet"):
-        rows = _rows_from_manifest(source)
+        rows, skipped = _rows_from_manifest(source)
     elif not source.exists():
         raise CatalogueError(f"catalogue not found: {source}")
     else:
         raise CatalogueError(f"catalogue must be a folder of images or a .csv/.parquet manifest: {source}")
-    return _assets(rows, source)
+    return Catalogue(_assets(rows, source), skipped)
 
 
-def _rows_from_folder(folder: Path) -> list[dict[str, str]]:
-    rows = []
-    meshes = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in MESH_SUFFIXES}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        row = {"asset_id": path.stem, "image": str(path)}
-        if path.stem in meshes:
-            row["mesh"] = str(meshes[path.stem])
-        rows.append(row)
+def _rows_from_folder(folder: Path) -> tuple[list[dict[str, str]], list[Skipped]]:
+    rows, skipped = [], []
+    taken = image_suffixes()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    meshes = {p.stem: p for p in files if p.suffix.lower() in MESH_SUFFIXES}
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix in taken:
+            row = {"asset_id": path.stem, "image": str(path)}
+            if path.stem in meshes:
+                row["mesh"] = str(meshes[path.stem])
+            rows.append(row)
+        elif suffix in OPTIONAL_SUFFIXES:
+            skipped.append(Skipped(path.name, f"{suffix} photo, but this Pillow cannot decode {suffix} "
+                                              "(convert it to .jpg or .png, or install a Pillow built with it)"))
+        elif suffix not in MESH_SUFFIXES:
+            skipped.append(Skipped(path.name, f"not a catalogue image type ({suffix or 'no extension'}); "
+                                              f"the catalogue takes {' '.join(sorted(taken))}"))
     if not rows:
-        raise CatalogueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in catalogue folder {folder}")
+        raise CatalogueError(f"no images ({', '.join(sorted(taken))}) in catalogue folder {folder}")
+    return rows, skipped
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    """A CSV as spreadsheet exports write it: delimiter , ; or tab, UTF-8 (BOM or not) or cp1252; values as text."""
+    import csv
+    import io
+
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        # Excel's "CSV" on Windows in western locales; it decodes every byte but five.
+        try:
+            text = data.decode("cp1252")
+        except UnicodeDecodeError as exc:
+            raise CatalogueError(f"manifest {path}: neither UTF-8 nor cp1252 text ({exc.reason} at byte "
+                                 f"{exc.start}); save it as CSV UTF-8") from None
+    first = text.splitlines()[0] if text.strip() else ""
+    # The delimiter that splits the header into the most columns, preferring one that names asset_id and image.
+    def columns(delimiter: str) -> list[str]:
+        return [c.strip() for c in next(csv.reader([first], delimiter=delimiter), [])]
+
+    delimiter = max(DELIMITERS, key=lambda d: ({"asset_id", "image"} <= set(columns(d)), len(columns(d))))
+    header = columns(delimiter)
+    if not {"asset_id", "image"} <= set(header):
+        shown = {",": "comma", ";": "semicolon", "\t": "tab"}[delimiter]
+        raise CatalogueError(f"manifest {path} lacks column(s) {sorted({'asset_id', 'image'} - set(header))}; it needs "
+                             f"asset_id,image (comma, semicolon or tab separated); found header {header} "
+                             f"split by {shown}")
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    next(reader)
+    rows = []
+    for number, values in enumerate(reader, start=2):
+        if not any(v.strip() for v in values):
+            continue  # a blank line, as spreadsheets leave at the end
+        if len(values) > len(header):
+            raise CatalogueError(f"manifest {path} row {number}: {len(values)} values for {len(header)} columns "
+                                 f"(separator {delimiter!r}); quote values that contain it")
+        rows.append({name: (values[i] if i < len(values) else "") for i, name in enumerate(header)})
     return rows
 
 
-def _rows_from_manifest(path: Path) -> list[dict[str, str]]:
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
+def _rows_from_manifest(path: Path) -> tuple[list[dict[str, str]], list[Skipped]]:
     if not path.exists():
         raise CatalogueError(f"catalogue manifest not found: {path}")
     if path.suffix.lower() == ".csv":
-        # Every column as text: SKUs like 000123 must not become integers.
-        with path.open("rb") as fh:
-            header = fh.readline().decode("utf-8-sig").strip().split(",")
-        convert = pacsv.ConvertOptions(column_types={name: "string" for name in header}, strings_can_be_null=False)
-        table = pacsv.read_csv(path, convert_options=convert)
+        # Every value as text: SKUs like 000123 stay 000123, a price 49,90 stays 49,90.
+        table = _read_csv(path)
     else:
-        table = pq.read_table(path)
-    missing = {"asset_id", "image"} - set(table.column_names)
-    if missing:
-        raise CatalogueError(f"manifest {path} lacks column(s) {sorted(missing)}; it needs asset_id,image")
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.read_table(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+            raise CatalogueError(f"manifest {path}: not a Parquet file pyarrow can read ({exc})") from None
+        missing = {"asset_id", "image"} - set(parquet.column_names)
+        if missing:
+            raise CatalogueError(f"manifest {path} lacks column(s) {sorted(missing)}; it needs asset_id,image")
+        table = [{k: "" if v is None else str(v) for k, v in row.items()} for row in parquet.to_pylist()]
     base = path.parent
-    rows = []
-    for number, row in enumerate(table.to_pylist(), start=2):
-        sku = "" if row["asset_id"] is None else str(row["asset_id"]).strip()
-        image = "" if row["image"] is None else str(row["image"]).strip()
-        if not sku or not image:
-            raise CatalogueError(f"manifest {path} row {number}: empty asset_id or image")
-        record = {k: "" if v is None else str(v) for k, v in row.items()}
-        record["asset_id"] = sku
-        record["image"] = str(_resolve(base, image))
+    rows, skipped = [], []
+    for number, row in enumerate(table, start=2):
+        sku, image = row["asset_id"].strip(), row["image"].strip()
+        if not sku:
+            skipped.append(Skipped(f"{path.name} row {number}", f"no asset_id (image {image or 'none'})"))
+            continue
+        record = dict(row, asset_id=sku)
+        if not image:
+            record["problem"] = f"manifest row {number} gives no image"
+        elif URL.match(image):
+            record["problem"] = (f"image is a URL ({image}); dam3d does not download images: save the file and "
+                                 "give its path in the manifest")
+        record["image"] = image if record.get("problem") else str(_resolve(base, image))
         if record.get("mesh"):
             record["mesh"] = str(_resolve(base, record["mesh"]))
         rows.append(record)
-    return rows
+    return rows, skipped
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -128,9 +217,9 @@ def _assets(rows: list[dict[str, str]], source: Path) -> list[Asset]:
         asset_id = safe_id(sku)
         if asset_id in by_id:  # only possible if a brand SKU literally equals another's safe id
             raise CatalogueError(f"SKUs {by_id[asset_id].sku!r} and {sku!r} map to the same id {asset_id!r}")
-        metadata = {k: v for k, v in row.items() if k not in ("asset_id", "image", "mesh")}
+        metadata = {k: v for k, v in row.items() if k not in ("asset_id", "image", "mesh", "problem")}
         mesh = Path(row["mesh"]) if row.get("mesh") else None
-        by_id[asset_id] = Asset(asset_id, sku, Path(row["image"]), mesh, metadata)
+        by_id[asset_id] = Asset(asset_id, sku, Path(row["image"]), mesh, metadata, row.get("problem"))
     return [by_id[k] for k in sorted(by_id)]
 
 

@@ -83,7 +83,9 @@ def cmd_failures(args: argparse.Namespace) -> int:
         return 2
     lines = report.read_text(encoding="utf-8").splitlines()
     print("\n".join(lines))
-    print(f"{len(lines) - 1} failed asset(s) in {report}", file=sys.stderr)
+    skipped = sum(line.split("\t")[2] == "catalogue" for line in lines[1:])
+    print(f"{len(lines) - 1 - skipped} failed asset(s), {skipped} catalogue entries skipped in {report}",
+          file=sys.stderr)
     return 0
 
 

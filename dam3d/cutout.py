@@ -24,7 +24,7 @@ from PIL import Image
 
 from dam3d.atomic import atomic_path
 from dam3d.batching import BatchNet, Halving, prefetch
-from dam3d.errors import AssetError
+from dam3d.errors import AssetError, AssetWarning
 from dam3d.images import DEFAULT_MAX_PIXELS, load_image
 
 RMBG_SIZE = 1024
@@ -34,6 +34,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # finished cutout: running a segmenter on it would only lose detail.
 TRANSPARENT_SHARE = 0.01
 ALPHA_THRESHOLD = 16
+# Catalogue photos with nothing to find (check_subject), on a copy at most this many px a side.
+CHECK_SIDE = 256
+BLANK_STD = 2.0  # grey-level standard deviation (0-255) of a photo that is one uniform colour
+# A photo with no colour at all and little contrast: a "NO IMAGE" graphic, not a photo of a product.
+PLACEHOLDER_CHROMA = 1.0  # mean max-min over R,G,B per pixel (camera photos of grey things have noise)
+PLACEHOLDER_STD = 16.0
+WHOLE_FRAME_SHARE = 0.98  # the mask covers this share of the photo: no background was found
+SOLID_ALPHA = 128  # a pixel the segmenter is sure of
+MIN_SOLID_SHARE = 0.001  # fewer sure pixels than this share of the photo: nothing found
+# Photos whose shorter side is under this are cut out, but warned about: the cutout is
+# upscaled to cutout.size (512) and views to 256 px, so too little detail is left to trust.
+MIN_PHOTO_SIDE = 256
 
 MaskFn = Callable[[Image.Image], Image.Image]
 
@@ -150,7 +162,7 @@ def _u2netp(u2net_home: str) -> MaskFn:
     if not weights.exists():
         raise RuntimeError(
             f"cutout: u2netp weights not found at {weights}; install them offline with "
-            "`python -m dam3d.models install-u2netp` (see README)"
+            "`dam3d install-u2netp` (see README)"
         )
     # rembg reads U2NET_HOME when a session is created; set it so it never downloads.
     os.environ["U2NET_HOME"] = str(u2net_home)
@@ -208,18 +220,60 @@ def cut_out(image: Image.Image, asset: str, *, mask: MaskFn, size: int, margin: 
     return crop_square(image, alpha, size=size, margin=margin, asset=asset)
 
 
+def check_subject(image: Image.Image, alpha: Image.Image, asset: str) -> None:
+    """Raise AssetError when a catalogue photo has nothing to find: blank, a placeholder, or all or nothing masked.
+
+    `image` is the photo (RGB or RGBA), `alpha` the segmenter's L mask at its size. The
+    thresholds are the module's constants (grey levels 0-255, shares of the photo's
+    pixels), checked on a copy at most CHECK_SIDE px a side. A photo with its own
+    transparency is taken as cut out already: only the blank and empty checks apply.
+    """
+    small = image.convert("RGB")
+    small.thumbnail((CHECK_SIDE, CHECK_SIDE))
+    rgb = np.asarray(small, dtype=np.float32)
+    grey_std = float(rgb.mean(axis=2).std())
+    if grey_std < BLANK_STD:
+        raise AssetError(asset, "cutout", f"the photo is blank: one uniform colour (grey-level std {grey_std:.1f}), "
+                                          "nothing to cut out (an empty DAM slot?)")
+    chroma = float((rgb.max(axis=2) - rgb.min(axis=2)).mean())
+    if not has_own_alpha(image) and chroma < PLACEHOLDER_CHROMA and grey_std < PLACEHOLDER_STD:
+        raise AssetError(asset, "cutout", f"the photo looks like a placeholder graphic, not a product photo: no colour "
+                                          f"at all and little contrast (grey-level std {grey_std:.1f})")
+    mask = np.asarray(alpha.convert("L").resize(small.size, Image.BILINEAR))
+    solid = float((mask >= SOLID_ALPHA).mean())
+    if solid < MIN_SOLID_SHARE:
+        raise AssetError(asset, "cutout", "no foreground found: nothing stands out from the background "
+                                          f"({solid:.2%} of the photo masked)")
+    if not has_own_alpha(image) and float((mask > ALPHA_THRESHOLD).mean()) > WHOLE_FRAME_SHARE:
+        raise AssetError(asset, "cutout", "the background remover took the whole photo as the product: no "
+                                          "background to separate it from (a texture, a close-up or a graphic?)")
+
+
+def photo_warnings(image: Image.Image) -> list[str]:
+    """What to tell the owner of a usable catalogue photo (too small to be trusted)."""
+    if min(image.size) < MIN_PHOTO_SIDE:
+        return [f"photo is only {image.width}x{image.height} px (under {MIN_PHOTO_SIDE} px on its shorter side): "
+                "its cutout and views are upscaled, matches may suffer"]
+    return []
+
+
 def _write_cutout(asset: str, image: Image.Image, alpha: Image.Image | np.ndarray, out: Path, *,
                   size: int, margin: float) -> Exception | None:
-    """Crop and write one cutout (runs in a writer thread); the asset's error is returned, not raised."""
+    """Check, crop and write one cutout (runs in a writer thread); the asset's error is returned, not raised.
+
+    Returns None, the error, or an AssetWarning for a cutout written with warnings.
+    """
     try:
         if isinstance(alpha, np.ndarray):
             alpha = _prob_mask(alpha, image.size)
+        check_subject(image, alpha, asset)
         cutout = crop_square(image, alpha, size=size, margin=margin, asset=asset)
         with atomic_path(out) as tmp:
             cutout.save(tmp, format="PNG")
     except Exception as exc:
         return exc
-    return None
+    warnings = photo_warnings(image)
+    return AssetWarning(asset, "cutout", warnings) if warnings else None
 
 
 def make_cutouts(
@@ -236,7 +290,9 @@ def make_cutouts(
 ) -> Iterator[tuple[str, BaseException | None]]:
     """The stage for a chunk of (asset, image, out_png) jobs, with the model loaded once.
 
-    Yields (asset, None) once its PNG is written, or (asset, error) for an asset that failed;
+    Yields (asset, None) once its PNG is written (an AssetWarning in place of None when
+    it is written with warnings, see photo_warnings), or (asset, error) for an asset that failed
+    (AssetError: check_subject found nothing to cut out, or the file is bad);
     a bad asset never stops the others. Decoding and resizing run in `workers` prefetch
     threads, the network in this thread (rmbg: `batch_size` images per forward, halved on
     CUDA out-of-memory), and cropping + PNG encoding in `workers` writer threads, so the

@@ -16,7 +16,9 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ SCRIPT = Path(__file__).resolve().parent.parent / "blender" / "render_views.py"
 ENGINES = ("BLENDER_WORKBENCH", "BLENDER_EEVEE", "CYCLES")
 # How render_assets starts the error of an asset that Blender never reported (it died first).
 RENDERER_EXITED = "renderer exited"
+# render_views.py --records prints one line per finished asset: this prefix, then its record as JSON.
+RECORD_PREFIX = "render_views: record "
 
 
 def VIEW_NAMES(views: int) -> list[str]:  # noqa: N802 - a constant-like table, named as in the design
@@ -43,7 +47,7 @@ class BatchRun:
     output: str = field(repr=False)  # stdout + stderr, for logs
 
 
-def run_batch(
+def stream_batch(
     jobs: list[tuple[Path, Path]] | list[dict[str, Any]],
     *,
     views: int = 8,
@@ -57,20 +61,27 @@ def run_batch(
     vertex_colors: str = "srgb",
     blender: str | None = None,
     timeout: float | None = None,
-) -> BatchRun:
-    """Run render_views.py once for all `jobs` ((mesh, out_dir) pairs)."""
+) -> Generator[dict[str, Any], None, BatchRun]:
+    """Run render_views.py once for all `jobs` ((mesh, out_dir) pairs), yielding each job's record as it ends.
+
+    A record is render_views.py's {"mesh", "out", "ok", "error", "seconds", ...}, read
+    from its `RECORD_PREFIX` line the moment Blender has written that asset's views,
+    so the caller can keep (stamp) each asset before Blender goes on to the next one.
+    Returns the BatchRun (StopIteration.value; `run = yield from stream_batch(...)`).
+    A process still running after `timeout` seconds is killed; the jobs it did not
+    reach have no record. Closing the generator early kills Blender.
+    """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
     with tempfile.TemporaryDirectory(prefix="dam3d-render-") as tmp:
         jobs_file = Path(tmp) / "jobs.json"
-        report = Path(tmp) / "report.json"
         # A job is (mesh, out_dir), or a dict with render_views.py's optional per-job keys (views, rotation).
         jobs_file.write_text(json.dumps([
             {k: str(v) if k in ("mesh", "out") else v for k, v in j.items()} if isinstance(j, dict)
             else {"mesh": str(j[0]), "out": str(j[1])} for j in jobs
         ]))
         args = [
-            "--jobs", str(jobs_file), "--report", str(report),
+            "--jobs", str(jobs_file), "--records",
             "--views", str(views), "--elevation", str(elevation), "--resolution", str(resolution),
             "--engine", engine, "--device", device, "--samples", str(samples), "--fov", str(fov),
             "--aa", str(aa), "--vertex-colors", vertex_colors,
@@ -81,50 +92,107 @@ def run_batch(
             # --python-exit-code: an uncaught exception in the script must not look like success.
             cmd = [blender, "-b", "--factory-startup", "--python-exit-code", "1", "-P", str(SCRIPT), "--", *args]
         t = time.perf_counter()
+        # One pipe for both streams: two would deadlock once the unread one fills.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            proc.kill()
+
+        watchdog = threading.Timer(timeout, kill) if timeout is not None else None
+        if watchdog is not None:
+            watchdog.daemon = True
+            watchdog.start()
+        records: list[dict[str, Any]] = []
+        output: list[str] = []
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-            output, rc = proc.stdout + proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired as exc:
-            output, rc = _text(exc.stdout) + _text(exc.stderr) + f"\ntimed out after {timeout} s", -9
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.startswith(RECORD_PREFIX):
+                    record = json.loads(line[len(RECORD_PREFIX):])
+                    records.append(record)
+                    yield record
+                else:
+                    output.append(line)
+            rc = proc.wait()
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            if proc.poll() is None:  # the caller stopped early, or failed: no orphaned Blender
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if timed_out.is_set():
+            output.append(f"\ntimed out after {timeout} s")
+            rc = -9
         wall = time.perf_counter() - t
-        records = json.loads(report.read_text()) if report.exists() else []
-    m = re.search(r"startup_seconds=([0-9.]+)", output)
-    return BatchRun(records, wall, float(m.group(1)) if m else None, rc, output)
+    text = "".join(output)
+    m = re.search(r"startup_seconds=([0-9.]+)", text)
+    return BatchRun(records, wall, float(m.group(1)) if m else None, rc, text)
 
 
-def render_assets(
+def run_batch(jobs: list[tuple[Path, Path]] | list[dict[str, Any]], **settings: Any) -> BatchRun:
+    """`stream_batch` run to its end: every record, timings and output at once."""
+    stream = stream_batch(jobs, **settings)
+    while True:
+        try:
+            next(stream)
+        except StopIteration as stop:
+            return stop.value
+
+
+def render_stream(
     jobs: list[tuple[Path, Path]],
     *,
     views: int = 8,
     engine: str = "BLENDER_WORKBENCH",
     **settings: Any,
-) -> dict[Path, str | None]:
-    """Render every (mesh, out_dir) job; map each out_dir to None (done) or the error.
+) -> Iterator[tuple[Path, str | None]]:
+    """Render every (mesh, out_dir) job; yield (out_dir, None) when done or (out_dir, the error), as each ends.
 
     Writes out_dir/az000.png ... (RGBA, transparent background), one Blender process
     for the whole list.  A crash of that process is reported against every job
-    it did not finish, never raised.  `settings` are run_batch's (elevation,
-    resolution, device, samples, fov, aa, vertex_colors, blender, timeout).
+    it did not finish (the error starts with RENDERER_EXITED), never raised.
+    `settings` are stream_batch's (elevation, resolution, device, samples, fov, aa,
+    vertex_colors, blender, timeout).
     """
     if not jobs:
-        return {}
-    run = run_batch(jobs, views=views, engine=engine, **settings)
-    done = {Path(r["out"]): r for r in run.records}
+        return
     names = VIEW_NAMES(views)
-    result: dict[Path, str | None] = {}
+    pending = {Path(out) for _, out in jobs}
+    run = yield from _checked(stream_batch(jobs, views=views, engine=engine, **settings), names, pending)
     for _, out in jobs:
-        rec = done.get(Path(out))
-        if rec is None:
+        if Path(out) in pending:
             why = f"{RENDERER_EXITED} with code {run.returncode} before this asset: {_tail(run.output)}"
             if engine != "CYCLES" and "EGL" in run.output and run.returncode != 0:
                 why += " (Workbench/EEVEE need OpenGL through EGL: apt install libegl1 libegl-mesa0 libgl1-mesa-dri)"
-            result[Path(out)] = why
-        elif not rec["ok"]:
-            result[Path(out)] = str(rec["error"])
+            yield Path(out), why
+
+
+def _checked(stream: Generator[dict[str, Any], None, BatchRun], names: list[str],
+             pending: set[Path]) -> Generator[tuple[Path, str | None], None, BatchRun]:
+    """Blender's records as (out_dir, error): a view file missing on disk is an error too."""
+    while True:
+        try:
+            rec = next(stream)
+        except StopIteration as stop:
+            return stop.value
+        out = Path(rec["out"])
+        if out not in pending:
+            continue
+        pending.discard(out)
+        if not rec["ok"]:
+            yield out, str(rec["error"])
         else:
-            missing = [n for n in names if not (Path(out) / f"{n}.png").is_file()]
-            result[Path(out)] = f"renderer wrote no {missing[0]}.png" if missing else None
-    return result
+            missing = [n for n in names if not (out / f"{n}.png").is_file()]
+            yield out, f"renderer wrote no {missing[0]}.png" if missing else None
+
+
+def render_assets(jobs: list[tuple[Path, Path]], **settings: Any) -> dict[Path, str | None]:
+    """`render_stream` collected: each out_dir mapped to None (done) or its error."""
+    return dict(render_stream(jobs, **settings))
 
 
 def _text(data: bytes | str | None) -> str:

@@ -14,11 +14,11 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any, TextIO
 
 from dam3d.atomic import remove_leftovers, write_text
-from dam3d.errors import AssetError
+from dam3d.errors import AssetError, AssetWarning
 
 
 def is_placeholder(path: str | Path) -> bool:
@@ -75,9 +75,13 @@ def each(members: list[dict], work: Callable[[dict], None]) -> Iterator[tuple[st
 
 # A chunk job that dies this many times while computing an asset records it as failed.
 MAX_DEATHS = 2
+# Long chunks (TRELLIS: minutes per asset, a render chunk: minutes) say how far they are
+# on the terminal this often, in seconds.
+PROGRESS_EVERY = 30.0
 
 
-def _starts_path(results: str | Path, stage: str, asset: str) -> Path:
+def starts_path(results: str | Path, stage: str, asset: str) -> Path:
+    """How many times a chunk job started `asset` and died before finishing it."""
     from dam3d.plan import stamp_path
 
     return stamp_path(results, stage, asset).with_suffix(".starts")
@@ -91,146 +95,192 @@ class ChunkError(RuntimeError):
     """
 
 
-def run_members(
-    *,
-    stage: str,
-    chunk: str,
-    members: list[dict],
-    process: Process,
-    results: str | Path,
-    retries: int = 0,
-    progress: Any = None,
-) -> list[dict]:
-    """Compute a chunk's members through `process`, each asset's failure alone; return their outcomes.
+class ChunkRunner:
+    """Computes a chunk's members through `process`, each asset's failure alone.
 
     `members` are dicts with asset, key, outputs and, optionally, requires (files
-    from earlier stages; a placeholder there passes that stage's failure on). An
-    asset this chunk already stamped with its key is skipped (a retried or resumed
+    from earlier stages; a placeholder there passes that stage's failure on) and
+    refused (a reason the catalogue already gave: the asset fails without running).
+    An asset this chunk already stamped with its key is skipped (a retried or resumed
     job). An AssetError is recorded at once; any other error is retried alone up to
     `retries` times, then recorded and stamped to be tried again next run. Every
-    finished asset gets its stamp (dam3d.plan), after its outputs, so a killed job
-    keeps what it finished. An error of `process` itself raises ChunkError once the
-    retries are spent.
+    finished asset gets its stamp (dam3d.plan) as soon as `process` yields it, after
+    its outputs, so a killed or failing job keeps what it finished. An error of
+    `process` itself raises ChunkError once the retries are spent.
+
+    `clock` (seconds, monotonic) and `progress_every` (seconds) are injectable so that
+    tests reach the progress line without waiting.
     """
-    from dam3d.plan import read_stamp, stamp_path
 
-    progress = progress or sys.stderr
-    outcomes: dict[str, dict] = {}
-    started = time.monotonic()
-    last_report = started
+    def __init__(
+        self,
+        *,
+        stage: str,
+        chunk: str,
+        members: list[dict],
+        process: Process,
+        results: str | Path,
+        retries: int = 0,
+        progress: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        progress_every: float = PROGRESS_EVERY,
+    ) -> None:
+        self.stage, self.chunk, self.members = stage, chunk, members
+        self.process, self.results, self.retries = process, Path(results), retries
+        self.progress = progress or sys.stderr
+        self.clock, self.progress_every = clock, progress_every
+        self.outcomes: dict[str, dict] = {}
+        self.start_time = self.last_report = clock()
 
-    def finish(member: dict, reason: str | None, *, record: bool = True, retry: bool = False) -> None:
-        nonlocal last_report
+    def run(self) -> list[dict]:
+        """Compute every member; return their outcomes in member order."""
+        todo, suspects = self._triage()
+        # A job that dies (segfault, memory limit) leaves its unfinished assets with a start
+        # counted. Next time those go last and one by one: the one that kills the process is
+        # found, the others finish, and after MAX_DEATHS it is recorded as failed unrun.
+        self._count_start(todo)
+        self._compute(todo)
+        for member in suspects:
+            print(f"dam3d: {member['asset']}: {self.stage}: a job died while computing it before; computing it alone",
+                  file=sys.stderr, flush=True)
+            self._count_start([member])
+            self._compute([member])
+        return [self.outcomes[m["asset"]] for m in self.members]
+
+    # -- bookkeeping of one asset
+
+    def _deaths(self, asset: str) -> int:
+        try:
+            return int(starts_path(self.results, self.stage, asset).read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def _count_start(self, batch: list[dict]) -> None:
+        for member in batch:
+            write_text(starts_path(self.results, self.stage, member["asset"]), str(self._deaths(member["asset"]) + 1))
+
+    def _triage(self) -> tuple[list[dict], list[dict]]:
+        """Resume what this chunk finished before; fail at once what cannot run; the rest to compute."""
+        from dam3d.plan import read_stamp, stamp_path
+
+        todo, suspects = [], []
+        for member in self.members:
+            asset = member["asset"]
+            stamp = read_stamp(self.results, self.stage, asset)
+            if (stamp and stamp.get("chunk") == self.chunk and stamp.get("key") == member["key"]
+                    and not stamp.get("retry") and all(Path(p).exists() for p in member["outputs"])):
+                self.outcomes[asset] = {"asset": asset, "ok": stamp.get("ok", True), "reason": stamp.get("reason"),
+                                        "resumed": True, **({"warnings": stamp["warnings"]} if stamp.get("warnings") else {})}
+                continue
+            # The old stamp goes before the outputs change: killed between new outputs and new
+            # stamp, the asset must be pending, not taken as done with its old key.
+            stamp_path(self.results, self.stage, asset).unlink(missing_ok=True)
+            for output in member["outputs"]:  # what a killed job was writing for it
+                remove_leftovers(output)
+            failed_inputs = [str(p) for p in member.get("requires", ()) if is_placeholder(p)]
+            died = self._deaths(asset)
+            if member.get("refused"):
+                self._finish(member, member["refused"])
+            elif failed_inputs:
+                # The earlier stage holds the failure record with the real reason; only pass the placeholder on.
+                self._finish(member, f"an earlier stage failed for this asset (placeholder {failed_inputs[0]})",
+                             record=False)
+            elif died >= MAX_DEATHS:
+                self._finish(member, f"the {self.stage} process died {died} times while computing this asset (a "
+                                     f"crash in native code or a memory limit); remove "
+                                     f"{stamp_path(self.results, self.stage, asset)} to try again")
+            elif died:
+                suspects.append(member)
+            else:
+                todo.append(member)
+        return todo, suspects
+
+    def _finish(self, member: dict, reason: str | None, *, record: bool = True, retry: bool = False,
+                warnings: list[str] | None = None) -> None:
+        """Record one asset's outcome: failure record and placeholders, then its stamp (last)."""
+        from dam3d.plan import stamp_path
+
         asset = member["asset"]
-        failure = failure_path(results, stage, asset)
+        failure = failure_path(self.results, self.stage, asset)
         if reason is None:
             failure.unlink(missing_ok=True)
         else:
             if record:
-                write_text(failure, json.dumps({"asset": asset, "stage": stage, "reason": reason}) + "\n")
+                write_text(failure, json.dumps({"asset": asset, "stage": self.stage, "reason": reason}) + "\n")
             else:
                 failure.unlink(missing_ok=True)
             _placeholders([Path(p) for p in member["outputs"]])
-            print(f"dam3d: FAILED {asset}: {stage}: {reason}", file=sys.stderr)
-        stamp = {"key": member["key"], "chunk": chunk, "ok": reason is None, "reason": reason}
-        write_text(stamp_path(results, stage, asset), json.dumps({**stamp, **({"retry": True} if retry else {})}) + "\n")
-        _starts_path(results, stage, asset).unlink(missing_ok=True)
-        outcomes[asset] = {"asset": asset, "ok": reason is None, "reason": reason}
-        # Long chunks (TRELLIS: minutes) say how far they are on the terminal, every 30 s.
-        now = time.monotonic()
-        if now - last_report > 30 and len(outcomes) < len(members):
-            last_report = now
-            print(f"dam3d: {stage} {chunk}: {len(outcomes)}/{len(members)} assets, "
-                  f"{(now - started) / len(outcomes):.2f} s/asset", file=progress, flush=True)
+            print(f"dam3d: FAILED {asset}: {self.stage}: {reason}", file=sys.stderr)
+        for warning in warnings or ():
+            print(f"dam3d: WARNING {asset}: {self.stage}: {warning}", file=self.progress, flush=True)
+        stamp = {"key": member["key"], "chunk": self.chunk, "ok": reason is None, "reason": reason}
+        if retry:
+            stamp["retry"] = True
+        if warnings:
+            stamp["warnings"] = list(warnings)
+        write_text(stamp_path(self.results, self.stage, asset), json.dumps(stamp) + "\n")
+        starts_path(self.results, self.stage, asset).unlink(missing_ok=True)
+        self.outcomes[asset] = {"asset": asset, "ok": reason is None, "reason": reason,
+                                **({"warnings": list(warnings)} if warnings else {})}
+        self._report_progress()
 
-    def starts(asset: str) -> int:
-        """How many times a job started this asset and died before finishing it."""
-        try:
-            return int(_starts_path(results, stage, asset).read_text())
-        except (OSError, ValueError):
-            return 0
+    def _report_progress(self) -> None:
+        now = self.clock()
+        if now - self.last_report >= self.progress_every and len(self.outcomes) < len(self.members):
+            self.last_report = now
+            print(f"dam3d: {self.stage} {self.chunk}: {len(self.outcomes)}/{len(self.members)} assets, "
+                  f"{(now - self.start_time) / len(self.outcomes):.2f} s/asset", file=self.progress, flush=True)
 
-    def started(batch: list[dict]) -> None:
-        for member in batch:
-            write_text(_starts_path(results, stage, member["asset"]), str(starts(member["asset"]) + 1))
+    # -- the stage's work
 
-    todo, suspects = [], []
-    for member in members:
-        stamp = read_stamp(results, stage, member["asset"])
-        if (stamp and stamp.get("chunk") == chunk and stamp.get("key") == member["key"] and not stamp.get("retry")
-                and all(Path(p).exists() for p in member["outputs"])):
-            outcomes[member["asset"]] = {"asset": member["asset"], "ok": stamp.get("ok", True),
-                                         "reason": stamp.get("reason"), "resumed": True}
-            continue
-        # The old stamp goes before the outputs change: killed between new outputs and new
-        # stamp, the asset must be pending, not taken as done with its old key.
-        stamp_path(results, stage, member["asset"]).unlink(missing_ok=True)
-        for output in member["outputs"]:  # what a killed job was writing for it
-            remove_leftovers(output)
-        failed_inputs = [str(p) for p in member.get("requires", ()) if is_placeholder(p)]
-        died = starts(member["asset"])
-        if failed_inputs:
-            # The earlier stage holds the failure record with the real reason; only pass the placeholder on.
-            finish(member, f"an earlier stage failed for this asset (placeholder {failed_inputs[0]})", record=False)
-        elif died >= MAX_DEATHS:
-            finish(member, f"the {stage} process died {died} times while computing this asset (a crash in native "
-                           f"code or a memory limit); remove {stamp_path(results, stage, member['asset'])} to try again")
-        elif died:
-            suspects.append(member)
-        else:
-            todo.append(member)
-
-    def compute(todo: list[dict]) -> None:
+    def _compute(self, todo: list[dict]) -> None:
         """`process` over `todo`, retrying errors of single assets (or of the stage) up to `retries` times."""
-        for attempt in range(retries + 1):
+        for attempt in range(self.retries + 1):
             if not todo:  # nothing left (or a resumed job with all done): no model is loaded
                 return
-            by_asset = {m["asset"]: m for m in todo}
-            again: list[dict] = []
-            try:
-                for asset, error in process(todo):
-                    member = by_asset.pop(asset, None)
-                    if member is None:
-                        print(f"dam3d: {stage}: ignored a second or unknown result for {asset!r}", file=sys.stderr)
-                    elif error is None:
-                        finish(member, None)
-                    elif isinstance(error, AssetError):
-                        finish(member, error.reason)
-                    elif attempt < retries:
-                        print(f"dam3d: {asset}: {stage}: attempt {attempt + 1} failed ({_describe(error)}); retrying",
-                              file=sys.stderr)
-                        again.append(member)
-                    else:
-                        finish(member, _describe(error), retry=True)
-            except Exception as exc:  # noqa: BLE001 - the stage itself failed (e.g. its model did not load)
-                traceback.print_exc()
-                if attempt == retries:
-                    for member in by_asset.values():  # raised, not died: not the assets' doing
-                        _starts_path(results, stage, member["asset"]).unlink(missing_ok=True)
-                    raise ChunkError(f"{stage} {chunk}: {_describe(exc)} ({len(by_asset)} asset(s) not done; "
-                                     "they are computed again by the job's retry or the next run)") from exc
-                print(f"dam3d: {stage} {chunk}: attempt {attempt + 1} failed ({_describe(exc)}); "
-                      f"retrying the {len(by_asset)} asset(s) left", file=sys.stderr)
-                again.extend(by_asset.values())
-                by_asset = {}
-            for member in by_asset.values():  # a process that skipped an asset is a bug; never lose it silently
-                finish(member, "internal error: the stage returned no result for this asset", retry=True)
-            todo = again
+            todo = self._attempt(todo, attempt)
 
-    # A job that dies (segfault, memory limit) leaves its unfinished assets with a start
-    # counted. Next time those go last and one by one: the one that kills the process is
-    # found, the others finish, and after MAX_DEATHS it is recorded as failed unrun.
-    started(todo)
-    compute(todo)
-    for member in suspects:
-        print(f"dam3d: {member['asset']}: {stage}: a job died while computing it before; computing it alone",
-              file=sys.stderr, flush=True)
-        started([member])
-        compute([member])
-    return [outcomes[m["asset"]] for m in members]
+    def _attempt(self, todo: list[dict], attempt: int) -> list[dict]:
+        """One pass of `process` over `todo`; returns the members to try again."""
+        by_asset = {m["asset"]: m for m in todo}
+        again: list[dict] = []
+        last = attempt == self.retries
+        try:
+            for asset, error in self.process(todo):
+                member = by_asset.pop(asset, None)
+                if member is None:
+                    print(f"dam3d: {self.stage}: ignored a second or unknown result for {asset!r}", file=sys.stderr)
+                elif error is None or isinstance(error, AssetWarning):
+                    self._finish(member, None, warnings=error.warnings if error is not None else None)
+                elif isinstance(error, AssetError):
+                    self._finish(member, error.reason)
+                elif not last:
+                    print(f"dam3d: {asset}: {self.stage}: attempt {attempt + 1} failed ({describe(error)}); "
+                          "retrying", file=sys.stderr)
+                    again.append(member)
+                else:
+                    self._finish(member, describe(error), retry=True)
+        except Exception as exc:  # noqa: BLE001 - the stage itself failed (e.g. its model did not load)
+            traceback.print_exc()
+            if last:
+                for member in by_asset.values():  # raised, not died: not the assets' doing
+                    starts_path(self.results, self.stage, member["asset"]).unlink(missing_ok=True)
+                raise ChunkError(f"{self.stage} {self.chunk}: {describe(exc)} ({len(by_asset)} asset(s) not done; "
+                                 "they are computed again by the job's retry or the next run)") from exc
+            print(f"dam3d: {self.stage} {self.chunk}: attempt {attempt + 1} failed ({describe(exc)}); "
+                  f"retrying the {len(by_asset)} asset(s) left", file=sys.stderr)
+            return again + list(by_asset.values())
+        for member in by_asset.values():  # a process that skipped an asset is a bug; never lose it silently
+            self._finish(member, "internal error: the stage returned no result for this asset", retry=True)
+        return again
 
 
-def _describe(error: BaseException) -> str:
+def run_members(**kwargs: Any) -> list[dict]:
+    """`ChunkRunner(**kwargs).run()`: compute a chunk's members, return their outcomes."""
+    return ChunkRunner(**kwargs).run()
+
+
+def describe(error: BaseException) -> str:
     if isinstance(error, AssetError):
         return error.reason
     return f"{type(error).__name__}: {error}"

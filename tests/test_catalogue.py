@@ -6,7 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dam3d.catalogue import SAFE_ID, CatalogueError, load_catalogue, safe_id
+from dam3d.catalogue import SAFE_ID, CatalogueError, load_catalogue, read_catalogue, safe_id
+
+CASES = Path(__file__).parent / "data" / "realworld"
 
 
 def test_plain_skus_are_kept() -> None:
@@ -30,10 +32,57 @@ def test_skus_that_normalise_alike_stay_apart() -> None:
 def test_folder_catalogue(tmp_path: Path) -> None:
     for name in ["B-2.jpg", "A 1.png", "notes.txt", ".hidden.jpg", "B-2.obj"]:
         (tmp_path / name).write_bytes(b"x")
-    assets = load_catalogue(tmp_path)
+    catalogue = read_catalogue(tmp_path)
+    assets = catalogue.assets
     assert [a.sku for a in assets] == ["A 1", "B-2"]
     assert assets[0].asset_id.startswith("A_1-")
     assert assets[1].mesh == tmp_path / "B-2.obj"
+    # Never silent: the text file is listed with the reason; hidden files and paired meshes are not.
+    [skipped] = catalogue.skipped
+    assert skipped.name == "notes.txt" and "not a catalogue image type (.txt)" in skipped.reason
+
+
+def test_avif_in_a_folder_is_taken_when_pillow_decodes_it_else_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import features
+
+    assert features.check("avif"), "this Pillow reads AVIF: the case must be indexed, not skipped"
+    assert "CHAIR-0003" in [a.sku for a in load_catalogue(CASES / "11-avif-in-folder")]
+    monkeypatch.setattr(features, "check", lambda feature: False)
+    catalogue = read_catalogue(CASES / "11-avif-in-folder")
+    assert "CHAIR-0003" not in [a.sku for a in catalogue.assets]
+    assert [(s.name, "cannot decode .avif" in s.reason) for s in catalogue.skipped if s.name.endswith(".avif")] == [
+        ("CHAIR-0003.avif", True)]
+
+
+def test_semicolon_cp1252_manifest_as_excel_writes_it_keeps_text() -> None:
+    assets = {a.sku: a for a in load_catalogue(CASES / "14-csv-semicolon" / "catalogue.csv")}
+    assert set(assets) == {"CHAIR-0002", "FAN-0010", "SOFA-0006", "CHAIR-0003"}
+    assert assets["CHAIR-0002"].metadata == {"Bezeichnung": "Stuhl blau", "Preis": "49,90"}
+    assert assets["SOFA-0006"].metadata["Bezeichnung"] == "Sofa Größe L"  # cp1252, decoded
+    assert assets["FAN-0010"].image == CASES / "14-csv-semicolon" / "images" / "FAN-0010.jpg"
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t"])
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "cp1252"])
+def test_manifest_delimiters_and_encodings(tmp_path: Path, delimiter: str, encoding: str) -> None:
+    import csv
+    import io
+
+    text = io.StringIO()  # as a spreadsheet exports: quoted where a value holds the delimiter
+    csv.writer(text, delimiter=delimiter).writerows([["asset_id", "image", "name"], ["000123", "a.jpg", "Crème 0,5 l"]])
+    (tmp_path / "c.csv").write_bytes(text.getvalue().encode(encoding) + b"\r\n")
+    [asset] = load_catalogue(tmp_path / "c.csv")
+    assert (asset.sku, asset.metadata, asset.problem) == ("000123", {"name": "Crème 0,5 l"}, None)
+
+
+def test_unusable_manifest_rows_are_assets_with_a_problem_or_skipped_rows(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("asset_id,image\nA,https://cdn.example.com/a.jpg\nB,\n,c.jpg\nD,{x}/d.jpg\n")
+    catalogue = read_catalogue(tmp_path / "c.csv")
+    problems = {a.sku: a.problem for a in catalogue.assets}
+    assert "dam3d does not download images" in problems["A"] and "https://cdn.example.com/a.jpg" in problems["A"]
+    assert problems["B"] == "manifest row 3 gives no image"
+    assert problems["D"] is None  # braces are just characters of a path (not a Snakemake wildcard)
+    assert [(s.name, s.reason) for s in catalogue.skipped] == [("c.csv row 4", "no asset_id (image c.jpg)")]
 
 
 def test_csv_manifest_keeps_metadata_and_text_skus(tmp_path: Path) -> None:
@@ -58,7 +107,8 @@ def test_parquet_manifest(tmp_path: Path) -> None:
     [
         ("asset_id,image\nA,a.jpg\nA,b.jpg\n", "duplicate SKU 'A'"),
         ("sku,image\nA,a.jpg\n", "lacks column(s) ['asset_id']"),
-        ("asset_id,image\nA,\n", "row 2: empty asset_id or image"),
+        ("asset_id,image\nA,a.jpg,extra\n", "row 2: 3 values for 2 columns"),
+        ("asset_id;bild\nA;a.jpg\n", "found header ['asset_id', 'bild'] split by semicolon"),
     ],
 )
 def test_bad_manifests_are_rejected_with_the_reason(tmp_path: Path, text: str, message: str) -> None:

@@ -19,7 +19,7 @@ os.environ.update(
     )
 )
 
-from dam3d.catalogue import file_digests, load_catalogue
+from dam3d.catalogue import file_digests, read_catalogue
 from dam3d.cutout import resolve_backend
 from dam3d.embed import resolve_models
 from dam3d.atomic import write_text
@@ -30,7 +30,8 @@ from dam3d.render import VIEW_NAMES
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 RESULTS = config["results"]
-ASSETS = {asset.asset_id: asset for asset in load_catalogue(config["catalogue"])}
+CATALOGUE = read_catalogue(config["catalogue"])
+ASSETS = {asset.asset_id: asset for asset in CATALOGUE.assets}
 DIGESTS = file_digests(
     [a.image for a in ASSETS.values()] + [a.mesh for a in ASSETS.values() if a.mesh],
     Path(RESULTS) / ".cache" / "file-digests.json",
@@ -59,6 +60,9 @@ print(
     f"embed={', '.join(EMBED_MODELS)}",
     file=sys.stderr,
 )
+# Never silent: what the catalogue holds that is not an asset is said here and in failures.tsv.
+for skipped in CATALOGUE.skipped if workflow.is_main_process else []:
+    print(f"dam3d: skipped {skipped.name}: {skipped.reason}", file=sys.stderr)
 
 
 wildcard_constraints:
@@ -135,12 +139,17 @@ def chunk_constraint(stage):
     return PLANS[stage].chunk_pattern() if workflow.is_main_process else r"[0-9]+x-[0-9a-f]{12}"
 
 
-def chunk_inputs(stage, upstream, sources=lambda asset: []):
-    """Input function of a chunk job: its members' source files and the upstream chunks computing them now."""
+def chunk_inputs(stage, upstream):
+    """Input function of a chunk job: the upstream chunks computing its members now.
+
+    Catalogue files (photos, provided meshes) are not inputs: Snakemake would stop the
+    whole run on one missing file or take braces in a name for a wildcard. Their
+    content is in each asset's key instead, and a missing one fails that asset alone.
+    """
 
     def inputs(wildcards):
         assets = [m["asset"] for m in chunk_members(stage, wildcards.chunk)]
-        files = [str(f) for a in assets for f in sources(a)]
+        files = []
         # Only the main process orders chunks; a re-parsed job's own plan may name other chunks.
         for up in upstream if workflow.is_main_process else []:
             files += PLANS[up].chunk_refs(assets)

@@ -10,13 +10,16 @@ add_plan(
         script_digest("cutout"),
     ],
     per_job=CHUNKS["cutout"],
-    members=lambda asset: {"image": str(ASSETS[asset].image)},
+    # An entry the catalogue could not use (a URL...) fails at once with the catalogue's reason.
+    members=lambda asset: {"image": str(ASSETS[asset].image), "refused": ASSETS[asset].problem},
 )
 
 
 rule cutout:
     input:
-        chunk_inputs("cutout", [], sources=lambda asset: [ASSETS[asset].image]),
+        # The photos are not inputs: the asset's key holds their content, and a path with
+        # braces or a missing file must fail that asset, not the DAG (see dam3d.stage).
+        chunk_inputs("cutout", []),
     output:
         f"{RESULTS}/chunks/cutout/{{chunk}}.json",
     wildcard_constraints:

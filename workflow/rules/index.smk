@@ -34,6 +34,7 @@ rule failure_report:
         f"{RESULTS}/failures.tsv",
     params:
         skus={asset_id: asset.sku for asset_id, asset in ASSETS.items()},
+        skipped=[[s.name, s.reason] for s in CATALOGUE.skipped],
         # Records of stages this configuration no longer runs (views: 0, a dropped model) are left out.
         stages=list(PLANS),
     log:

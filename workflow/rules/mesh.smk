@@ -20,7 +20,8 @@ add_plan(
 
 rule mesh:
     input:
-        chunk_inputs("mesh", ["cutout"], sources=lambda asset: [m for m in [provided_mesh(asset)] if m]),
+        # Provided meshes are not inputs either (their content is in the key): see cutout.smk.
+        chunk_inputs("mesh", ["cutout"]),
     output:
         f"{RESULTS}/chunks/mesh/{{chunk}}.json",
     wildcard_constraints:

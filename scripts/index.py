@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dam3d.catalogue import load_catalogue
 from dam3d.index import build_index
+from dam3d.plan import read_stamp
 from dam3d.stage import read_failures
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
@@ -15,6 +16,12 @@ assets = load_catalogue(config["catalogue"])
 by_id = {Path(p).stem: Path(p) for p in smk.params.embeddings}
 out_dir = Path(smk.output.manifest).parent
 failures = [f for f in read_failures(config["results"]) if f["asset"] in by_id and f["stage"] in smk.params.stages]
+# What the cutout stage warned about (a photo too small to be trusted) stays with the index.
+warnings = [
+    {"asset": a.asset_id, "sku": a.sku, "stage": "cutout", "warning": w}
+    for a in assets
+    for w in (read_stamp(config["results"], "cutout", a.asset_id) or {}).get("warnings", [])
+]
 manifest = build_index(
     assets,
     [by_id[a.asset_id] for a in assets],
@@ -26,6 +33,7 @@ manifest = build_index(
         "config": config,
         "catalogue": str(config["catalogue"]),
         "failures": failures,
+        "warnings": warnings,
     },
 )
 counts = manifest["counts"]
@@ -34,6 +42,7 @@ summary = [
     f"{counts['with_views']} with views, {counts['failed']} failed"
 ]
 summary += [f"dam3d: failed {f['asset']} at {f['stage']}: {f['reason']}" for f in failures]
+summary += [f"dam3d: warning {w['asset']} at {w['stage']}: {w['warning']}" for w in warnings]
 Path(smk.log[0]).parent.mkdir(parents=True, exist_ok=True)
 Path(smk.log[0]).write_text("\n".join(summary) + "\n")
 print("\n".join(summary), file=sys.stderr)

@@ -209,3 +209,40 @@ def test_no_egl_is_reported_per_job(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     errors = render_assets([(box, tmp_path / "a"), (box, tmp_path / "b")], resolution=32)
     assert set(errors) == {tmp_path / "a", tmp_path / "b"}
     assert all(e and "EGL" in e for e in errors.values()), errors
+
+
+def test_each_asset_is_yielded_as_blender_writes_it_and_stopping_early_stops_blender(tmp_path: Path, egl: None) -> None:
+    """A chunk stamps each asset the moment its views exist: records stream, they do not wait for the batch."""
+    import time
+
+    from dam3d.render import render_stream
+
+    box = colour_box(tmp_path / "box.glb")
+    jobs = [(box, tmp_path / f"v{i}") for i in range(8)]
+    stream = render_stream(jobs, resolution=RES)
+    out, error = next(stream)
+    assert (out, error) == (tmp_path / "v0", None)
+    assert all((out / f"{n}.png").is_file() for n in VIEW_NAMES(8))
+    stream.close()  # the caller failed: Blender must not go on writing unowned files
+    time.sleep(1.0)
+    assert not (tmp_path / "v7").exists()
+
+
+def test_a_batch_past_its_time_limit_is_killed_and_its_assets_say_so(tmp_path: Path, egl: None) -> None:
+    from dam3d.render import RENDERER_EXITED
+
+    box = colour_box(tmp_path / "box.glb")
+    errors = render_assets([(box, tmp_path / "a"), (box, tmp_path / "b")], resolution=RES, timeout=0.2)
+    assert set(errors) == {tmp_path / "a", tmp_path / "b"}
+    assert all(e.startswith(RENDERER_EXITED) and "timed out after 0.2 s" in e for e in errors.values()), errors
+
+
+def test_run_sheet_layout_switch_is_a_threshold(tmp_path: Path) -> None:
+    sheets = [_png(tmp_path / f"s{i}.png", (i * 40, 100, 100, 255), (64, 64)) for i in range(4)]
+    out = tmp_path / "run.png"
+    run_sheet(sheets, out, max_full=4)
+    with Image.open(out) as im:
+        assert im.size == (64, 256)  # at the threshold: one column, full size
+    run_sheet([*sheets, sheets[0]], out, max_full=4)
+    with Image.open(out) as im:
+        assert im.size == (128, 192)  # one past: a near-square grid, 2 columns x 3 rows

@@ -37,13 +37,16 @@ pytestmark = pytest.mark.slow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 KINDS = ("red-vase", "blue-box", "green-lamp")
 PER_ASSET_STAGES = ("cutout", "mesh", "render", "embed", "contact_asset")
+PROFILE = yaml.safe_load((REPO / "profiles" / "slurm-gpu" / "config.yaml").read_text())
 
 
 @pytest.fixture(scope="module")
 def slurm():
     # A short path: munge's socket path must fit in a sockaddr_un.
     root = Path(tempfile.mkdtemp(prefix="dam3d-slurm-"))
-    cluster = LocalSlurm(root)
+    # As many CPUs declared as the profile's largest set-threads (Slurm believes the config):
+    # the README's command runs as written, each job with the threads the profile gives it.
+    cluster = LocalSlurm(root, cpus=max(PROFILE["set-threads"].values()))
     try:
         cluster.start()
     except SlurmUnavailable as exc:
@@ -93,14 +96,14 @@ def test_pipeline_on_slurm_with_gpu_profile(slurm: LocalSlurm, tmp_path: Path) -
     config["embed"]["models"] = ["tiny"]
     config["embed"]["presets"]["tiny"] = {"backend": "vit", "model": str(vit), "pooling": "cls"}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    common = ["--configfile", str(tmp_path / "config.yaml"), "--cores", "2"]
+    common = ["--configfile", str(tmp_path / "config.yaml")]
 
     local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
     local_dir.mkdir()
     slurm_dir.mkdir()
     # The reference run, locally, while the Slurm run mostly waits on the queue.
     local = subprocess.Popen(
-        [*SNAKEMAKE, "--directory", str(local_dir), *common],
+        [*SNAKEMAKE, "--directory", str(local_dir), *common, "--cores", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=local_dir,
     )
     t0 = time.monotonic()
@@ -163,7 +166,8 @@ def test_pipeline_on_slurm_with_gpu_profile(slurm: LocalSlurm, tmp_path: Path) -
         assert m, first
         job_id, threads, gpus = m.groups()
         assert job_id in jobs and jobs[job_id]["Comment"].startswith(f"rule_{stage}"), (first, jobs.get(job_id))
-        assert threads == jobs[job_id]["NumCPUs"] == "2", first  # set-threads, capped by --cores 2
+        # The README's command as written (no --cores): each chunk job gets the profile's set-threads.
+        assert threads == jobs[job_id]["NumCPUs"] == str(PROFILE["set-threads"][stage]), (first, calls)
         if stage == "embed":
             assert gpus == "0", first  # the one GPU granted, numbered from 0
         else:

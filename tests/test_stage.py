@@ -179,3 +179,104 @@ def test_temporaries_a_killed_writer_left_are_removed_when_the_asset_is_computed
     other.write_bytes(b"x")
     run_members(stage="cutout", chunk="x", members=[m], process=lambda ms: each(ms, write_outputs), results=tmp_path)
     assert not leftover.exists() and other.exists()
+
+
+class FakeClock:
+    """A monotonic clock the test moves: the progress line fires without waiting 30 s."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_line_fires_past_the_interval_and_counts_each_finished_asset(tmp_path: Path) -> None:
+    import io
+
+    from dam3d.stage import PROGRESS_EVERY, ChunkRunner
+
+    clock, terminal = FakeClock(), io.StringIO()
+
+    def work(m: dict) -> None:
+        write_outputs(m)
+        clock.now += PROGRESS_EVERY / 2 + 1  # each asset takes just over half the interval
+
+    members = [member(tmp_path, a) for a in "ABCDE"]
+    runner = ChunkRunner(stage="render", chunk="5x-abc", members=members, process=lambda ms: each(ms, work),
+                         results=tmp_path, progress=terminal, clock=clock)
+    outcomes = runner.run()
+    assert [o["ok"] for o in outcomes] == [True] * 5  # the crash of the round: this raised TypeError
+    lines = terminal.getvalue().splitlines()
+    # Past 30 s after B (2 x 16 s) and D (2 x 16 s more); never after the last asset (the summary says it).
+    assert lines == ["dam3d: render 5x-abc: 2/5 assets, 16.00 s/asset", "dam3d: render 5x-abc: 4/5 assets, 16.00 s/asset"]
+
+
+def test_progress_interval_is_a_setting(tmp_path: Path) -> None:
+    import io
+
+    from dam3d.stage import ChunkRunner
+
+    clock, terminal = FakeClock(), io.StringIO()
+
+    def work(m: dict) -> None:
+        write_outputs(m)
+        clock.now += 1.0
+
+    ChunkRunner(stage="mesh", chunk="c", members=[member(tmp_path, a) for a in "ABC"], process=lambda ms: each(ms, work),
+                results=tmp_path, progress=terminal, clock=clock, progress_every=1.0).run()
+    assert terminal.getvalue().count("\n") == 2  # after A and after B
+    terminal2 = io.StringIO()
+    ChunkRunner(stage="mesh", chunk="d", members=[member(tmp_path, a) for a in "XYZ"], process=lambda ms: each(ms, work),
+                results=tmp_path, progress=terminal2, clock=clock, progress_every=10.0).run()
+    assert terminal2.getvalue() == ""  # 3 s in all: under the interval
+
+
+def test_finished_assets_are_kept_when_the_worker_side_fails_on_another(tmp_path: Path) -> None:
+    """A worker (Blender) wrote A and B; the Python side then fails on C: A and B stay stamped, never redone."""
+    computed: list[list[str]] = []
+
+    def process(ms: list[dict]):
+        computed.append([m["asset"] for m in ms])
+        for m in ms:
+            if m["asset"] == "C" and len(computed) == 1:
+                raise KeyError("the renderer's record for C has no 'out'")
+            write_outputs(m)
+            yield m["asset"], None
+
+    members = [member(tmp_path, a) for a in "ABCD"]
+    outcomes = run_members(stage="render", chunk="x", members=members, process=process, results=tmp_path, retries=1)
+    assert computed == [["A", "B", "C", "D"], ["C", "D"]]  # the retry takes only what was not finished
+    assert all(o["ok"] for o in outcomes)
+    # And a job's retry (Snakemake's) with the same chunk computes nothing again.
+    assert run_members(stage="render", chunk="x", members=members, process=process, results=tmp_path)[0]["resumed"]
+    assert len(computed) == 2
+
+
+def test_refused_members_fail_with_the_catalogue_reason_without_running(tmp_path: Path) -> None:
+    def never(m: dict) -> None:
+        raise AssertionError("must not run")
+
+    m = member(tmp_path, "U", refused="image is a URL (https://cdn.example.com/u.jpg); dam3d does not download images")
+    [outcome] = run_members(stage="cutout", chunk="x", members=[m], process=lambda ms: each(ms, never), results=tmp_path)
+    assert not outcome["ok"] and outcome["reason"].startswith("image is a URL")
+    assert read_failures(tmp_path) == [{"asset": "U", "stage": "cutout", "reason": outcome["reason"]}]
+    assert "retry" not in read_stamp(tmp_path, "cutout", "U")  # final until the catalogue changes (the key)
+
+
+def test_warnings_are_said_and_kept_in_the_stamp(tmp_path: Path) -> None:
+    import io
+
+    from dam3d.errors import AssetWarning
+
+    def process(ms: list[dict]):
+        for m in ms:
+            write_outputs(m)
+            yield m["asset"], AssetWarning(m["asset"], "cutout", ["photo is only 90x60 px"]) if m["asset"] == "S" else None
+
+    terminal = io.StringIO()
+    outcomes = run_members(stage="cutout", chunk="x", members=[member(tmp_path, a) for a in "RS"], process=process,
+                           results=tmp_path, progress=terminal)
+    assert [o["ok"] for o in outcomes] == [True, True] and outcomes[1]["warnings"] == ["photo is only 90x60 px"]
+    assert read_stamp(tmp_path, "cutout", "S")["warnings"] == ["photo is only 90x60 px"]
+    assert terminal.getvalue() == "dam3d: WARNING S: cutout: photo is only 90x60 px\n"

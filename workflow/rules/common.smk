@@ -71,6 +71,10 @@ wildcard_constraints:
 
 ASSET_IDS = list(ASSETS)
 CHUNKS = config["chunks"]
+# A chunk job is one process that uses every thread it is given: on a workstation all of
+# --cores (Snakemake runs chunks of different stages side by side when they ask for less:
+# --set-threads). A cluster profile gives no --cores: its set-threads decide, else 1.
+CHUNK_THREADS = workflow.resource_settings.cores or 1
 # Snakemake retries of a chunk job that died (node lost, or an asset that kills its process:
 # the third attempt records that asset as failed and finishes the others, see dam3d.stage).
 CHUNK_RETRIES = max(2, config["retries"])

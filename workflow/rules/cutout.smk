@@ -32,7 +32,7 @@ rule cutout:
         margin=config["cutout"]["margin"],
         max_pixels=config["cutout"]["max_pixels"],
         batch_size=config["cutout"]["batch_size"],
-    threads: workflow.cores
+    threads: CHUNK_THREADS
     retries: CHUNK_RETRIES
     resources:
         gpu=1 if CUTOUT_BACKEND == "rmbg" else 0,

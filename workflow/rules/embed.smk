@@ -25,7 +25,7 @@ rule embed:
         spec=lambda wildcards: asdict(EMBED_MODELS[wildcards.model]),
         background=BACKGROUND,
         batch_size=config["embed"]["batch_size"],
-    threads: workflow.cores
+    threads: CHUNK_THREADS
     retries: CHUNK_RETRIES
     resources:
         gpu=lambda wildcards: int(EMBED_MODELS[wildcards.model].backend == "vit"),

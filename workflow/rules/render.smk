@@ -22,7 +22,7 @@ rule render:
         members=lambda wildcards: chunk_members("render", wildcards.chunk),
         settings=RENDER_SETTINGS,
         blender=config["render"]["blender"],
-    threads: workflow.cores
+    threads: CHUNK_THREADS
     retries: CHUNK_RETRIES
     resources:
         gpu=1 if config["render"]["device"] == "GPU" else 0,

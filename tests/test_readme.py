@@ -1,0 +1,127 @@
+"""Every command the README documents runs, as written (placeholders aside), in some test.
+
+`COMMANDS` maps each command line of the README's code blocks to the test that runs
+it; a README command with no entry fails `test_every_readme_command_has_a_test`. The
+bundled-sample commands run here, in a copy of the checkout, exactly as written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+BIN = Path(sys.executable).parent
+# README command (as in its code block, comment dropped) -> the test that runs it.
+COMMANDS = {
+    "./setup.sh && .venv/bin/snakemake --cores 2 && .venv/bin/dam3d search sample/queries/IMG_2041.jpg":
+        "test_readme.py::test_main_command_on_the_sample",
+    "./setup.sh && .venv/bin/python -m pytest -q": "CI: .ci/run runs it verbatim",
+    ". .venv/bin/activate": "test_readme.py::test_main_command_on_the_sample",
+    "snakemake --cores 8 --config catalogue=/data/dam/photos": "test_realworld.py::test_braces_in_a_file_name_are_just_characters",
+    "dam3d search photo.jpg -k 5 --fusion mean": "test_readme.py::test_main_command_on_the_sample",
+    "dam3d serve": "test_serve.py::test_default_host_is_loopback",
+    "dam3d evaluate queries.csv": "test_readme.py::test_main_command_on_the_sample",
+    "dam3d failures": "test_readme.py::test_main_command_on_the_sample",
+    "python -m dam3d.bench [--assets 24] [--device auto|cpu|cuda] [--batch-size N] [--workers N] [--target]":
+        "test_readme.py::test_speed_benchmarks_run",
+    "dam3d serve [--index DIR] [--host 127.0.0.1] [--port 7860] [--max-upload-mb 25]":
+        "test_serve.py::test_default_host_is_loopback",
+    "python -m dam3d.bench --search 3000 --queries 60 [--threads 1]": "test_readme.py::test_speed_benchmarks_run",
+    "dam3d evaluate QUERIES.csv [--index DIR] [--json] [--cache DIR | --no-cache]":
+        "test_evaluate.py::test_cli_json_cache_and_missing_sku",
+    "dam3d bench make OUT [--objects 120] [--queries-per-object 2] [--seed 0] [--resolution 512] [--sources cc0,cc-by]":
+        "test_evaluate.py::test_bench_make_tiny",
+    ".venv/bin/dam3d bench make /tmp/bench100 --objects 120 --queries-per-object 2 --seed 0":
+        "test_evaluate.py::test_bench_make_tiny",
+    ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench100/catalogue queries=/tmp/bench100/queries.csv "
+    "results=/tmp/bench100/results": "test_readme.py::test_main_command_on_the_sample",
+    ".venv/bin/dam3d evaluate /tmp/bench100/queries.csv --results /tmp/bench100/results":
+        "test_readme.py::test_main_command_on_the_sample",
+    ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench100/catalogue queries=/tmp/bench100/queries.csv "
+    "results=/tmp/bench100/results --report /tmp/bench100/report.html": "test_readme.py::test_main_command_on_the_sample",
+    "snakemake --profile profiles/local --use-conda":
+        "not run: conda cannot run on this project's machines; test_envs.py checks the env files, "
+        "test_profiles.py::test_local_profile_runs_gpu_jobs_one_at_a_time the profile",
+    "snakemake --profile profiles/slurm-gpu --config catalogue=/data/dam/photos":
+        "test_slurm.py::test_pipeline_on_slurm_with_gpu_profile",
+    "snakemake --profile profiles/slurm-gpu --use-conda ...":
+        "not run: conda cannot run on this project's machines (see above); the Slurm part: test_slurm.py",
+}
+COMMAND_START = re.compile(r"^    (\./setup\.sh|\. \.venv|\.venv/bin/|snakemake |dam3d |python -m )")
+
+
+def readme_commands() -> list[str]:
+    commands = []
+    for line in (REPO / "README.md").read_text().splitlines():
+        if COMMAND_START.match(line):
+            commands.append(re.sub(r"\s+#.*$", "", line.strip()))
+    return commands
+
+
+def test_every_readme_command_has_a_test() -> None:
+    commands = readme_commands()
+    assert len(commands) >= 15  # the parser finds the code blocks
+    missing = [c for c in commands if c not in COMMANDS]
+    assert not missing, f"README commands no test runs (add one, and an entry in COMMANDS): {missing}"
+    for command, where in COMMANDS.items():
+        assert command in commands, f"COMMANDS lists a command the README no longer has: {command}"
+        if "::" in where and not where.startswith("not run"):
+            path, name = where.split("::")
+            assert re.search(rf"^def {name}\(", (REPO / "tests" / path).read_text(), re.M), where
+
+
+def sh(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_main_command_on_the_sample(tmp_path: Path) -> None:
+    """The README's first command, in a copy of the checkout (setup.sh is what CI ran before the tests)."""
+    root = tmp_path / "dam3d"
+    root.mkdir()
+    for part in ("Snakefile", "config.yaml", "workflow", "scripts", "blender", "envs", "dam3d", "sample"):
+        (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, root / part)
+    run = sh(root, BIN / "snakemake", "--cores", "2")
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "Traceback" not in run.stderr and "Error in rule" not in run.stderr, run.stderr[-3000:]
+    search = sh(root, BIN / "dam3d", "search", "sample/queries/IMG_2041.jpg")
+    assert search.returncode == 0, search.stderr
+    first = next(line for line in search.stdout.splitlines() if line.strip().startswith("1"))
+    assert "CHAIR-0002" in first, search.stdout
+    as_json = sh(root, BIN / "dam3d", "search", "sample/queries/IMG_2041.jpg", "-k", "5", "--fusion", "mean", "--json")
+    assert as_json.returncode == 0 and "CHAIR-0002" in as_json.stdout, as_json.stderr
+    evaluate = sh(root, BIN / "dam3d", "evaluate", "sample/queries.csv", "--results", "results")
+    assert evaluate.returncode == 0 and "top-1" in evaluate.stdout.lower(), evaluate.stdout + evaluate.stderr
+    failures = sh(root, BIN / "dam3d", "failures")
+    assert failures.returncode == 0 and "0 failed asset(s)" in failures.stderr, failures.stdout + failures.stderr
+    # The results section's commands: the same run with queries set, then its report.
+    config = ["--config", "catalogue=sample/catalogue", "queries=sample/queries.csv", "results=results"]
+    with_queries = sh(root, BIN / "snakemake", "--cores", "2", *config)
+    assert with_queries.returncode == 0, with_queries.stderr[-3000:]
+    assert json.loads((root / "results" / "evaluate" / "mobilenetv2.json").read_text())
+    report = sh(root, BIN / "snakemake", "--cores", "2", *config, "--report", "report.html")
+    assert report.returncode == 0 and (root / "report.html").stat().st_size > 10_000, report.stderr[-3000:]
+    # "Rerun one asset from a stage": delete its output there and run again.
+    (root / "results" / "mesh" / "CHAIR-0001.glb").unlink()
+    again = sh(root, BIN / "snakemake", "--cores", "2")
+    assert again.returncode == 0 and "mesh 1/16" in again.stderr and "cutout 0/16" in again.stderr, again.stderr[-3000:]
+
+
+@pytest.mark.parametrize("args", [
+    ["dam3d.bench", "--assets", "2"],
+    ["dam3d.bench", "--search", "200", "--queries", "2", "--threads", "1"],
+    ["dam3d.render", "--bench", "--assets", "1"],
+    ["dam3d.bench_refresh", "--assets", "4"],
+], ids=lambda a: " ".join(a))
+def test_speed_benchmarks_run(tmp_path: Path, args: list[str]) -> None:
+    """The README's benchmark commands, at a small size: they run and print their figures."""
+    run = sh(REPO, sys.executable, "-m", *args)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert re.search(r"\d+\.\d+", run.stdout), run.stdout

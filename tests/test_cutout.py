@@ -86,3 +86,39 @@ def test_bad_catalogue_image_names_the_asset(tmp_path: Path) -> None:
     with pytest.raises(AssetError) as caught:
         only(make_cutouts([("SKU 9", tmp_path / "x.jpg", tmp_path / "x.png")], backend="u2netp", model=""))
     assert caught.value.asset == "SKU 9" and not (tmp_path / "x.png").exists()
+
+
+def test_check_subject_thresholds_each_reached() -> None:
+    """Each 'nothing to find' rule of check_subject, reached with a mask made for it; a real photo passes."""
+    from PIL import ImageDraw
+
+    from dam3d.cutout import MIN_SOLID_SHARE, WHOLE_FRAME_SHARE, check_subject
+    from dam3d.errors import AssetError
+
+    photo = product_photo("blue-box")
+    w, h = photo.size
+    good = Image.new("L", photo.size, 0)
+    ImageDraw.Draw(good).rectangle((w * 0.25, h * 0.2, w * 0.9, h * 0.8), fill=255)
+    check_subject(photo, good, "ok")  # a product on a background: no error
+
+    whole = Image.new("L", photo.size, 255)
+    ImageDraw.Draw(whole).rectangle((0, 0, 2, 2), fill=0)  # 99.99 % masked: over WHOLE_FRAME_SHARE
+    assert WHOLE_FRAME_SHARE < 0.999
+    with pytest.raises(AssetError, match="took the whole photo as the product"):
+        check_subject(photo, whole, "whole")
+
+    speck = Image.new("L", photo.size, 0)
+    speck.putpixel((w // 2, h // 2), 255)  # one sure pixel: under MIN_SOLID_SHARE
+    assert 1 / (256 * 256) < MIN_SOLID_SHARE
+    with pytest.raises(AssetError, match="no foreground found"):
+        check_subject(photo, speck, "speck")
+
+    with pytest.raises(AssetError, match="blank"):
+        check_subject(Image.new("RGB", (300, 200), (250, 250, 250)), good.resize((300, 200)), "blank")
+    grey = Image.new("RGB", photo.size, (200, 200, 200))
+    ImageDraw.Draw(grey).rectangle((w * 0.3, h * 0.3, w * 0.7, h * 0.7), fill=(170, 170, 170))
+    with pytest.raises(AssetError, match="placeholder graphic"):
+        check_subject(grey, good, "placeholder")
+    # The same grey tile with a little colour noise, as a camera gives, is a photo.
+    noisy = np.asarray(grey, dtype=np.int16) + np.random.default_rng(0).integers(-3, 4, (h, w, 3))
+    check_subject(Image.fromarray(noisy.clip(0, 255).astype(np.uint8)), good, "grey product")

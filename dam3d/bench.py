@@ -31,6 +31,7 @@ import dam3d.embed
 from dam3d.batching import BatchNet
 from dam3d.catalogue import load_catalogue
 from dam3d.cutout import _device, make_cutouts, mask_fn, resolve_backend
+from dam3d.errors import AssetWarning
 from dam3d.embed import ModelSpec, embed_assets, encoder, resolve_models
 from dam3d.images import load_image
 from dam3d.mesh import build_mesh
@@ -164,7 +165,8 @@ def _cutout_rows(label: str, backend: str, model: str, jobs: list, *, cut: dict,
                                                    max_pixels=cut["max_pixels"], device=device, batch_size=batch,
                                                    workers=workers)))
     imports = "dam3d.stage, dam3d.cutout, torch" + (", transformers" if backend == "rmbg" else "")
-    return _model_rows(label, n=len(jobs), images=len(jobs), pipeline=t, failed=sum(e is not None for _, e in results),
+    return _model_rows(label, n=len(jobs), images=len(jobs), pipeline=t,
+                       failed=sum(e is not None and not isinstance(e, AssetWarning) for _, e in results),
                        batch=batch if backend == "rmbg" else 1, raw=raw, raw_batch=raw_batch, load=seconds,
                        imports=imports, chunk=chunk)
 

@@ -90,6 +90,8 @@ def bad_files(folder: Path) -> dict[str, Path]:
 
 def only(results):  # noqa: ANN001, ANN201 - an iterator of (asset, error)
     """Run a chunk function (make_cutouts, embed_assets) for one asset: raise its error, if any."""
+    from dam3d.errors import AssetWarning
+
     [(_, error)] = list(results)
-    if error is not None:
+    if error is not None and not isinstance(error, AssetWarning):  # a warning: done, with a note
         raise error

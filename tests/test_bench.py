@@ -32,7 +32,7 @@ def test_a_registered_net_runs_through_make_cutouts_and_the_raw_timer(tmp_path: 
     monkeypatch.setitem(dam3d.cutout.BENCH_NETS, "bench-test/half-plane", HalfPlane())
     jobs = []
     for n, kind in enumerate(("red-vase", "blue-box", "stripes")):
-        product_photo(kind, size=(200 + 40 * n, 200)).save(tmp_path / f"{kind}.jpg")
+        product_photo(kind, size=(260 + 40 * n, 260)).save(tmp_path / f"{kind}.jpg")
         jobs.append((kind, tmp_path / f"{kind}.jpg", tmp_path / "out" / f"{kind}.png"))
     results = list(make_cutouts(jobs, backend="rmbg", model="bench-test/half-plane", size=64, margin=0.0, device="cpu", batch_size=2))
     assert results == [(kind, None) for kind, _, _ in jobs]

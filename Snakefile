@@ -42,5 +42,6 @@ onsuccess:
         skipped, failed = stages.count("catalogue"), len(stages) - stages.count("catalogue")
         if failed or skipped:
             # A failed cutout or embedding leaves the SKU out; a failed mesh or render keeps its 2D vector.
-            print(f"dam3d: {failed} asset(s) failed at some stage, {skipped} catalogue entries skipped: "
-                  f"see {report} (dam3d failures)", file=sys.stderr)
+            skipped_text = f", {skipped} catalogue entries skipped" if skipped else ""
+            print(f"dam3d: {failed} asset(s) failed at some stage{skipped_text}: see {report} (dam3d failures)",
+                  file=sys.stderr)

@@ -14,25 +14,26 @@ Artefacts go to a temporary folder.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-import dam3d.cutout
 import dam3d.embed
+from dam3d.backends import backend as get_backend
+from dam3d.backends import register, torch_device
 from dam3d.batching import BatchNet
 from dam3d.catalogue import load_catalogue
-from dam3d.cutout import _device, make_cutouts, mask_fn, resolve_backend
+from dam3d.cutout import RmbgCutout, make_cutouts, resolve_backend, rmbg_batch_net
+from dam3d.embed import ModelSpec, VitEmbed, embed_assets, encoder, resolve_models, vit_batch_net
 from dam3d.errors import AssetWarning
-from dam3d.embed import ModelSpec, embed_assets, encoder, resolve_models
 from dam3d.images import load_image
 from dam3d.mesh import build_mesh
 from dam3d.render import VIEW_NAMES, run_batch
@@ -47,8 +48,7 @@ def _timed(fn) -> float:  # noqa: ANN001 - any zero-argument callable
 
 
 # --target: the target architectures with random weights of the real sizes (nothing can be
-# downloaded), registered in the stages' loaders under these names so that the very code
-# path of a chunk job is timed.
+# downloaded), registered as backends (below) so that the very code path of a chunk job is timed.
 TARGET_CUTOUT = "bench-random/birefnet-swin-large-encoder-1024"
 TARGET_EMBED = "bench-random/vit-large-patch16-224"
 
@@ -84,6 +84,36 @@ def _vit_large_random() -> tuple[Any, Any]:
     config = ViTConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                        image_size=224, patch_size=16)
     return ViTModel(config, add_pooling_layer=False).eval(), ViTImageProcessor()
+
+
+@register
+class RmbgTargetStandIn(RmbgCutout):
+    """`rmbg`'s code path with a Swin-L encoder at 1024 px and random weights (see _swin_standin)."""
+
+    name = "rmbg-target-standin"
+
+    def load(self, settings: dict[str, Any], device: str) -> BatchNet:
+        return _standin_cutout(device)
+
+
+@register
+class VitTargetStandIn(VitEmbed):
+    """`vit`'s code path with ViT-L/16 at 224 and random weights (see _vit_large_random)."""
+
+    name = "vit-target-standin"
+
+    def load(self, settings: dict[str, Any], device: str) -> BatchNet:
+        return _standin_embed(settings.get("pooling", "cls"), device)
+
+
+@functools.cache
+def _standin_cutout(device: str) -> BatchNet:
+    return rmbg_batch_net(_swin_standin(), device)
+
+
+@functools.cache
+def _standin_embed(pooling: str, device: str) -> BatchNet:
+    return vit_batch_net(*_vit_large_random(), pooling, device)[0]
 
 
 def _raw_rate(net: BatchNet, image: Any, batch_size: int, *, seconds: float = 2.0) -> float:
@@ -145,50 +175,42 @@ def _model_rows(label: str, *, n: int, images: int, pipeline: float, failed: int
 
 
 def _cutout_rows(label: str, backend: str, model: str, jobs: list, *, cut: dict, device: str, batch: int,
-                 chunk: int, workers: int, build: Callable[[], Any] | None = None) -> list[tuple[str, str]]:
-    """Time one cutout model: load (or `build` a random stand-in), raw forward, then make_cutouts."""
+                 chunk: int, workers: int) -> list[tuple[str, str]]:
+    """Time one cutout backend: load, raw forward, then make_cutouts."""
     import transformers  # noqa: F401 - imported before timing the load: counted with the start-up imports
 
-    def load() -> None:
-        if build:
-            dam3d.cutout.BENCH_NETS[model] = build()
-        mask_fn(backend, model=model, device=device)
-
-    seconds = _timed(load)
+    loaded: list[Any] = []
+    seconds = _timed(lambda: loaded.append(get_backend("cutout", backend).load({"model": model}, device)))
     first = load_image(jobs[0][1], jobs[0][0])
-    if backend == "rmbg":
-        raw, raw_batch = _raw_rate(dam3d.cutout._rmbg_net(model, device), first, batch), batch
+    batched = isinstance(loaded[0], BatchNet)
+    if batched:
+        raw, raw_batch = _raw_rate(loaded[0], first, batch), batch
     else:
-        raw, raw_batch = _raw_rate_onnx(mask_fn(backend, model=model).session), 1
+        raw, raw_batch = _raw_rate_onnx(loaded[0].session), 1
     results: list = []
     t = _timed(lambda: results.extend(make_cutouts(jobs, backend=backend, model=model, size=cut["size"], margin=cut["margin"],
                                                    max_pixels=cut["max_pixels"], device=device, batch_size=batch,
                                                    workers=workers)))
-    imports = "dam3d.stage, dam3d.cutout, torch" + (", transformers" if backend == "rmbg" else "")
+    imports = "dam3d.stage, dam3d.cutout, torch" + (", transformers" if batched else "")
     return _model_rows(label, n=len(jobs), images=len(jobs), pipeline=t,
                        failed=sum(e is not None and not isinstance(e, AssetWarning) for _, e in results),
-                       batch=batch if backend == "rmbg" else 1, raw=raw, raw_batch=raw_batch, load=seconds,
+                       batch=batch if batched else 1, raw=raw, raw_batch=raw_batch, load=seconds,
                        imports=imports, chunk=chunk)
 
 
 def _embed_rows(label: str, spec: ModelSpec, jobs: list, *, background: tuple[int, int, int], device: str, batch: int,
-                chunk: int, workers: int, build: Callable[[], Any] | None = None) -> list[tuple[str, str]]:
-    """Time one embedding model: load (or `build` a random stand-in), raw forward, then embed_assets."""
+                chunk: int, workers: int) -> list[tuple[str, str]]:
+    """Time one embedding model: load, raw forward, then embed_assets."""
     import transformers  # noqa: F401 - imported before timing the load: counted with the start-up imports
 
-    def load() -> None:
-        if build:
-            dam3d.embed.BENCH_NETS[spec.model] = build()
-        encoder(spec, device)
-
-    seconds = _timed(load)
+    seconds = _timed(lambda: encoder(spec, device))
     first = load_image(jobs[0][1], jobs[0][0]).convert("RGB")
     raw = _raw_rate(encoder(spec, device), first, batch)
     images = sum(1 + sum(dam3d.embed._usable(v) for v in views) for _, cutout, views, _ in jobs if dam3d.embed._usable(cutout))
     results: list = []
     t = _timed(lambda: results.extend(embed_assets(jobs, spec, background=background, batch_size=batch, device=device,
                                                  workers=workers)))
-    imports = "dam3d.stage, dam3d.embed, torch" + (", transformers" if spec.backend == "vit" else "")
+    imports = "dam3d.stage, dam3d.embed, torch" + (", transformers" if get_backend("embed", spec.backend).gpu else "")
     return _model_rows(label, n=len(jobs), images=images, pipeline=t, failed=sum(e is not None for _, e in results),
                        batch=batch, raw=raw, raw_batch=batch, load=seconds, imports=imports, chunk=chunk)
 
@@ -237,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cut, mesh, render, embed = config["cutout"], config["mesh"], dict(config["render"]), config["embed"]
     render.update({k: v for k, v in (("engine", args.engine), ("resolution", args.resolution), ("aa", args.aa)) if v})
-    device = _device(args.device)
+    device = torch_device(args.device)
     catalogue = load_catalogue(args.catalogue)
     n = args.assets or (64 if device.startswith("cuda") else 12)
     # Beyond the catalogue's size its images come round again under new asset ids.
@@ -261,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                              batch=cut_batch, chunk=chunks.get("cutout", 64), workers=workers)
         if args.target:
             target_jobs = [(a, image, out / "cutout-target" / f"{a}.png") for a, image in assets]
-            rows += _cutout_rows(f"cutout (target: Swin-L 1024 stand-in, random, {device})", "rmbg", TARGET_CUTOUT,
-                                 target_jobs, cut=cut, device=device, batch=cut_batch, chunk=chunks.get("cutout", 64),
-                                 workers=workers, build=_swin_standin)
+            rows += _cutout_rows(f"cutout (target: Swin-L 1024 stand-in, random, {device})", RmbgTargetStandIn.name,
+                                 TARGET_CUTOUT, target_jobs, cut=cut, device=device, batch=cut_batch,
+                                 chunk=chunks.get("cutout", 64), workers=workers)
 
         params = mesh.get(mesh["backend"], {})
         t = _timed(lambda: [build_mesh(a, out / "cutout" / f"{a}.png", out / "mesh" / f"{a}.glb",
@@ -286,11 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         rows += _embed_rows(f"embed ({spec.name}, {device})", spec, jobs, background=background, device=device,
                             batch=embed_batch, chunk=chunks.get("embed", 64), workers=workers)
         if args.target:
-            target = ModelSpec("vit-large-random", "vit", TARGET_EMBED, "cls")
+            target = ModelSpec("vit-large-random", VitTargetStandIn.name, TARGET_EMBED, "cls")
             rows += _embed_rows(f"embed (target: ViT-L/16 224, random, {device})", target,
                                 [(a, c, v, out / "embed-target" / f"{a}.npz") for a, c, v, _ in jobs],
                                 background=background, device=device, batch=embed_batch, chunk=chunks.get("embed", 64),
-                                workers=workers, build=_vit_large_random)
+                                workers=workers)
 
     gpu = f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""
     print(f"dam3d bench: {n} assets ({len(catalogue)} catalogue images{', cycled' if n > len(catalogue) else ''}) from "

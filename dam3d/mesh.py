@@ -1,15 +1,14 @@
 """Mesh stage: RGBA cutout -> GLB in the canonical frame (+Y up, front faces +Z, centred, largest extent 1).
 
-Backends: `inflate` (CPU, silhouette inflation, the offline default), `trellis`
+Backends (registered in dam3d.backends): `inflate` (CPU, silhouette inflation, the offline default), `trellis`
 (TRELLIS image-to-3D on a CUDA GPU) and `provided` (a mesh the DAM already has).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import trimesh
@@ -17,11 +16,11 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from dam3d.atomic import atomic_path
+from dam3d.backends import Backend, hub_available, register
+from dam3d.backends import backend as get_backend
 from dam3d.errors import AssetError
 
 STAGE = "mesh"
-
-MeshBackend = Callable[[Image.Image, str, dict], trimesh.Trimesh]
 
 INFLATE_DEFAULTS: dict[str, Any] = {
     "resolution": 96,       # grid cells along the longer side of the silhouette
@@ -309,17 +308,7 @@ def trellis_available(model: str) -> bool:
             return False
     except (ImportError, ValueError):
         return False
-    if (Path(model) / "pipeline.json").is_file():
-        return True
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    try:
-        found = try_to_load_from_cache(model, "pipeline.json")
-    except Exception:   # a malformed repo id is "not available", not a crash
-        return False
-    return isinstance(found, str)
+    return hub_available(model, "pipeline.json")
 
 
 def _trellis_pipeline(model: str) -> Any:
@@ -369,7 +358,57 @@ def trellis(image: Image.Image, asset: str, params: dict) -> trimesh.Trimesh:
     return normalise(validate_mesh(asset, glb))
 
 
-BACKENDS: dict[str, MeshBackend] = {"inflate": inflate, "trellis": trellis}
+class MeshBackend(Backend):
+    """A mesh backend: `build` turns one asset's cutout (or the DAM's own mesh) into a mesh."""
+
+    stage, env = "mesh", "blender"
+    # True for a backend that reads the DAM's own mesh file (catalogue `mesh` column or same-stem file).
+    reads_dam_mesh: ClassVar[bool] = False
+
+    def key(self, settings: dict[str, Any]) -> Any:
+        # Only the active backend's settings: tuning another one reruns nothing.
+        return settings.get(self.name, {})
+
+    def load(self, settings: dict[str, Any], device: str) -> Any:
+        return None  # nothing to load
+
+    def build(self, asset: str, cutout: Path, params: dict, provided: Path | None) -> trimesh.Trimesh:
+        raise NotImplementedError
+
+
+@register
+class InflateMesh(MeshBackend):
+    """Silhouette inflation of the cutout (CPU, watertight, vertex-coloured): the offline default."""
+
+    name = "inflate"
+
+    def build(self, asset: str, cutout: Path, params: dict, provided: Path | None) -> trimesh.Trimesh:
+        return inflate(_load_cutout(asset, cutout), asset, params)
+
+
+@register
+class TrellisMesh(MeshBackend):
+    """TRELLIS image-to-3D on a CUDA GPU (docs/trellis.md)."""
+
+    name, gpu, env, torch = "trellis", True, "trellis", True
+
+    def load(self, settings: dict[str, Any], device: str) -> Any:
+        return _trellis_pipeline(str({**TRELLIS_DEFAULTS, **settings.get(self.name, {})}["model"]))
+
+    def build(self, asset: str, cutout: Path, params: dict, provided: Path | None) -> trimesh.Trimesh:
+        return trellis(_load_cutout(asset, cutout), asset, params)
+
+
+@register
+class ProvidedMesh(MeshBackend):
+    """The mesh the DAM already has for the SKU."""
+
+    name, reads_dam_mesh = "provided", True
+
+    def build(self, asset: str, cutout: Path, params: dict, provided: Path | None) -> trimesh.Trimesh:
+        if provided is None:
+            raise AssetError(asset, STAGE, "mesh backend 'provided' but the asset has no mesh path")
+        return load_provided(asset, Path(provided))
 
 
 # ---------------------------------------------------------------------------
@@ -420,15 +459,11 @@ def _for_gltf(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
 
 
 def build_mesh(asset: str, cutout: Path, out: Path, backend: str, params: dict, provided: Path | None = None) -> None:
-    """Make the asset's mesh with `backend`, check it, and write it to `out` as GLB (atomically)."""
-    if backend == "provided":
-        if provided is None:
-            raise AssetError(asset, STAGE, "mesh backend 'provided' but the asset has no mesh path")
-        mesh = load_provided(asset, Path(provided))
-    elif backend in BACKENDS:
-        mesh = BACKENDS[backend](_load_cutout(asset, Path(cutout)), asset, params or {})
-    else:
-        raise ValueError(f"unknown mesh backend {backend!r}; expected one of {sorted([*BACKENDS, 'provided'])}")
+    """Make the asset's mesh with `backend`, check it, and write it to `out` as GLB (atomically).
+
+    Raises AssetError for a bad asset, ValueError for an unknown backend.
+    """
+    mesh = get_backend(STAGE, backend).build(asset, Path(cutout), params or {}, provided)
     mesh = normalise(validate_mesh(asset, mesh))
     mesh = _for_gltf(mesh)
     with atomic_path(out) as tmp:

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from dam3d.backends import backend
 from dam3d.cutout import make_cutouts
 from dam3d.stage import run_chunk
 
@@ -21,5 +22,5 @@ run_chunk(
         # Decoding and preprocessing threads: on a GPU they, not the model, can set the pace.
         workers=max(2, smk.threads),
     ),
-    torch=smk.params.backend == "rmbg",
+    torch=backend("cutout", smk.params.backend).torch,
 )

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from dam3d.backends import backend
 from dam3d.embed import ModelSpec, embed_assets
 from dam3d.stage import run_chunk
 
@@ -18,5 +19,5 @@ run_chunk(
         # Decoding and preprocessing threads: on a GPU they, not the model, can set the pace.
         workers=max(2, smk.threads),
     ),
-    torch=True,
+    torch=backend("embed", smk.params.spec["backend"]).torch,
 )

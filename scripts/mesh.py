@@ -5,6 +5,7 @@ The backend's model (TRELLIS) is loaded once per process, so once per chunk.
 
 from pathlib import Path
 
+from dam3d.backends import backend
 from dam3d.mesh import build_mesh
 from dam3d.stage import each, run_chunk
 
@@ -23,5 +24,5 @@ run_chunk(
             provided=Path(m["provided"]) if m["provided"] else None,
         ),
     ),
-    torch=smk.params.backend == "trellis",
+    torch=backend("mesh", smk.params.backend).torch,
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,10 @@ import torch
 from PIL import Image
 
 import dam3d.bench as bench
-import dam3d.cutout
 from conftest import product_photo
-from dam3d.cutout import make_cutouts
+from dam3d.backends import register
+from dam3d.batching import BatchNet
+from dam3d.cutout import RmbgCutout, make_cutouts, rmbg_batch_net
 
 
 class HalfPlane(torch.nn.Module):
@@ -28,20 +31,39 @@ class HalfPlane(torch.nn.Module):
         return [logits * self.scale]
 
 
-def test_a_registered_net_runs_through_make_cutouts_and_the_raw_timer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(dam3d.cutout.BENCH_NETS, "bench-test/half-plane", HalfPlane())
+@register
+class HalfPlaneCutout(RmbgCutout):
+    """A stand-in registered as a backend, as the benchmark's target stand-ins are."""
+
+    name = "test-half-plane"
+
+    def load(self, settings: dict, device: str) -> BatchNet:
+        return _half_plane(device)
+
+
+@functools.cache
+def _half_plane(device: str) -> BatchNet:
+    return rmbg_batch_net(HalfPlane(), device)
+
+
+def test_a_registered_net_runs_through_make_cutouts_and_the_raw_timer(tmp_path: Path) -> None:
     jobs = []
     for n, kind in enumerate(("red-vase", "blue-box", "stripes")):
         product_photo(kind, size=(260 + 40 * n, 260)).save(tmp_path / f"{kind}.jpg")
         jobs.append((kind, tmp_path / f"{kind}.jpg", tmp_path / "out" / f"{kind}.png"))
-    results = list(make_cutouts(jobs, backend="rmbg", model="bench-test/half-plane", size=64, margin=0.0, device="cpu", batch_size=2))
+    results = list(make_cutouts(jobs, backend="test-half-plane", model="", size=64, margin=0.0, device="cpu", batch_size=2))
     assert results == [(kind, None) for kind, _, _ in jobs]
     # The left half of each photo, centred on the square: a tall object, transparent at the sides.
     alpha = np.asarray(Image.open(tmp_path / "out" / "red-vase.png").getchannel("A"))
     assert alpha[:, 32].min() > 200 and alpha[:, :5].max() == 0 and alpha[:, -5:].max() == 0
 
-    net = dam3d.cutout._rmbg_net("bench-test/half-plane", "cpu")
-    assert bench._raw_rate(net, product_photo("red-vase"), 2, seconds=0.05) > 0
+    assert bench._raw_rate(_half_plane("cpu"), product_photo("red-vase"), 2, seconds=0.05) > 0
+
+
+def test_target_stand_ins_are_registered_backends() -> None:
+    from dam3d.backends import backend
+
+    assert backend("cutout", "rmbg-target-standin").gpu and backend("embed", "vit-target-standin").gpu
 
 
 def test_model_rows_share_of_a_chunk_job(monkeypatch: pytest.MonkeyPatch) -> None:

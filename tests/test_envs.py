@@ -108,6 +108,16 @@ def env_packages(env: str) -> dict[str, str]:
     return specs
 
 
+def stage_backends(stage: str) -> list:
+    """Every registered backend of `stage` (its module registers them when imported)."""
+    import importlib
+
+    from dam3d.backends import REGISTRY, STAGE_MODULES
+
+    importlib.import_module(STAGE_MODULES[stage])
+    return list(REGISTRY[stage].values())
+
+
 def rule_envs() -> dict[str, tuple[set[str], Path | None]]:
     """rule -> (environment names in its conda: directive, its script)."""
     rules = {}
@@ -117,6 +127,9 @@ def rule_envs() -> dict[str, tuple[set[str], Path | None]]:
             conda = re.search(r"^\s*conda:\s*\n\s*(.+)$", body, re.M)
             script = re.search(r"^\s*script:\s*\n\s*\"([^\"]+)\"", body, re.M)
             envs = set(re.findall(r"envs/([\w-]+)\.yaml", conda.group(1))) if conda else set()
+            if conda and "conda_env(" in conda.group(1):
+                # The env of the configured backend (dam3d.backends): any of the stage's.
+                envs = {b.env for b in stage_backends(name)}
             rules[name] = (envs, (smk.parent / script.group(1)).resolve() if script else None)
     return rules
 

@@ -20,6 +20,7 @@ os.environ.update(
 )
 
 from dam3d.catalogue import file_digests, read_catalogue
+from dam3d.backends import backend
 from dam3d.cutout import resolve_backend
 from dam3d.embed import resolve_models
 from dam3d.atomic import write_text
@@ -49,6 +50,9 @@ EMBED_MODELS = {
         config["embed"]["models"], config["embed"]["presets"], strict=config["strict"]
     )
 }
+# The backends of this run (dam3d.backends): rules ask them, never compare names.
+CUTOUT = backend("cutout", CUTOUT_BACKEND)
+MESH = backend("mesh", config["mesh"]["backend"])
 VIEWS = VIEW_NAMES(config["render"]["views"])
 BACKGROUND = tuple(config["background"])
 
@@ -171,9 +175,14 @@ def stage_refs(stage):
 def provided_mesh(asset):
     """The DAM's own mesh for the `provided` backend; a missing one fails that asset, not the DAG."""
     mesh = ASSETS[asset].mesh
-    if config["mesh"]["backend"] == "provided" and mesh is not None and mesh.exists():
+    if MESH.reads_dam_mesh and mesh is not None and mesh.exists():
         return mesh
     return None
+
+
+def conda_env(stage_backend):
+    """The conda env file of a backend's rule, relative to the rule files."""
+    return f"../../envs/{stage_backend.env}.yaml"
 
 
 def view_paths(asset):

@@ -4,8 +4,8 @@ add_plan(
     # The photo's content, not its mtime: a touched or copied file reruns nothing.
     key_parts=lambda asset: [
         DIGESTS[ASSETS[asset].image],
-        CUTOUT_BACKEND,
-        config["cutout"]["model"] if CUTOUT_BACKEND == "rmbg" else "u2netp",
+        CUTOUT.name,
+        CUTOUT.key(config["cutout"]),
         {k: config["cutout"][k] for k in ("size", "margin", "max_pixels")},
         script_digest("cutout"),
     ],
@@ -26,7 +26,7 @@ rule cutout:
         chunk=chunk_constraint("cutout"),
     params:
         members=lambda wildcards: chunk_members("cutout", wildcards.chunk),
-        backend=CUTOUT_BACKEND,
+        backend=CUTOUT.name,
         model=config["cutout"]["model"],
         size=config["cutout"]["size"],
         margin=config["cutout"]["margin"],
@@ -35,12 +35,12 @@ rule cutout:
     threads: CHUNK_THREADS
     retries: CHUNK_RETRIES
     resources:
-        gpu=1 if CUTOUT_BACKEND == "rmbg" else 0,
+        gpu=int(CUTOUT.gpu),
     benchmark:
         f"{RESULTS}/benchmarks/cutout/{{chunk}}.tsv"
     log:
         f"{RESULTS}/logs/cutout/{{chunk}}.log",
     conda:
-        "../../envs/rmbg.yaml"
+        conda_env(CUTOUT)
     script:
         "../../scripts/cutout.py"

@@ -2,7 +2,7 @@ for model, spec in EMBED_MODELS.items():
     add_plan(
         f"embed-{model}",
         outputs=lambda asset, model=model: [f"{RESULTS}/embed/{model}/{asset}.npz"],
-        key_parts=lambda asset, spec=spec: [asdict(spec), BACKGROUND, script_digest("embed")],
+        key_parts=lambda asset, spec=spec: [backend("embed", spec.backend).key(asdict(spec)), BACKGROUND, script_digest("embed")],
         upstream=["cutout", "render"] if VIEWS else ["cutout"],
         per_job=CHUNKS["embed"],
         members=lambda asset: {
@@ -28,12 +28,12 @@ rule embed:
     threads: CHUNK_THREADS
     retries: CHUNK_RETRIES
     resources:
-        gpu=lambda wildcards: int(EMBED_MODELS[wildcards.model].backend == "vit"),
+        gpu=lambda wildcards: int(backend("embed", EMBED_MODELS[wildcards.model].backend).gpu),
     benchmark:
         f"{RESULTS}/benchmarks/embed-{{model}}/{{chunk}}.tsv"
     log:
         f"{RESULTS}/logs/embed/{{model}}/{{chunk}}.log",
     conda:
-        "../../envs/embed.yaml"
+        lambda wildcards: conda_env(backend("embed", EMBED_MODELS[wildcards.model].backend))
     script:
         "../../scripts/embed.py"

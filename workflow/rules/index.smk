@@ -11,8 +11,8 @@ rule index:
         catalogue=CATALOGUE_DIGEST,
         spec=lambda wildcards: asdict(EMBED_MODELS[wildcards.model]),
         backends={
-            "cutout": CUTOUT_BACKEND,
-            "cutout_model": config["cutout"]["model"] if CUTOUT_BACKEND == "rmbg" else "u2netp",
+            "cutout": CUTOUT.name,
+            "cutout_model": CUTOUT.key(config["cutout"]),
             "mesh": config["mesh"]["backend"] if VIEWS else None,
             "render_engine": config["render"]["engine"] if VIEWS else None,
         },

@@ -2,9 +2,8 @@ add_plan(
     "mesh",
     outputs=lambda asset: [f"{RESULTS}/mesh/{asset}.glb"],
     key_parts=lambda asset: [
-        config["mesh"]["backend"],
-        # Only the active backend's settings, so tuning another one reruns nothing.
-        config["mesh"].get(config["mesh"]["backend"], {}),
+        MESH.name,
+        MESH.key(config["mesh"]),
         DIGESTS.get(provided_mesh(asset), "none"),
         script_digest("mesh"),
     ],
@@ -34,12 +33,12 @@ rule mesh:
     threads: 1
     retries: CHUNK_RETRIES
     resources:
-        gpu=1 if config["mesh"]["backend"] == "trellis" else 0,
+        gpu=int(MESH.gpu),
     benchmark:
         f"{RESULTS}/benchmarks/mesh/{{chunk}}.tsv"
     log:
         f"{RESULTS}/logs/mesh/{{chunk}}.log",
     conda:
-        "../../envs/trellis.yaml" if config["mesh"]["backend"] == "trellis" else "../../envs/blender.yaml"
+        conda_env(MESH)
     script:
         "../../scripts/mesh.py"

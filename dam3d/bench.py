@@ -26,7 +26,6 @@ from typing import Any
 
 import yaml
 
-import dam3d.embed
 from dam3d.backends import backend as get_backend
 from dam3d.backends import register, torch_device
 from dam3d.batching import BatchNet
@@ -34,9 +33,10 @@ from dam3d.catalogue import load_catalogue
 from dam3d.cutout import RmbgCutout, make_cutouts, resolve_backend, rmbg_batch_net
 from dam3d.embed import ModelSpec, VitEmbed, embed_assets, encoder, resolve_models, vit_batch_net
 from dam3d.errors import AssetWarning
+from dam3d.stage import has_result
 from dam3d.images import load_image
 from dam3d.mesh import build_mesh
-from dam3d.render import VIEW_NAMES, run_batch
+from dam3d.render import view_names, run_batch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -206,7 +206,7 @@ def _embed_rows(label: str, spec: ModelSpec, jobs: list, *, background: tuple[in
     seconds = _timed(lambda: encoder(spec, device))
     first = load_image(jobs[0][1], jobs[0][0]).convert("RGB")
     raw = _raw_rate(encoder(spec, device), first, batch)
-    images = sum(1 + sum(dam3d.embed._usable(v) for v in views) for _, cutout, views, _ in jobs if dam3d.embed._usable(cutout))
+    images = sum(1 + sum(has_result(v) for v in views) for _, cutout, views, _ in jobs if has_result(cutout))
     results: list = []
     t = _timed(lambda: results.extend(embed_assets(jobs, spec, background=background, batch_size=batch, device=device,
                                                  workers=workers)))
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
               for k, a in ((k, catalogue[k % len(catalogue)]) for k in range(n))]
     backend = resolve_backend(cut["backend"], cut["model"])
     (spec,) = resolve_models(embed["models"][:1], embed["presets"])
-    views = VIEW_NAMES(render["views"])
+    views = view_names(render["views"])
     cut_batch = args.batch_size or cut.get("batch_size", 8)
     embed_batch = args.batch_size or embed["batch_size"]
     chunks = config.get("chunks", {})

@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from dam3d.atomic import atomic_path
+from dam3d.stage import has_result
 
 TILE = 160  # px, one cutout or view in an asset sheet
 LABEL_HEIGHT = 22
@@ -22,9 +23,10 @@ FAILED_GREY = (150, 150, 150)
 MAX_RUN_PIXELS = 48_000_000
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at `size` px (scalable when Pillow has FreeType), for sheets and plots."""
     try:
-        return ImageFont.load_default(size=size)  # scalable when Pillow has FreeType
+        return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
         return ImageFont.load_default()
 
@@ -32,7 +34,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def _load(path: Path) -> Image.Image | None:
     """The image at `path` as RGBA, or None if it is missing, empty or unreadable."""
     try:
-        if not path.is_file() or path.stat().st_size == 0:
+        if not has_result(path):
             return None
         with Image.open(path) as im:
             return im.convert("RGBA")
@@ -48,7 +50,7 @@ def failed_tile(width: int, height: int, text: str = "failed") -> Image.Image:
     draw.line((0, 0, width - 1, height - 1), fill=(90, 90, 90), width=w)
     draw.line((0, height - 1, width - 1, 0), fill=(90, 90, 90), width=w)
     if min(width, height) >= 32:
-        font = _font(max(8, min(width, height) // 8))
+        font = label_font(max(8, min(width, height) // 8))
         box = draw.textbbox((0, 0), text, font=font)
         x, y = (width - (box[2] - box[0])) // 2, (height - (box[3] - box[1])) // 2
         draw.rectangle((x - 3, y - 2, x + box[2] - box[0] + 3, y + box[3] - box[1] + 4), fill=FAILED_GREY)
@@ -83,7 +85,7 @@ def asset_sheet(
     draw = ImageDraw.Draw(sheet)
     # Dark or light text, whichever reads on this background.
     ink = (20, 20, 20) if sum(background) > 3 * 128 else (235, 235, 235)
-    draw.text((GAP, 3), label, fill=ink, font=_font(LABEL_HEIGHT - 7))
+    draw.text((GAP, 3), label, fill=ink, font=label_font(LABEL_HEIGHT - 7))
     for i, path in enumerate(paths):
         img = _load(path)
         cell = failed_tile(tile, tile) if img is None else _fit(img, tile, tile, tuple(background))
@@ -111,7 +113,7 @@ def run_sheet(
     cell_w, cell_h = 8 * TILE, LABEL_HEIGHT + TILE + GAP  # used only when no sheet is readable
     for p in paths:
         try:
-            if p.is_file() and p.stat().st_size:
+            if has_result(p):
                 with Image.open(p) as im:
                     cell_w, cell_h = im.size
                 break
@@ -127,7 +129,7 @@ def run_sheet(
     tw, th = max(1, int(cell_w * scale)), max(1, int(cell_h * scale))
     canvas = Image.new("RGB", (columns * tw, rows * th), (255, 255, 255))
     if not paths:
-        ImageDraw.Draw(canvas).text((GAP, 3), "no assets", fill=(20, 20, 20), font=_font(14))
+        ImageDraw.Draw(canvas).text((GAP, 3), "no assets", fill=(20, 20, 20), font=label_font(14))
     for i, p in enumerate(paths):
         img = _load(p)
         if img is None:

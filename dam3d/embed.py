@@ -22,6 +22,8 @@ from PIL import Image
 from dam3d.backends import Backend, register, torch_device
 from dam3d.backends import backend as get_backend
 from dam3d.batching import BatchNet, Halving, prefetch
+from dam3d.index import l2_normalise
+from dam3d.stage import has_result
 from dam3d.cutout import IMAGENET_MEAN, IMAGENET_STD, model_available
 
 POOLINGS = ("cls", "mean", "max")
@@ -60,11 +62,6 @@ def resolve_models(names: Sequence[str], presets: dict[str, dict], *, strict: bo
         else:
             raise ValueError(f"embed.models: unknown model {name!r}; known: auto, {', '.join(sorted(presets))}")
     return list(dict.fromkeys(specs))
-
-
-def _normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def _host(out: Any) -> np.ndarray:
@@ -187,12 +184,7 @@ def embed_images(spec: ModelSpec, images: Sequence[Image.Image], *, batch_size: 
         chunks.append(encode(images[start : start + batch_size]))
         if len(images) > batch_size:
             print(f"embed {spec.name}: {min(start + batch_size, len(images))}/{len(images)}", file=sys.stderr)
-    return _normalise(np.concatenate(chunks, axis=0))
-
-
-def _usable(path: Path) -> bool:
-    # A 0-byte file is the placeholder an upstream stage leaves for a failed asset.
-    return path.exists() and path.stat().st_size > 0
+    return l2_normalise(np.concatenate(chunks, axis=0))
 
 
 def embed_assets(
@@ -221,12 +213,12 @@ def embed_assets(
     net = encoder(spec, device)
     halving = Halving(batch_size, label=f"embed {spec.name}")
     jobs = list(jobs)
-    view_ok = [np.array([_usable(v) for v in views], dtype=bool) for _, _, views, _ in jobs]
+    view_ok = [np.array([has_result(v) for v in views], dtype=bool) for _, _, views, _ in jobs]
     tasks: list[tuple[int, int, Path]] = []  # (job, slot: 0 = cutout, 1.. = usable views, path)
     left: dict[int, int] = {}  # job -> images not yet embedded; a job leaves it when written or failed
     vectors: dict[int, list[np.ndarray | None]] = {}
     for i, (asset, cutout, views, _) in enumerate(jobs):
-        if not _usable(cutout):
+        if not has_result(cutout):
             yield asset, AssetError(asset, "embed", "no cutout (the cutout stage failed for this asset)")
             continue
         paths = [cutout, *(v for v, ok in zip(views, view_ok[i]) if ok)]
@@ -248,7 +240,7 @@ def embed_assets(
 
     def write(i: int) -> tuple[str, BaseException | None]:
         asset, _, views, out = jobs[i]
-        vecs = _normalise(np.stack(vectors[i]))  # type: ignore[arg-type]
+        vecs = l2_normalise(np.stack(vectors[i]))  # type: ignore[arg-type]
         vec3d = np.zeros((len(views), vecs.shape[1]), dtype=np.float32)
         vec3d[view_ok[i]] = vecs[1:]
         del left[i], vectors[i]

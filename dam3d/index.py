@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dam3d import __version__
+from dam3d.stage import has_result
 from dam3d.atomic import atomic_path, write_text
 from dam3d.catalogue import Asset
 
@@ -29,7 +30,8 @@ FUSIONS = ("2d", "3d", "mean", "max")
 DEFAULT_FUSION = "mean"
 
 
-def _normalise(vectors: np.ndarray) -> np.ndarray:
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Each row (last axis) scaled to unit length, float32; an all-zero row stays zero."""
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
@@ -48,7 +50,7 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
     rows, vec2d, vec3d, view_ok, skipped = [], [], [], [], []
     views: list[str] = []
     for asset, path in zip(assets, embeddings, strict=True):
-        if not path.exists() or path.stat().st_size == 0:
+        if not has_result(path):
             skipped.append(asset.asset_id)
             continue
         with np.load(path) as data:
@@ -60,7 +62,7 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
                      "views_ok": int(view_ok[-1].sum()), **asset.metadata})
     if not rows:
         raise RuntimeError("index: no asset has an embedding; every asset failed (see results/failures/)")
-    v2 = _normalise(np.stack(vec2d))
+    v2 = l2_normalise(np.stack(vec2d))
     v3 = np.stack(vec3d).astype(np.float32)
     ok = np.stack(view_ok)
     # Views that failed to render take the 2D vector, so `max` and `3d` degrade to `2d` for that SKU.
@@ -68,7 +70,7 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
     counts = np.maximum(ok.sum(axis=1, keepdims=True), 1)
     mean3d = np.where(ok[..., None], v3, 0.0).sum(axis=1) / counts
     mean3d = np.where(ok.any(axis=1, keepdims=True), mean3d, v2)
-    fused = _normalise(v2 + _normalise(mean3d))
+    fused = l2_normalise(v2 + l2_normalise(mean3d))
     if v3.shape[1] == 0:  # a 2D-only index (render.views: 0): every fusion is the 2D one
         v3 = v2[:, None, :]
 
@@ -76,7 +78,7 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
     with atomic_path(out_dir / "assets.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(rows), tmp)
     _save_npy(out_dir / "vectors_2d.npy", v2)
-    _save_npy(out_dir / "vectors_3d.npy", _normalise(v3))
+    _save_npy(out_dir / "vectors_3d.npy", l2_normalise(v3))
     _save_npy(out_dir / "vectors_mean.npy", fused)
     manifest = {
         **manifest,

@@ -31,7 +31,7 @@ RENDERER_EXITED = "renderer exited"
 RECORD_PREFIX = "render_views: record "
 
 
-def VIEW_NAMES(views: int) -> list[str]:  # noqa: N802 - a constant-like table, named as in the design
+def view_names(views: int) -> list[str]:
     """File stems of the views, `az000`, `az045`, ... (same rule as render_views.view_names)."""
     return [f"az{round(i * 360 / views) % 360:03d}" for i in range(views)]
 
@@ -160,7 +160,7 @@ def render_stream(
     """
     if not jobs:
         return
-    names = VIEW_NAMES(views)
+    names = view_names(views)
     pending = {Path(out) for _, out in jobs}
     run = yield from _checked(stream_batch(jobs, views=views, engine=engine, **settings), names, pending)
     for _, out in jobs:

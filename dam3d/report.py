@@ -12,22 +12,16 @@ import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from dam3d.atomic import atomic_path, write_text
+from dam3d.contact import label_font
 from dam3d.evaluate import TOPK, format_delta
 
 COLOURS = {1: (31, 119, 180), 3: (255, 127, 14), 5: (44, 160, 44)}
 _STYLE = ("<style>body{font-family:sans-serif;font-size:14px}table{border-collapse:collapse}"
           "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}"
           "td:first-child,th:first-child{text-align:left}</style>")
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
 
 
 def bar_plot(report: dict[str, dict], out: Path, *, title: str = "") -> None:
@@ -37,7 +31,7 @@ def bar_plot(report: dict[str, dict], out: Path, *, title: str = "") -> None:
     left, right, top, bottom = 60, 20, 64, 60
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    font, small = _font(16), _font(13)
+    font, small = label_font(16), label_font(13)
     plot_h = h - top - bottom
 
     def y_of(v: float) -> float:

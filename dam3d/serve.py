@@ -31,6 +31,7 @@ from PIL import Image  # noqa: E402
 from dam3d.query import QueryEncoder  # noqa: E402
 from dam3d.errors import AssetError  # noqa: E402
 from dam3d.index import FUSIONS, Index  # noqa: E402
+from dam3d.stage import has_result  # noqa: E402
 
 DEFAULT_MAX_UPLOAD_MB = 25.0
 THUMBNAIL = 384  # px, longest side of the catalogue image shown beside the views
@@ -117,7 +118,7 @@ class SearchApp:
         found = []
         for view in self.views:
             path = folder / f"{view}.png"
-            if path.is_file() and path.stat().st_size > 0:
+            if has_result(path):
                 found.append((str(path), view))
         return found
 
@@ -276,7 +277,9 @@ def synthetic_index(out_dir: Path, *, skus: int, config: dict, seed: int = 0) ->
     backend = resolve_backend(config["cutout"]["backend"], config["cutout"]["model"])
     (spec,) = resolve_models(config["embed"]["models"][:1], config["embed"]["presets"])
     dim = embed_images(spec, [Image.new("RGB", (32, 32))]).shape[1]
-    views = [f"az{round(i * 360 / config['render']['views']):03d}" for i in range(config["render"]["views"])]
+    from dam3d.render import view_names
+
+    views = view_names(config["render"]["views"])
     rng = np.random.default_rng(seed)
 
     def unit(*shape: int) -> np.ndarray:

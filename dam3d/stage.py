@@ -22,8 +22,15 @@ from dam3d.errors import AssetError, AssetWarning
 
 
 def is_placeholder(path: str | Path) -> bool:
+    """True for the 0-byte file a failed asset leaves where its output would be."""
     path = Path(path)
     return path.exists() and path.stat().st_size == 0
+
+
+def has_result(path: str | Path) -> bool:
+    """True for a finished output: the file exists and is not a failed asset's placeholder."""
+    path = Path(path)
+    return path.is_file() and path.stat().st_size > 0
 
 
 def failure_path(results: str | Path, stage: str, asset: str) -> Path:

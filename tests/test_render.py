@@ -19,7 +19,7 @@ import trimesh
 from PIL import Image
 
 from dam3d.contact import FAILED_GREY, GAP, LABEL_HEIGHT, asset_sheet, run_sheet
-from dam3d.render import SCRIPT, VIEW_NAMES, render_assets
+from dam3d.render import SCRIPT, view_names, render_assets
 
 RES = 96
 # Face colours of the test box, by outward normal in the glTF frame (+Y up, front +Z).
@@ -84,16 +84,16 @@ def rgba(path: Path) -> np.ndarray:
 
 
 def test_view_names() -> None:
-    assert VIEW_NAMES(8) == ["az000", "az045", "az090", "az135", "az180", "az225", "az270", "az315"]
-    assert VIEW_NAMES(4) == ["az000", "az090", "az180", "az270"]
+    assert view_names(8) == ["az000", "az045", "az090", "az135", "az180", "az225", "az270", "az315"]
+    assert view_names(4) == ["az000", "az090", "az180", "az270"]
     assert SCRIPT.is_file()
 
 
 def test_views_are_rgba_cutouts(batch: dict) -> None:
     out = batch["tmp"] / "out" / "box"
     assert batch["errors"][out] is None
-    assert sorted(p.name for p in out.iterdir()) == [f"{n}.png" for n in VIEW_NAMES(8)]  # no temp files left
-    for name in VIEW_NAMES(8):
+    assert sorted(p.name for p in out.iterdir()) == [f"{n}.png" for n in view_names(8)]  # no temp files left
+    for name in view_names(8):
         px = rgba(out / f"{name}.png")
         assert px.shape == (RES, RES, 4)
         assert all(px[y, x, 3] == 0 for y in (0, -1) for x in (0, -1)), f"{name}: corners not transparent"
@@ -126,7 +126,7 @@ def test_frame_convention(batch: dict, view: str, face: tuple[int, int, int]) ->
 def test_deterministic(batch: dict, tmp_path: Path) -> None:
     again = tmp_path / "again"
     assert render_assets([(batch["box"], again)], resolution=RES) == {again: None}
-    for name in VIEW_NAMES(8):
+    for name in view_names(8):
         a = rgba(batch["tmp"] / "out" / "box" / f"{name}.png")
         assert np.array_equal(a, rgba(again / f"{name}.png")), f"{name} differs between runs"
         # Byte-identical files too: no time stamps in the PNG.
@@ -165,7 +165,7 @@ def _png(path: Path, colour: tuple[int, int, int, int], size: tuple[int, int] = 
 
 def test_asset_sheet_marks_missing_views(tmp_path: Path) -> None:
     cutout = _png(tmp_path / "cutout.png", (200, 0, 0, 255), (80, 60))
-    views = [_png(tmp_path / f"{n}.png", (0, 0, 200, 0)) for n in VIEW_NAMES(8)]  # fully transparent
+    views = [_png(tmp_path / f"{n}.png", (0, 0, 200, 0)) for n in view_names(8)]  # fully transparent
     views[3].unlink()  # missing
     views[5].write_bytes(b"")  # failed asset's placeholder
     out = tmp_path / "sheet.png"
@@ -222,7 +222,7 @@ def test_each_asset_is_yielded_as_blender_writes_it_and_stopping_early_stops_ble
     stream = render_stream(jobs, resolution=RES)
     out, error = next(stream)
     assert (out, error) == (tmp_path / "v0", None)
-    assert all((out / f"{n}.png").is_file() for n in VIEW_NAMES(8))
+    assert all((out / f"{n}.png").is_file() for n in view_names(8))
     stream.close()  # the caller failed: Blender must not go on writing unowned files
     time.sleep(1.0)
     assert not (tmp_path / "v7").exists()

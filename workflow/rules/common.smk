@@ -25,7 +25,7 @@ from dam3d.cutout import resolve_backend
 from dam3d.embed import resolve_models
 from dam3d.atomic import write_text
 from dam3d.plan import chunk_members_path, plan_stage, summary as plan_summary
-from dam3d.render import VIEW_NAMES
+from dam3d.render import view_names
 
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -53,7 +53,7 @@ EMBED_MODELS = {
 # The backends of this run (dam3d.backends): rules ask them, never compare names.
 CUTOUT = backend("cutout", CUTOUT_BACKEND)
 MESH = backend("mesh", config["mesh"]["backend"])
-VIEWS = VIEW_NAMES(config["render"]["views"])
+VIEWS = view_names(config["render"]["views"])
 BACKGROUND = tuple(config["background"])
 
 print(

@@ -42,7 +42,7 @@ from mathutils import Matrix, Vector  # noqa: E402
 
 ENGINES = ("BLENDER_WORKBENCH", "BLENDER_EEVEE", "CYCLES")
 # Margin on each side of the frame, as a share of the frame: catalogue cutout look.
-# Must match dam3d.render.RECORD_PREFIX (this script cannot import the package inside Blender).
+# Must match dam3d.stages.render.RECORD_PREFIX (this script cannot import the package inside Blender).
 RECORD_PREFIX = "render_views: record "
 MARGIN = 0.10
 # Data-block collections an import can add to; cleared between jobs.
@@ -204,7 +204,7 @@ class Renderer:
             c.caustics_reflective = False
             c.caustics_refractive = False
             c.device = self._cycles_device()
-        # The CPU threads the job was granted (dam3d.jobenv sets DAM3D_THREADS); unset: all cores.
+        # The CPU threads the job was granted (dam3d.runtime.jobenv sets DAM3D_THREADS); unset: all cores.
         threads = int(os.environ.get("DAM3D_THREADS") or 0)
         r.threads_mode = "FIXED" if threads > 0 else "AUTO"
         if threads > 0:
@@ -651,7 +651,7 @@ def camera_distance(points: np.ndarray, dirs: list[Vector], fov_deg: float) -> f
 # --------------------------------------------------------------------------- main
 
 def _print_record(rec: dict[str, Any]) -> None:
-    # One line, flushed: the caller keeps this asset before Blender goes on (dam3d.render.stream_batch).
+    # One line, flushed: the caller keeps this asset before Blender goes on (dam3d.stages.render.stream_batch).
     print(RECORD_PREFIX + json.dumps(rec), flush=True)
 
 

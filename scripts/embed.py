@@ -1,10 +1,10 @@
-"""Snakemake entry point: vectors of one chunk of assets' cutouts and views (see dam3d.embed, dam3d.stage)."""
+"""Snakemake entry point: vectors of one chunk of assets' cutouts and views (see dam3d.stages.embed, dam3d.runtime.chunk)."""
 
 from pathlib import Path
 
-from dam3d.backends import backend
-from dam3d.embed import ModelSpec, embed_assets
-from dam3d.stage import run_chunk
+from dam3d.runtime.backends import backend
+from dam3d.stages.embed import ModelSpec, embed_assets
+from dam3d.runtime.chunk import run_chunk
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 run_chunk(

@@ -1,13 +1,13 @@
-"""Snakemake entry point: top-1/3/5 per fusion on the configured query set (see dam3d.evaluate)."""
+"""Snakemake entry point: top-1/3/5 per fusion on the configured query set (see dam3d.evaluation.evaluate)."""
 
 import json
 import sys
 from pathlib import Path
 
-from dam3d.atomic import write_text
-from dam3d.evaluate import evaluate, format_confusions, format_table
-from dam3d.index import Index
-from dam3d.report import accuracy_html, bar_plot
+from dam3d.runtime.atomic import write_text
+from dam3d.evaluation.evaluate import evaluate, format_confusions, format_table
+from dam3d.search.index import Index
+from dam3d.evaluation.report import accuracy_html, bar_plot
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 Path(smk.log[0]).parent.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,8 @@ without asset_id) come first, with stage `catalogue`, so nothing is left out sil
 
 from pathlib import Path
 
-from dam3d.atomic import write_text
-from dam3d.stage import read_failures
+from dam3d.runtime.atomic import write_text
+from dam3d.runtime.chunk import read_failures
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 skus = smk.params.skus

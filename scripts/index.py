@@ -1,4 +1,4 @@
-"""Snakemake entry point: the search index of one embedding model (see dam3d.index)."""
+"""Snakemake entry point: the search index of one embedding model (see dam3d.search.index)."""
 
 import hashlib
 import json
@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from dam3d.catalogue import load_catalogue
-from dam3d.index import build_index
-from dam3d.plan import read_stamp
-from dam3d.stage import read_failures
+from dam3d.search.index import build_index
+from dam3d.runtime.plan import read_stamp
+from dam3d.runtime.chunk import read_failures
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 config = smk.config

@@ -1,19 +1,19 @@
-"""Snakemake entry point: meshes of one chunk of assets (see dam3d.mesh, dam3d.stage).
+"""Snakemake entry point: meshes of one chunk of assets (see dam3d.stages.mesh, dam3d.runtime.chunk).
 
 The backend's model (TRELLIS) is loaded once per process, so once per chunk.
 """
 
 from pathlib import Path
 
-from dam3d.backends import backend
-from dam3d.mesh import build_mesh
-from dam3d.stage import each, run_chunk
+from dam3d.runtime.backends import backend
+from dam3d.stages.mesh import build_mesh
+from dam3d.runtime.chunk import one_by_one, run_chunk
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 run_chunk(
     smk,
     "mesh",
-    lambda members: each(
+    lambda members: one_by_one(
         members,
         lambda m: build_mesh(
             m["asset"],

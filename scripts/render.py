@@ -1,16 +1,16 @@
-"""Snakemake entry point: the N views of one chunk of assets, in one Blender process (see dam3d.render)."""
+"""Snakemake entry point: the N views of one chunk of assets, in one Blender process (see dam3d.stages.render)."""
 
 from pathlib import Path
 
 from dam3d.errors import AssetError
-from dam3d.render import RENDERER_EXITED, render_stream
-from dam3d.stage import run_chunk
+from dam3d.stages.render import RENDERER_EXITED, render_stream
+from dam3d.runtime.chunk import run_chunk
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 
 
 def render(members: list[dict]):
-    # Blender's threads come from DAM3D_THREADS (dam3d.jobenv); Slurm's GPU from CUDA_VISIBLE_DEVICES.
+    # Blender's threads come from DAM3D_THREADS (dam3d.runtime.jobenv); Slurm's GPU from CUDA_VISIBLE_DEVICES.
     # Each asset is yielded the moment Blender has written its views, so it is stamped then:
     # a job that dies or fails later keeps it (and the progress line counts it).
     by_dir = {Path(m["outputs"][0]).parent: m for m in members}

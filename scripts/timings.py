@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from dam3d.report import write_timings
+from dam3d.evaluation.report import write_timings
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 benchmarks = [tsv for folder in smk.params.benchmarks for tsv in sorted(Path(folder).glob("*.tsv"))]

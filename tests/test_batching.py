@@ -13,14 +13,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-import dam3d.cutout
-import dam3d.embed
+import dam3d.stages.cutout
+import dam3d.stages.embed
 from conftest import REPO, bad_files, only, product_photo
-from dam3d.batching import Halving, prefetch, run_halving
-from dam3d.cutout import check_subject, cut_out, make_cutouts, mask_fn
-from dam3d.embed import ModelSpec, embed_assets, embed_images
+from dam3d.runtime.batching import Halving, prefetch, run_halving
+from dam3d.stages.cutout import check_subject, cut_out, make_cutouts, mask_fn
+from dam3d.stages.embed import ModelSpec, embed_assets, embed_images
 from dam3d.errors import AssetError
-from dam3d.images import flatten, load_image
+from dam3d.stages.images import flatten, load_image
 from tiny_models import make_tiny_birefnet
 
 MOBILENET = ModelSpec("mobilenetv2", "mobilenetv2")
@@ -139,13 +139,13 @@ def test_make_cutouts_rmbg_batches_give_the_single_image_masks(tmp_path: Path, m
             calls.append(len(items))
             return super().__call__(forward, items)
 
-    monkeypatch.setattr(dam3d.cutout, "Halving", Recording)
+    monkeypatch.setattr(dam3d.stages.cutout, "Halving", Recording)
     results = list(make_cutouts(jobs, backend="rmbg", model=folder, size=96, device="cpu", batch_size=2))
     assert calls == [2, 2, 1]  # one forward per batch of 2, the rest alone
     assert [a for a, _ in results] == [j[0] for j in jobs]
 
     # The network's probability maps: a batch of 5 equals 5 single forwards, and they are not flat.
-    net = dam3d.cutout._rmbg_net(folder, "cpu")
+    net = dam3d.stages.cutout._rmbg_net(folder, "cpu")
     images = [load_image(path, asset) for asset, path, _ in jobs]
     batched = net.forward([net.prepare(im) for im in images])
     single = np.concatenate([net([im]) for im in images])
@@ -200,7 +200,7 @@ def test_embed_assets_batches_across_assets_like_one_asset_at_a_time(tmp_path: P
             calls.append(len(items))
             return super().__call__(forward, items)
 
-    monkeypatch.setattr(dam3d.embed, "Halving", Recording)
+    monkeypatch.setattr(dam3d.stages.embed, "Halving", Recording)
     results = dict(embed_assets(jobs, MOBILENET, batch_size=4, device="cpu"))
     assert set(results) == {"VASE", "NOCUT", "LAMP", "BROKEN", "BOX"}
     assert isinstance(results["NOCUT"], AssetError) and "no cutout" in str(results["NOCUT"])

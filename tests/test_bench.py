@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-import dam3d.bench as bench
+import dam3d.benchmarks.speed as bench
 from conftest import product_photo
-from dam3d.backends import register
-from dam3d.batching import BatchNet
-from dam3d.cutout import RmbgCutout, make_cutouts, rmbg_batch_net
+from dam3d.runtime.backends import register
+from dam3d.runtime.batching import BatchNet
+from dam3d.stages.cutout import RmbgCutout, make_cutouts, rmbg_batch_net
 
 
 class HalfPlane(torch.nn.Module):
@@ -61,7 +61,7 @@ def test_a_registered_net_runs_through_make_cutouts_and_the_raw_timer(tmp_path: 
 
 
 def test_target_stand_ins_are_registered_backends() -> None:
-    from dam3d.backends import backend
+    from dam3d.runtime.backends import backend
 
     assert backend("cutout", "rmbg-target-standin").gpu and backend("embed", "vit-target-standin").gpu
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import only, product_photo
-from dam3d.cutout import crop_square, cut_out, make_cutouts, mask_fn, model_available, resolve_backend
+from dam3d.stages.cutout import crop_square, cut_out, make_cutouts, mask_fn, model_available, resolve_backend
 from dam3d.errors import AssetError
 from tiny_models import make_tiny_birefnet
 
@@ -92,7 +92,7 @@ def test_check_subject_thresholds_each_reached() -> None:
     """Each 'nothing to find' rule of check_subject, reached with a mask made for it; a real photo passes."""
     from PIL import ImageDraw
 
-    from dam3d.cutout import MIN_SOLID_SHARE, WHOLE_FRAME_SHARE, check_subject
+    from dam3d.stages.cutout import MIN_SOLID_SHARE, WHOLE_FRAME_SHARE, check_subject
     from dam3d.errors import AssetError
 
     photo = product_photo("blue-box")

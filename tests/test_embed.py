@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import only, product_photo
-from dam3d.embed import ModelSpec, embed_assets, embed_images, resolve_models
+from dam3d.stages.embed import ModelSpec, embed_assets, embed_images, resolve_models
 from tiny_models import make_tiny_vit
 
 PRESETS = {

@@ -59,15 +59,15 @@ KNOWN_IMPORTS = {
 }
 
 # Code a rule runs besides its script and the dam3d modules that script imports.
-EXTRA_CODE = {"render": [REPO / "blender" / "render_views.py"]}  # run by dam3d.render in a subprocess
+EXTRA_CODE = {"render": [REPO / "blender" / "render_views.py"]}  # run by dam3d.stages.render in a subprocess
 
 # Imports made inside functions that a rule never reaches in a given environment.
 # Only function-level imports may be listed: a module-level import always loads.
 NOT_REACHED = {
     ("mesh", "blender"): {
         "trellis": "the TRELLIS backend runs in envs/trellis.yaml",
-        "torch": "only with the TRELLIS backend (dam3d.mesh) / use_granted(torch=True)",
-        "huggingface_hub": "only with the TRELLIS backend (dam3d.mesh)",
+        "torch": "only with the TRELLIS backend (dam3d.stages.mesh) / use_granted(torch=True)",
+        "huggingface_hub": "only with the TRELLIS backend (dam3d.stages.mesh)",
     },
     ("mesh", "trellis"): {
         "trellis": "TRELLIS is not a package: its git clone goes on PYTHONPATH (see the env's comments)",
@@ -112,7 +112,7 @@ def stage_backends(stage: str) -> list:
     """Every registered backend of `stage` (its module registers them when imported)."""
     import importlib
 
-    from dam3d.backends import REGISTRY, STAGE_MODULES
+    from dam3d.runtime.backends import REGISTRY, STAGE_MODULES
 
     importlib.import_module(STAGE_MODULES[stage])
     return list(REGISTRY[stage].values())
@@ -128,7 +128,7 @@ def rule_envs() -> dict[str, tuple[set[str], Path | None]]:
             script = re.search(r"^\s*script:\s*\n\s*\"([^\"]+)\"", body, re.M)
             envs = set(re.findall(r"envs/([\w-]+)\.yaml", conda.group(1))) if conda else set()
             if conda and "conda_env(" in conda.group(1):
-                # The env of the configured backend (dam3d.backends): any of the stage's.
+                # The env of the configured backend (dam3d.runtime.backends): any of the stage's.
                 envs = {b.env for b in stage_backends(name)}
             rules[name] = (envs, (smk.parent / script.group(1)).resolve() if script else None)
     return rules

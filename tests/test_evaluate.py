@@ -1,4 +1,4 @@
-"""Evaluation (dam3d.evaluate, `dam3d evaluate`), its report files, and the benchmark generator (`dam3d bench make`)."""
+"""Evaluation (dam3d.evaluation.evaluate, `dam3d evaluate`), its report files, and the benchmark generator (`dam3d bench make`)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from PIL import Image
 from conftest import product_photo
 from dam3d import cli
 from dam3d.catalogue import Asset
-from dam3d.evaluate import LabelledQuery, bootstrap_interval, evaluate_vectors, read_queries
-from dam3d.index import FUSIONS, Index, build_index
+from dam3d.evaluation.evaluate import LabelledQuery, bootstrap_interval, evaluate_vectors, read_queries
+from dam3d.search.index import FUSIONS, Index, build_index
 
 
 def unit(v) -> np.ndarray:  # noqa: ANN001
@@ -125,9 +125,9 @@ def test_read_queries_errors(tmp_path: Path) -> None:
 
 def real_index(root: Path, kinds: list[str]) -> Path:
     """An index of product photos built with the real u2netp cutout and MobileNetV2 (views: flipped/rotated cutouts)."""
-    from dam3d.cutout import cut_out, mask_fn
-    from dam3d.embed import ModelSpec, embed_images
-    from dam3d.images import flatten
+    from dam3d.stages.cutout import cut_out, mask_fn
+    from dam3d.stages.embed import ModelSpec, embed_images
+    from dam3d.stages.images import flatten
 
     spec = ModelSpec("mobilenetv2", "mobilenetv2")
     mask = mask_fn("u2netp", model="u2netp")
@@ -168,13 +168,13 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[dict, str]:
 
 
 def test_cli_json_cache_and_missing_sku(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    import dam3d.cutout
-    import dam3d.embed
+    import dam3d.stages.cutout
+    import dam3d.stages.embed
 
     index_dir = real_index(tmp_path, ["red-vase", "blue-box", "green-lamp"])
     queries = query_set(tmp_path / "q")
     calls = {"embed": 0, "images": 0, "mask": 0}
-    real_embed, real_mask = dam3d.embed.embed_images, dam3d.cutout.mask_fn
+    real_embed, real_mask = dam3d.stages.embed.embed_images, dam3d.stages.cutout.mask_fn
 
     def counting_embed(spec, images, **kw):  # noqa: ANN001, ANN202
         calls["embed"] += 1
@@ -185,8 +185,8 @@ def test_cli_json_cache_and_missing_sku(tmp_path: Path, capsys: pytest.CaptureFi
         calls["mask"] += 1
         return real_mask(*a, **kw)
 
-    monkeypatch.setattr(dam3d.embed, "embed_images", counting_embed)
-    monkeypatch.setattr(dam3d.cutout, "mask_fn", counting_mask)
+    monkeypatch.setattr(dam3d.stages.embed, "embed_images", counting_embed)
+    monkeypatch.setattr(dam3d.stages.cutout, "mask_fn", counting_mask)
 
     first, err = run_cli(capsys, str(queries), "--index", str(index_dir))
     assert set(first) == set(FUSIONS)
@@ -226,7 +226,7 @@ def test_cli_json_cache_and_missing_sku(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_report_files(tmp_path: Path, hand_index: Index) -> None:
-    from dam3d.report import accuracy_html, bar_plot, write_timings
+    from dam3d.evaluation.report import accuracy_html, bar_plot, write_timings
 
     report = evaluate_vectors(hand_index, [q for q, _ in HAND_QUERIES], np.stack([v for _, v in HAND_QUERIES]))
     bar_plot(report, tmp_path / "plot.png", title="m")
@@ -255,7 +255,7 @@ def bench_files(out: Path) -> dict[str, bytes]:
 
 
 def test_bench_make_tiny(tmp_path: Path) -> None:
-    from dam3d.benchgen import make_benchmark
+    from dam3d.benchmarks.make import make_benchmark
 
     make_benchmark(tmp_path / "a", objects=3, queries_per_object=2, seed=7, resolution=96, log=lambda m: None)
     out = tmp_path / "a"

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import bad_files
 from dam3d.errors import AssetError
-from dam3d.images import flatten, load_image
+from dam3d.stages.images import flatten, load_image
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dam3d.catalogue import Asset
-from dam3d.index import FUSIONS, Index, build_index
+from dam3d.search.index import FUSIONS, Index, build_index
 
 
 def unit(v: np.ndarray) -> np.ndarray:

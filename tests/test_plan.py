@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dam3d.plan import chunk_path, plan_stage, stamp_path, summary
+from dam3d.runtime.plan import chunk_path, plan_stage, stamp_path, summary
 
 
 def plan(tmp_path: Path, stage: str, assets: list[str], *, settings: object = 1, upstream=(), per_job: int = 64,
@@ -58,9 +58,9 @@ def test_only_new_changed_or_lost_assets_are_pending_and_downstream_follows(tmp_
     assert cut.pending == ["B", "D"]
     mesh = plan(tmp_path, "mesh", ["A", "B", "C", "D"], upstream=[cut])
     assert mesh.pending == ["B", "D"]  # upstream pending: computed again even though B's mesh exists
-    assert mesh.ref("A").endswith(".json") and "/chunks/mesh/" in mesh.ref("A")
-    assert mesh.ref("B") == str(chunk_path(tmp_path, "mesh", mesh.chunk_of["B"]))
-    assert mesh.chunk_refs(["A", "B"]) == [mesh.ref("B")]
+    assert mesh.aggregate_input("A").endswith(".json") and "/chunks/mesh/" in mesh.aggregate_input("A")
+    assert mesh.aggregate_input("B") == str(chunk_path(tmp_path, "mesh", mesh.chunk_of["B"]))
+    assert mesh.chunk_refs(["A", "B"]) == [mesh.aggregate_input("B")]
 
     # A lost output, or another setting, makes the asset pending again; a stable plan keeps its names.
     (tmp_path / "cutout" / "C.out").unlink()
@@ -74,7 +74,7 @@ def test_assets_finished_by_a_job_that_died_are_kept(tmp_path: Path) -> None:
     finish(tmp_path, p, write_manifest=False)  # the job was killed after both stamps, before its manifest
     again = plan(tmp_path, "render", ["A", "B"])
     assert again.pending == [] and again.chunks == {}
-    assert again.ref("A") == str(stamp_path(tmp_path, "render", "A"))
+    assert again.aggregate_input("A") == str(stamp_path(tmp_path, "render", "A"))
     assert again.chunk_pattern() == "(?!)"
 
 

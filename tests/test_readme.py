@@ -30,11 +30,11 @@ COMMANDS = {
     "dam3d serve": "test_serve.py::test_default_host_is_loopback",
     "dam3d evaluate queries.csv": "test_readme.py::test_main_command_on_the_sample",
     "dam3d failures": "test_readme.py::test_main_command_on_the_sample",
-    "python -m dam3d.bench [--assets 24] [--device auto|cpu|cuda] [--batch-size N] [--workers N] [--target]":
+    "python -m dam3d.benchmarks.speed [--assets 24] [--device auto|cpu|cuda] [--batch-size N] [--workers N] [--target]":
         "test_readme.py::test_speed_benchmarks_run",
     "dam3d serve [--index DIR] [--host 127.0.0.1] [--port 7860] [--max-upload-mb 25]":
         "test_serve.py::test_default_host_is_loopback",
-    "python -m dam3d.bench --search 3000 --queries 60 [--threads 1]": "test_readme.py::test_speed_benchmarks_run",
+    "python -m dam3d.benchmarks.speed --search 3000 --queries 60 [--threads 1]": "test_readme.py::test_speed_benchmarks_run",
     "dam3d evaluate QUERIES.csv [--index DIR] [--json] [--cache DIR | --no-cache]":
         "test_evaluate.py::test_cli_json_cache_and_missing_sku",
     "dam3d bench make OUT [--objects 120] [--queries-per-object 2] [--seed 0] [--resolution 512] [--sources cc0,cc-by]":
@@ -115,13 +115,48 @@ def test_main_command_on_the_sample(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args", [
-    ["dam3d.bench", "--assets", "2"],
-    ["dam3d.bench", "--search", "200", "--queries", "2", "--threads", "1"],
-    ["dam3d.render", "--bench", "--assets", "1"],
-    ["dam3d.bench_refresh", "--assets", "4"],
+    ["dam3d.benchmarks.speed", "--assets", "2"],
+    ["dam3d.benchmarks.speed", "--search", "200", "--queries", "2", "--threads", "1"],
+    ["dam3d.stages.render", "--bench", "--assets", "1"],
+    ["dam3d.benchmarks.refresh", "--assets", "4"],
 ], ids=lambda a: " ".join(a))
 def test_speed_benchmarks_run(tmp_path: Path, args: list[str]) -> None:
     """The README's benchmark commands, at a small size: they run and print their figures."""
     run = sh(REPO, sys.executable, "-m", *args)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert re.search(r"\d+\.\d+", run.stdout), run.stdout
+
+
+def schema_keys(node: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of the config schema's keys; an object of free-form entries (presets) counts as one."""
+    keys = []
+    for name, sub in node.get("properties", {}).items():
+        path = f"{prefix}{name}"
+        if sub.get("type") == "object" and sub.get("properties"):
+            keys += schema_keys(sub, path + ".")
+        else:
+            keys.append(path)
+    return keys
+
+
+def test_every_config_key_is_documented_in_the_readme_table() -> None:
+    """The README's configuration table documents every key the schema accepts (the schema holds the defaults)."""
+    import yaml
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("## Backends")]
+    documented = set(re.findall(r"`([\w.{},*]+)`", table))
+
+    def covered(key: str) -> bool:
+        for doc in documented:
+            if doc == key or (doc.endswith(".*") and key.startswith(doc[:-1])):
+                return True
+            m = re.fullmatch(r"([\w.]*)\{([\w,]+)\}", doc)
+            if m and key in {m.group(1) + part for part in m.group(2).split(",")}:
+                return True
+        return False
+
+    keys = schema_keys(schema)
+    assert len(keys) > 20
+    assert [k for k in keys if not covered(k)] == []

@@ -18,8 +18,8 @@ import pytest
 import trimesh
 from PIL import Image
 
-from dam3d.contact import FAILED_GREY, GAP, LABEL_HEIGHT, asset_sheet, run_sheet
-from dam3d.render import SCRIPT, view_names, render_assets
+from dam3d.stages.contact import FAILED_GREY, GAP, LABEL_HEIGHT, asset_sheet, run_sheet
+from dam3d.stages.render import SCRIPT, view_names, render_assets
 
 RES = 96
 # Face colours of the test box, by outward normal in the glTF frame (+Y up, front +Z).
@@ -215,7 +215,7 @@ def test_each_asset_is_yielded_as_blender_writes_it_and_stopping_early_stops_ble
     """A chunk stamps each asset the moment its views exist: records stream, they do not wait for the batch."""
     import time
 
-    from dam3d.render import render_stream
+    from dam3d.stages.render import render_stream
 
     box = colour_box(tmp_path / "box.glb")
     jobs = [(box, tmp_path / f"v{i}") for i in range(8)]
@@ -229,7 +229,7 @@ def test_each_asset_is_yielded_as_blender_writes_it_and_stopping_early_stops_ble
 
 
 def test_a_batch_past_its_time_limit_is_killed_and_its_assets_say_so(tmp_path: Path, egl: None) -> None:
-    from dam3d.render import RENDERER_EXITED
+    from dam3d.stages.render import RENDERER_EXITED
 
     box = colour_box(tmp_path / "box.glb")
     errors = render_assets([(box, tmp_path / "a"), (box, tmp_path / "b")], resolution=RES, timeout=0.2)

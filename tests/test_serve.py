@@ -270,7 +270,7 @@ def test_refuses_bad_files_and_stays_up(page, server, tmp_path: Path) -> None:  
 
 def test_search_app_in_process(index_dir: Path, tmp_path: Path) -> None:
     """The query path without the page: cutout returned for display, refusals as QueryError."""
-    from dam3d.serve import QueryError, SearchApp
+    from dam3d.search.serve import QueryError, SearchApp
 
     app = SearchApp(index_dir, max_upload_mb=0.01, warm_up=False)
     with pytest.raises(QueryError, match=r"^IMG_2041.jpg is too large: 0.0181 MB, over the limit of 0.01 MB"):
@@ -293,10 +293,10 @@ def test_search_app_in_process(index_dir: Path, tmp_path: Path) -> None:
 
 
 def test_search_latency_bench(tmp_path: Path) -> None:
-    """`python -m dam3d.bench --search N` runs: a synthetic index with the real model's dimension and 8 views."""
+    """`python -m dam3d.benchmarks.speed --search N` runs: a synthetic index with the real model's dimension and 8 views."""
     import yaml
 
-    from dam3d.serve import search_latency
+    from dam3d.search.serve import search_latency
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     r = search_latency([QUERY], skus=300, queries=3, config=config)

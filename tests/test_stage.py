@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from dam3d.errors import AssetError
-from dam3d.plan import read_stamp
-from dam3d.stage import ChunkError, each, read_failures, run_members
+from dam3d.runtime.plan import read_stamp
+from dam3d.runtime.chunk import ChunkError, one_by_one, read_failures, run_members
 
 
 def member(tmp_path: Path, asset: str, **extra: object) -> dict:
@@ -32,7 +32,7 @@ def test_one_bad_asset_fails_alone_with_a_record_placeholders_and_a_stamp(tmp_pa
         write_outputs(m)
 
     members = [member(tmp_path, a) for a in "ABC"]
-    outcomes = run_members(stage="cutout", chunk="3x-abc", members=members, process=lambda ms: each(ms, work),
+    outcomes = run_members(stage="cutout", chunk="3x-abc", members=members, process=lambda ms: one_by_one(ms, work),
                            results=tmp_path, retries=3)
     assert [(o["asset"], o["ok"]) for o in outcomes] == [("A", True), ("B", False), ("C", True)]
     assert calls == ["A", "B", "C"]  # an AssetError is not retried
@@ -89,7 +89,7 @@ def test_placeholder_input_is_passed_on_without_running(tmp_path: Path) -> None:
         raise AssertionError("must not run")
 
     m = member(tmp_path, "D", requires=[str(upstream)])
-    [outcome] = run_members(stage="mesh", chunk="x", members=[m], process=lambda ms: each(ms, never), results=tmp_path)
+    [outcome] = run_members(stage="mesh", chunk="x", members=[m], process=lambda ms: one_by_one(ms, never), results=tmp_path)
     assert not outcome["ok"] and "earlier stage failed" in outcome["reason"]
     assert (tmp_path / "out" / "D.png").read_bytes() == b"" and read_failures(tmp_path) == []
 
@@ -105,16 +105,16 @@ def test_stamped_assets_are_skipped_and_success_clears_an_old_failure(tmp_path: 
         write_outputs(m)
 
     members = [member(tmp_path, "E"), member(tmp_path, "F")]
-    run_members(stage="cutout", chunk="x", members=members, process=lambda ms: each(ms, work), results=tmp_path)
+    run_members(stage="cutout", chunk="x", members=members, process=lambda ms: one_by_one(ms, work), results=tmp_path)
     assert not record.exists() and calls == ["E", "F"]
     # A retried or resumed job computes only what has no stamp with its key (or lost an output).
     (tmp_path / "out" / "F.png").unlink()
     members.append(member(tmp_path, "G"))
-    outcomes = run_members(stage="cutout", chunk="x", members=members, process=lambda ms: each(ms, work), results=tmp_path)
+    outcomes = run_members(stage="cutout", chunk="x", members=members, process=lambda ms: one_by_one(ms, work), results=tmp_path)
     assert calls == ["E", "F", "F", "G"]
     assert [o.get("resumed", False) for o in outcomes] == [True, False, False]
     # Another chunk computing E (its upstream was recomputed) computes it: only the same chunk resumes.
-    run_members(stage="cutout", chunk="y", members=members[:1], process=lambda ms: each(ms, work), results=tmp_path)
+    run_members(stage="cutout", chunk="y", members=members[:1], process=lambda ms: one_by_one(ms, work), results=tmp_path)
     assert calls == ["E", "F", "F", "G", "E"]
 
 
@@ -134,7 +134,7 @@ def test_a_duplicate_or_unknown_result_does_not_cost_the_other_assets(tmp_path: 
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-from dam3d.stage import each, run_members
+from dam3d.runtime.chunk import one_by_one, run_members
 
 results = Path(sys.argv[1])
 
@@ -148,7 +148,7 @@ def work(m):
 
 
 members = [{"asset": a, "key": "k", "outputs": [str(results / "out" / f"{a}.txt")]} for a in "AXBC"]
-run_members(stage="mesh", chunk="c", members=members, process=lambda ms: each(ms, work), results=results)
+run_members(stage="mesh", chunk="c", members=members, process=lambda ms: one_by_one(ms, work), results=results)
 """
 
 
@@ -172,12 +172,12 @@ def test_an_asset_that_kills_its_job_is_found_and_failed_while_the_others_finish
 
 def test_temporaries_a_killed_writer_left_are_removed_when_the_asset_is_computed(tmp_path: Path) -> None:
     m = member(tmp_path, "A")
-    leftover = tmp_path / "out" / ".A.k2j4x9.tmp.png"  # as dam3d.atomic names them
+    leftover = tmp_path / "out" / ".A.k2j4x9.tmp.png"  # as dam3d.runtime.atomic names them
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"half a PNG")
     other = tmp_path / "out" / ".B.k2j4x9.tmp.png"  # another asset's: not ours to touch
     other.write_bytes(b"x")
-    run_members(stage="cutout", chunk="x", members=[m], process=lambda ms: each(ms, write_outputs), results=tmp_path)
+    run_members(stage="cutout", chunk="x", members=[m], process=lambda ms: one_by_one(ms, write_outputs), results=tmp_path)
     assert not leftover.exists() and other.exists()
 
 
@@ -194,7 +194,7 @@ class FakeClock:
 def test_progress_line_fires_past_the_interval_and_counts_each_finished_asset(tmp_path: Path) -> None:
     import io
 
-    from dam3d.stage import PROGRESS_EVERY, ChunkRunner
+    from dam3d.runtime.chunk import PROGRESS_EVERY, ChunkRunner
 
     clock, terminal = FakeClock(), io.StringIO()
 
@@ -203,7 +203,7 @@ def test_progress_line_fires_past_the_interval_and_counts_each_finished_asset(tm
         clock.now += PROGRESS_EVERY / 2 + 1  # each asset takes just over half the interval
 
     members = [member(tmp_path, a) for a in "ABCDE"]
-    runner = ChunkRunner(stage="render", chunk="5x-abc", members=members, process=lambda ms: each(ms, work),
+    runner = ChunkRunner(stage="render", chunk="5x-abc", members=members, process=lambda ms: one_by_one(ms, work),
                          results=tmp_path, progress=terminal, clock=clock)
     outcomes = runner.run()
     assert [o["ok"] for o in outcomes] == [True] * 5  # the crash of the round: this raised TypeError
@@ -215,7 +215,7 @@ def test_progress_line_fires_past_the_interval_and_counts_each_finished_asset(tm
 def test_progress_interval_is_a_setting(tmp_path: Path) -> None:
     import io
 
-    from dam3d.stage import ChunkRunner
+    from dam3d.runtime.chunk import ChunkRunner
 
     clock, terminal = FakeClock(), io.StringIO()
 
@@ -223,11 +223,11 @@ def test_progress_interval_is_a_setting(tmp_path: Path) -> None:
         write_outputs(m)
         clock.now += 1.0
 
-    ChunkRunner(stage="mesh", chunk="c", members=[member(tmp_path, a) for a in "ABC"], process=lambda ms: each(ms, work),
+    ChunkRunner(stage="mesh", chunk="c", members=[member(tmp_path, a) for a in "ABC"], process=lambda ms: one_by_one(ms, work),
                 results=tmp_path, progress=terminal, clock=clock, progress_every=1.0).run()
     assert terminal.getvalue().count("\n") == 2  # after A and after B
     terminal2 = io.StringIO()
-    ChunkRunner(stage="mesh", chunk="d", members=[member(tmp_path, a) for a in "XYZ"], process=lambda ms: each(ms, work),
+    ChunkRunner(stage="mesh", chunk="d", members=[member(tmp_path, a) for a in "XYZ"], process=lambda ms: one_by_one(ms, work),
                 results=tmp_path, progress=terminal2, clock=clock, progress_every=10.0).run()
     assert terminal2.getvalue() == ""  # 3 s in all: under the interval
 
@@ -258,7 +258,7 @@ def test_refused_members_fail_with_the_catalogue_reason_without_running(tmp_path
         raise AssertionError("must not run")
 
     m = member(tmp_path, "U", refused="image is a URL (https://cdn.example.com/u.jpg); dam3d does not download images")
-    [outcome] = run_members(stage="cutout", chunk="x", members=[m], process=lambda ms: each(ms, never), results=tmp_path)
+    [outcome] = run_members(stage="cutout", chunk="x", members=[m], process=lambda ms: one_by_one(ms, never), results=tmp_path)
     assert not outcome["ok"] and outcome["reason"].startswith("image is a URL")
     assert read_failures(tmp_path) == [{"asset": "U", "stage": "cutout", "reason": outcome["reason"]}]
     assert "retry" not in read_stamp(tmp_path, "cutout", "U")  # final until the catalogue changes (the key)

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dam3d import sh3d
-from dam3d.sh3d import CATALOGUE_GLOB, DEBIAN_PACKAGE, extract_model, read_properties
+from dam3d.benchmarks import sh3d
+from dam3d.benchmarks.sh3d import CATALOGUE_GLOB, DEBIAN_PACKAGE, extract_model, read_properties
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ SENSOR_MM = 36.0
 
 
 # ---------------------------------------------------------------- the SH3D catalogue
-# Reading the catalogue and checking licences lives in the package (dam3d.sh3d),
+# Reading the catalogue and checking licences lives in the package (dam3d.benchmarks.sh3d),
 # shared with the benchmark generator `dam3d bench make`.
 
 

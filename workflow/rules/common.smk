@@ -20,12 +20,12 @@ os.environ.update(
 )
 
 from dam3d.catalogue import file_digests, read_catalogue
-from dam3d.backends import backend
-from dam3d.cutout import resolve_backend
-from dam3d.embed import resolve_models
-from dam3d.atomic import write_text
-from dam3d.plan import chunk_members_path, plan_stage, summary as plan_summary
-from dam3d.render import view_names
+from dam3d.runtime.backends import backend
+from dam3d.stages.cutout import resolve_backend
+from dam3d.stages.embed import resolve_models
+from dam3d.runtime.atomic import write_text
+from dam3d.runtime.plan import chunk_members_path, plan_stage, summary as plan_summary
+from dam3d.stages.render import view_names
 
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -50,7 +50,7 @@ EMBED_MODELS = {
         config["embed"]["models"], config["embed"]["presets"], strict=config["strict"]
     )
 }
-# The backends of this run (dam3d.backends): rules ask them, never compare names.
+# The backends of this run (dam3d.runtime.backends): rules ask them, never compare names.
 CUTOUT = backend("cutout", CUTOUT_BACKEND)
 MESH = backend("mesh", config["mesh"]["backend"])
 VIEWS = view_names(config["render"]["views"])
@@ -80,9 +80,9 @@ CHUNKS = config["chunks"]
 # --set-threads). A cluster profile gives no --cores: its set-threads decide, else 1.
 CHUNK_THREADS = workflow.resource_settings.cores or 1
 # Snakemake retries of a chunk job that died (node lost, or an asset that kills its process:
-# the third attempt records that asset as failed and finishes the others, see dam3d.stage).
+# the third attempt records that asset as failed and finishes the others, see dam3d.runtime.chunk).
 CHUNK_RETRIES = max(2, config["retries"])
-# Chunk plans of the per-asset stages (dam3d.plan), filled by the stage files in order.
+# Chunk plans of the per-asset stages (dam3d.runtime.plan), filled by the stage files in order.
 PLANS = {}
 
 
@@ -120,7 +120,7 @@ def write_chunk_members():
     Files of older chunks that no asset was made by any more are removed first.
     """
     for stage, plan in PLANS.items():
-        keep = {Path(ref).name for ref in plan.owner.values()}
+        keep = {Path(ref).name for ref in plan.made_by.values()}
         keep |= {f"{name}{suffix}" for name in plan.chunks for suffix in (".json", ".members.json")}
         for old in Path(RESULTS, "chunks", stage).glob("*.json"):
             if old.name not in keep:
@@ -167,9 +167,9 @@ def chunk_inputs(stage, upstream):
 
 
 def stage_refs(stage):
-    """Per asset, the file standing for `stage`'s result (see StagePlan.ref): input of the aggregate rules."""
+    """Per asset, the file standing for `stage`'s result (see StagePlan.aggregate_input): input of the aggregate rules."""
     plan = PLANS[stage]
-    return list(dict.fromkeys(plan.ref(a) for a in ASSET_IDS))
+    return list(dict.fromkeys(plan.aggregate_input(a) for a in ASSET_IDS))
 
 
 def provided_mesh(asset):

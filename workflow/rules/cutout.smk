@@ -18,7 +18,7 @@ add_plan(
 rule cutout:
     input:
         # The photos are not inputs: the asset's key holds their content, and a path with
-        # braces or a missing file must fail that asset, not the DAG (see dam3d.stage).
+        # braces or a missing file must fail that asset, not the DAG (see dam3d.runtime.chunk).
         chunk_inputs("cutout", []),
     output:
         f"{RESULTS}/chunks/cutout/{{chunk}}.json",

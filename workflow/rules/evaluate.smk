@@ -1,7 +1,7 @@
 # Evaluation on labelled query photos (config `queries`: a CSV query,sku), stage timings,
 # and the pages of Snakemake's HTML report (`snakemake --report report.html`).
 
-from dam3d.evaluate import read_queries
+from dam3d.evaluation.evaluate import read_queries
 
 
 # Reads the benchmark files without requiring them: results built before they existed

@@ -2,7 +2,7 @@
 
 A query set is a CSV with the columns `query` (an image path, relative to the
 CSV's folder) and `sku` (the expected SKU as search prints it, or its asset id).
-Each photo goes through the same cutout and model as the index (dam3d.query.QueryEncoder).
+Each photo goes through the same cutout and model as the index (dam3d.search.query.QueryEncoder).
 
 Query vectors are cached by content: the key is the sha256 of the image bytes,
 the model spec, the cutout backend and settings and the background, so
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dam3d.index import FUSIONS, Index
-from dam3d.query import QueryEncoder
+from dam3d.search.index import FUSIONS, Index
+from dam3d.search.query import QueryEncoder
 
 TOPK = (1, 3, 5)
 BOOTSTRAP_SAMPLES = 2000

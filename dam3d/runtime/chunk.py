@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from dam3d.atomic import remove_leftovers, write_text
+from dam3d.runtime.atomic import remove_leftovers, write_text
 from dam3d.errors import AssetError, AssetWarning
 
 
@@ -67,7 +67,7 @@ def _placeholders(outputs: list[Path]) -> None:
 Process = Callable[[list[dict]], Iterable[tuple[str, BaseException | None]]]
 
 
-def each(members: list[dict], work: Callable[[dict], None]) -> Iterator[tuple[str, BaseException | None]]:
+def one_by_one(members: list[dict], work: Callable[[dict], None]) -> Iterator[tuple[str, BaseException | None]]:
     """A `Process` for stages without batching: `work(member)` for each, its error kept to it."""
     for member in members:
         # Into the job's log: should the process die on this asset, the log's last line names it.
@@ -89,7 +89,7 @@ PROGRESS_EVERY = 30.0
 
 def starts_path(results: str | Path, stage: str, asset: str) -> Path:
     """How many times a chunk job started `asset` and died before finishing it."""
-    from dam3d.plan import stamp_path
+    from dam3d.runtime.plan import stamp_path
 
     return stamp_path(results, stage, asset).with_suffix(".starts")
 
@@ -111,7 +111,7 @@ class ChunkRunner:
     An asset this chunk already stamped with its key is skipped (a retried or resumed
     job). An AssetError is recorded at once; any other error is retried alone up to
     `retries` times, then recorded and stamped to be tried again next run. Every
-    finished asset gets its stamp (dam3d.plan) as soon as `process` yields it, after
+    finished asset gets its stamp (dam3d.runtime.plan) as soon as `process` yields it, after
     its outputs, so a killed or failing job keeps what it finished. An error of
     `process` itself raises ChunkError once the retries are spent.
 
@@ -168,7 +168,7 @@ class ChunkRunner:
 
     def _triage(self) -> tuple[list[dict], list[dict]]:
         """Resume what this chunk finished before; fail at once what cannot run; the rest to compute."""
-        from dam3d.plan import read_stamp, stamp_path
+        from dam3d.runtime.plan import read_stamp, stamp_path
 
         todo, suspects = [], []
         for member in self.members:
@@ -205,7 +205,7 @@ class ChunkRunner:
     def _finish(self, member: dict, reason: str | None, *, record: bool = True, retry: bool = False,
                 warnings: list[str] | None = None) -> None:
         """Record one asset's outcome: failure record and placeholders, then its stamp (last)."""
-        from dam3d.plan import stamp_path
+        from dam3d.runtime.plan import stamp_path
 
         asset = member["asset"]
         failure = failure_path(self.results, self.stage, asset)
@@ -297,9 +297,9 @@ def run_chunk(smk: Any, stage: str, process: Process, *, torch: bool = False) ->
     """`run_members` for a Snakemake chunk job: members, retries and log from `smk`; writes the chunk manifest.
 
     Threads (and, on Slurm, the GPU in CUDA_VISIBLE_DEVICES) are taken up first, see
-    dam3d.jobenv. The job's chatter goes to its log; failures and progress also to the terminal.
+    dam3d.runtime.jobenv. The job's chatter goes to its log; failures and progress also to the terminal.
     """
-    from dam3d.jobenv import use_granted
+    from dam3d.runtime.jobenv import use_granted
 
     members = [dict(m) for m in smk.params.members]
     chunk = smk.wildcards.chunk

@@ -68,11 +68,12 @@ class StagePlan:
     pending: list[str] = field(default_factory=list)
     chunks: dict[str, list[str]] = field(default_factory=dict)
     chunk_of: dict[str, str] = field(default_factory=dict)
-    owner: dict[str, str] = field(default_factory=dict)
+    # Per finished asset: the manifest of the chunk that made it (its stamp when that job died first).
+    made_by: dict[str, str] = field(default_factory=dict)
     # What a chunk job needs to know of each asset beyond key and outputs (set by the workflow).
     members: Callable[[str], dict[str, Any]] | None = None
 
-    def ref(self, asset: str) -> str:
+    def aggregate_input(self, asset: str) -> str:
         """The file an aggregate rule takes as input for this asset at this stage.
 
         Pending: the manifest of the chunk computing it now (ordering). Done: the
@@ -81,7 +82,7 @@ class StagePlan:
         """
         if asset in self.chunk_of:
             return str(chunk_path(self.results, self.stage, self.chunk_of[asset]))
-        return self.owner[asset]
+        return self.made_by[asset]
 
     def chunk_refs(self, assets: Iterable[str]) -> list[str]:
         """Manifests of this stage's chunks computing any of `assets` now (a downstream chunk waits for them)."""
@@ -121,7 +122,7 @@ def plan_stage(
         )
         if done:
             manifest = chunk_path(results, stage, str(stamp.get("chunk")))
-            plan.owner[asset] = str(manifest if manifest.exists() else stamp_path(results, stage, asset))
+            plan.made_by[asset] = str(manifest if manifest.exists() else stamp_path(results, stage, asset))
         else:
             plan.pending.append(asset)
     n_chunks = math.ceil(len(plan.pending) / max(1, per_job))

@@ -1,12 +1,11 @@
 """Mesh stage: RGBA cutout -> GLB in the canonical frame (+Y up, front faces +Z, centred, largest extent 1).
 
-Backends (registered in dam3d.backends): `inflate` (CPU, silhouette inflation, the offline default), `trellis`
+Backends (registered in dam3d.runtime.backends): `inflate` (CPU, silhouette inflation, the offline default), `trellis`
 (TRELLIS image-to-3D on a CUDA GPU) and `provided` (a mesh the DAM already has).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,9 +14,9 @@ import trimesh
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
-from dam3d.atomic import atomic_path
-from dam3d.backends import Backend, hub_available, register
-from dam3d.backends import backend as get_backend
+from dam3d.runtime.atomic import atomic_path
+from dam3d.runtime.backends import Backend, register
+from dam3d.runtime.backends import backend as get_backend
 from dam3d.errors import AssetError
 
 STAGE = "mesh"
@@ -296,19 +295,6 @@ def inflate(image: Image.Image, asset: str, params: dict) -> trimesh.Trimesh:
 # trellis: TRELLIS image-to-3D (GPU)
 
 _PIPELINES: dict[str, Any] = {}
-
-
-def trellis_available(model: str) -> bool:
-    """True if `trellis` is importable and the model is a local folder or already in the HF cache.
-
-    Never imports trellis or touches the network.
-    """
-    try:
-        if importlib.util.find_spec("trellis") is None:
-            return False
-    except (ImportError, ValueError):
-        return False
-    return hub_available(model, "pipeline.json")
 
 
 def _trellis_pipeline(model: str) -> Any:

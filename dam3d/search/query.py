@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dam3d.atomic import atomic_path
-from dam3d.backends import backend
+from dam3d.runtime.atomic import atomic_path
+from dam3d.runtime.backends import backend
 from dam3d.errors import AssetError
-from dam3d.index import Index
+from dam3d.search.index import Index
 
 CACHE_VERSION = 1  # bump when the query preprocessing changes meaning
 
@@ -37,7 +37,7 @@ class QueryEncoder:
     """
 
     def __init__(self, index: Index, *, cache_dir: str | Path | None = None, batch_size: int | None = None) -> None:
-        from dam3d.embed import ModelSpec
+        from dam3d.stages.embed import ModelSpec
 
         config = index.manifest["config"]
         self.cutout_cfg = config["cutout"]
@@ -64,15 +64,15 @@ class QueryEncoder:
     @property
     def mask(self):  # noqa: ANN201 - a MaskFn
         if self._mask is None:
-            from dam3d.cutout import mask_fn
+            from dam3d.stages.cutout import mask_fn
 
             self._mask = mask_fn(self.cutout_backend, model=self.cutout_cfg["model"], device=self.device)
         return self._mask
 
     def prepare(self, photo: str | Path) -> tuple[Image.Image, Image.Image, str | None]:
         """(cutout or whole photo, the RGB image the model sees, a note when no object was found)."""
-        from dam3d.cutout import cut_out
-        from dam3d.images import flatten, load_image
+        from dam3d.stages.cutout import cut_out
+        from dam3d.stages.images import flatten, load_image
 
         image = load_image(photo, str(photo), stage="query", max_pixels=self.cutout_cfg["max_pixels"])
         note = None
@@ -85,7 +85,7 @@ class QueryEncoder:
         return cutout, flatten(cutout, self.background), note
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        from dam3d.embed import embed_images
+        from dam3d.stages.embed import embed_images
 
         return embed_images(self.spec, list(images), batch_size=self.batch_size, device=self.device)
 

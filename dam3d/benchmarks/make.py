@@ -43,9 +43,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from dam3d import __version__, sh3d
-from dam3d.atomic import write_bytes, write_text
-from dam3d.render import run_batch
+from dam3d import __version__
+from dam3d.benchmarks import sh3d
+from dam3d.runtime.atomic import write_bytes, write_text
+from dam3d.stages.render import run_batch
 
 CATALOGUE_VIEW = (25.0, 15.0)  # azimuth, elevation (degrees): three-quarter front, as make_sample.py
 CATALOGUE_FILL = 0.72  # object's larger side / image side
@@ -532,18 +533,6 @@ def write_licence(out: Path, headers: dict[str, dict], rows: list[dict], texture
         lines.append(f"| {r['sku']} | {r['source']}: {r['model']} | {r['name']} | {r['creator']} | {r['licence']} "
                      f"| {r['page']} |")
     write_text(out / "LICENSE.md", "\n".join(lines) + "\n")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", type=Path, help="output folder; its catalogue/ and queries/ are replaced (also queries.csv, "
-                                          "objects.csv, bench.json, LICENSE.md)")
-    p.add_argument("--objects", type=int, default=120, help="number of objects (SKUs), default 120")
-    p.add_argument("--queries-per-object", type=int, default=2, help="customer photos per object, default 2")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same benchmark (default 0)")
-    p.add_argument("--resolution", type=int, default=512,
-                   help="catalogue side and render size in px; queries are 1.25 x 0.9375 of it (default 512: 640x480)")
-    p.add_argument("--sources", default=",".join(SOURCES),
-                   help="SH3D catalogues by licence: cc0, cc-by or both (default cc0,cc-by)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@ whole chunk of assets through it, so the device, not Python, sets the pace.
 
 - `BatchNet`: a loaded network split at the points where work can overlap: per-image
   preparation on the CPU (runs in prefetch threads), collation into one device batch, the
-  network alone (what `python -m dam3d.bench` times as the raw forward) and the copy back.
+  network alone (what `python -m dam3d.benchmarks.speed` times as the raw forward) and the copy back.
 - `run_halving` / `Halving`: one forward per batch; a CUDA out-of-memory halves the batch
   instead of failing the whole chunk job.
 - `prefetch`: decode and preprocess the next images in a small thread pool while the

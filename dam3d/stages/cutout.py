@@ -1,6 +1,6 @@
 """Cutout stage: background removal, then crop to the object, recentre, pad square, resize.
 
-Backends (registered in dam3d.backends; `load` gives a BatchNet or a one-image mask function):
+Backends (registered in dam3d.runtime.backends; `load` gives a BatchNet or a one-image mask function):
 - `rmbg`: BiRefNet-family segmentation (briaai/RMBG-2.0, ZhengPeng7/BiRefNet) through
   transformers' AutoModelForImageSegmentation with trust_remote_code.
 - `u2netp`: the real `rembg` package with the small U^2-Net; its ONNX file is
@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dam3d.atomic import atomic_path
-from dam3d.backends import Backend, hub_available, register, torch_device
-from dam3d.backends import backend as get_backend
-from dam3d.batching import BatchNet, Halving, prefetch
+from dam3d import CHECKOUT
+from dam3d.runtime.atomic import atomic_path
+from dam3d.runtime.backends import Backend, hub_available, register, torch_device
+from dam3d.runtime.backends import backend as get_backend
+from dam3d.runtime.batching import BatchNet, Halving, prefetch
 from dam3d.errors import AssetError, AssetWarning
-from dam3d.images import DEFAULT_MAX_PIXELS, load_image
+from dam3d.stages.images import DEFAULT_MAX_PIXELS, load_image
 
 RMBG_SIZE = 1024
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -122,7 +123,7 @@ def _prob_mask(prob: np.ndarray, size: tuple[int, int]) -> Image.Image:
 
 
 def default_u2net_home() -> Path:
-    return Path(os.environ.get("U2NET_HOME", Path(__file__).resolve().parent.parent / "models" / "u2net"))
+    return Path(os.environ.get("U2NET_HOME", CHECKOUT / "models" / "u2net"))
 
 
 @cache

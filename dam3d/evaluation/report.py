@@ -14,9 +14,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from dam3d.atomic import atomic_path, write_text
-from dam3d.contact import label_font
-from dam3d.evaluate import TOPK, format_delta
+from dam3d.runtime.atomic import atomic_path, write_text
+from dam3d.stages.contact import label_font
+from dam3d.evaluation.evaluate import TOPK, format_delta
 
 COLOURS = {1: (31, 119, 180), 3: (255, 127, 14), 5: (44, 160, 44)}
 _STYLE = ("<style>body{font-family:sans-serif;font-size:14px}table{border-collapse:collapse}"

@@ -5,7 +5,7 @@ this Python (the `bpy` module) or in a `blender` binary; this module only
 writes its job list, runs it in a subprocess and reads its report back, so a
 crash inside Blender never takes the caller down.
 
-`python -m dam3d.render --bench` times start-up and per-asset cost of an engine.
+`python -m dam3d.stages.render --bench` times start-up and per-asset cost of an engine.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCRIPT = Path(__file__).resolve().parent.parent / "blender" / "render_views.py"
+from dam3d import CHECKOUT
+
+SCRIPT = CHECKOUT / "blender" / "render_views.py"
 ENGINES = ("BLENDER_WORKBENCH", "BLENDER_EEVEE", "CYCLES")
 # How render_assets starts the error of an asset that Blender never reported (it died first).
 RENDERER_EXITED = "renderer exited"
@@ -195,12 +197,6 @@ def render_assets(jobs: list[tuple[Path, Path]], **settings: Any) -> dict[Path, 
     return dict(render_stream(jobs, **settings))
 
 
-def _text(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    return data if isinstance(data, str) else data.decode("utf-8", "replace")
-
-
 def _tail(output: str) -> str:
     """The last meaningful line of Blender's output (its EGL chatter is noise)."""
     lines = [ln.strip() for ln in output.splitlines() if ln.strip() and not ln.startswith("EGL Error")]
@@ -268,7 +264,7 @@ def bench(engine: str, resolution: int, assets: int, samples: int, aa: int, blen
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dam3d.render", description="Render-stage tools.")
+    p = argparse.ArgumentParser(prog="python -m dam3d.stages.render", description="Render-stage tools.")
     p.add_argument("--bench", action="store_true", help="time the renderer on generated test meshes")
     p.add_argument("--engine", choices=ENGINES, default="BLENDER_WORKBENCH")
     p.add_argument("--resolution", type=int, default=256)

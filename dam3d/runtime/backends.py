@@ -16,7 +16,7 @@ from collections import defaultdict
 from typing import Any, ClassVar, TypeVar
 
 # The backends register themselves when their stage's module is imported.
-STAGE_MODULES = {"cutout": "dam3d.cutout", "mesh": "dam3d.mesh", "embed": "dam3d.embed"}
+STAGE_MODULES = {"cutout": "dam3d.stages.cutout", "mesh": "dam3d.stages.mesh", "embed": "dam3d.stages.embed"}
 
 
 class Backend:

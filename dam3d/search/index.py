@@ -21,19 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dam3d import __version__
-from dam3d.stage import has_result
-from dam3d.atomic import atomic_path, write_text
 from dam3d.catalogue import Asset
+from dam3d.runtime.atomic import atomic_path, write_text
+from dam3d.runtime.chunk import has_result
+from dam3d.stages.embed import l2_normalise
 
 FUSIONS = ("2d", "3d", "mean", "max")
 # The fusion of an index whose manifest records none (config.yaml's search.fusion default).
 DEFAULT_FUSION = "mean"
-
-
-def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    """Each row (last axis) scaled to unit length, float32; an all-zero row stays zero."""
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from dam3d.atomic import atomic_path
-from dam3d.stage import has_result
+from dam3d.runtime.atomic import atomic_path
+from dam3d.runtime.chunk import has_result
 
 TILE = 160  # px, one cutout or view in an asset sheet
 LABEL_HEIGHT = 22

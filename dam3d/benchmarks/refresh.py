@@ -1,6 +1,6 @@
 """Benchmark of the refresh overhead on a large catalogue whose outputs are up to date.
 
-    python -m dam3d.bench_refresh [--assets 3000] [--keep DIR]
+    python -m dam3d.benchmarks.refresh [--assets 3000] [--keep DIR]
 
 Prints (nothing asserted):
 - no-op refresh: `snakemake --cores 2` when everything is up to date (DAG build + checks),
@@ -29,7 +29,9 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+from dam3d import CHECKOUT
+
+REPO = CHECKOUT
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
 
@@ -63,9 +65,9 @@ def _workdir(root: Path, name: str, assets: int) -> Path:
 
 
 def _stamp_planned_chunks(results: Path) -> None:
-    """Stamp every asset of the chunks the run planned, as their jobs would have (see dam3d.plan)."""
-    from dam3d.atomic import write_text
-    from dam3d.plan import stamp_path
+    """Stamp every asset of the chunks the run planned, as their jobs would have (see dam3d.runtime.plan)."""
+    from dam3d.runtime.atomic import write_text
+    from dam3d.runtime.plan import stamp_path
 
     for members_file in results.glob("chunks/*/*.members.json"):
         stage, chunk = members_file.parent.name, members_file.name.removesuffix(".members.json")
@@ -75,7 +77,7 @@ def _stamp_planned_chunks(results: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dam3d.bench_refresh", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dam3d.benchmarks.refresh", description=__doc__.split("\n")[0])
     parser.add_argument("--assets", type=int, default=3000)
     parser.add_argument("--keep", help="build in this folder and keep it (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             for model_dir in (real / "embed").iterdir():
                 (results / "embed" / model_dir.name).mkdir(parents=True, exist_ok=True)
                 os.link(model_dir / "SKU-000000.npz", results / "embed" / model_dir.name / f"{asset}.npz")
-        print(f"bench_refresh: {args.assets} assets in {big}; marking per-asset outputs up to date", file=sys.stderr)
+        print(f"dam3d.benchmarks.refresh: {args.assets} assets in {big}; marking per-asset outputs up to date", file=sys.stderr)
         _snakemake(big, "--cores", "2", "--touch", "--until", "embed", "contact_asset")
         _stamp_planned_chunks(results)
         seconds_full_index, _ = _snakemake(big, "--cores", "2")  # index, contact sheet, report for real
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds_dry, dry = _snakemake(big, "-n")
         seconds_noop, noop = _snakemake(big, "--cores", "2")
         if "Nothing to be done" not in noop.stdout + noop.stderr:
-            raise SystemExit("bench_refresh: the no-op run found work to do:\n" + noop.stderr[-2000:])
+            raise SystemExit("dam3d.benchmarks.refresh: the no-op run found work to do:\n" + noop.stderr[-2000:])
 
         shutil.copy(single / "catalogue" / "SKU-000000.jpg", big / "catalogue" / "NEW-000001.jpg")
         seconds_add, _ = _snakemake(big, "--cores", "2")

@@ -1,0 +1,1 @@
+"""Evaluation on labelled query photos, and its reports (tables, plots, timings)."""

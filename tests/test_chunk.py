@@ -1,4 +1,4 @@
-"""A chunk job's members: each asset's failure alone, retries alone, stamps so finished work is kept."""
+"""The chunk runner (dam3d.runtime.chunk): each asset's failure alone, retries alone, stamps so finished work is kept."""
 
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
-# Formats that only some Pillow builds decode: taken when this Pillow can, else listed as skipped.
-OPTIONAL_SUFFIXES = {".avif": "avif"}
+# AVIF too, whether or not the Pillow at hand decodes it: which files are SKUs must not depend
+# on the environment a job runs in (a Pillow without AVIF fails that SKU at the cutout, saying so).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".avif"}
 MESH_SUFFIXES = {".glb", ".gltf", ".obj", ".ply", ".stl", ".off"}
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -51,13 +51,6 @@ class Skipped:
 class Catalogue:
     assets: list[Asset]
     skipped: list[Skipped]
-
-
-def image_suffixes() -> set[str]:
-    """The file extensions a catalogue folder takes: IMAGE_SUFFIXES and what this Pillow decodes besides."""
-    from PIL import features
-
-    return IMAGE_SUFFIXES | {s for s, feature in OPTIONAL_SUFFIXES.items() if features.check(feature)}
 
 
 def safe_id(sku: str) -> str:
@@ -98,9 +91,9 @@ def read_catalogue(source: str | Path) -> Catalogue:
     return Catalogue(_assets(rows, source), skipped)
 
 
-def _rows_from_folder(folder: Path) -> tuple[list[dict[str, str]], list[Skipped]]:
+def _rows_from_folder(folder: Path) -> tuple[list[tuple[dict[str, str], None]], list[Skipped]]:
     rows, skipped = [], []
-    taken = image_suffixes()
+    taken = IMAGE_SUFFIXES
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     meshes = {p.stem: p for p in files if p.suffix.lower() in MESH_SUFFIXES}
     for path in files:
@@ -109,10 +102,7 @@ def _rows_from_folder(folder: Path) -> tuple[list[dict[str, str]], list[Skipped]
             row = {"asset_id": path.stem, "image": str(path)}
             if path.stem in meshes:
                 row["mesh"] = str(meshes[path.stem])
-            rows.append(row)
-        elif suffix in OPTIONAL_SUFFIXES:
-            skipped.append(Skipped(path.name, f"{suffix} photo, but this Pillow cannot decode {suffix} "
-                                              "(convert it to .jpg or .png, or install a Pillow built with it)"))
+            rows.append((row, None))
         elif suffix not in MESH_SUFFIXES:
             skipped.append(Skipped(path.name, f"not a catalogue image type ({suffix or 'no extension'}); "
                                               f"the catalogue takes {' '.join(sorted(taken))}"))
@@ -121,10 +111,9 @@ def _rows_from_folder(folder: Path) -> tuple[list[dict[str, str]], list[Skipped]
     return rows, skipped
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
+def _read_csv(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[Skipped]]:
     """A CSV as spreadsheet exports write it: delimiter , ; or tab, UTF-8 (BOM or not) or cp1252; values as text."""
     import csv
-    import io
 
     data = path.read_bytes()
     try:
@@ -148,25 +137,29 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         raise CatalogueError(f"manifest {path} lacks column(s) {sorted({'asset_id', 'image'} - set(header))}; it needs "
                              f"asset_id,image (comma, semicolon or tab separated); found header {header} "
                              f"split by {shown}")
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    next(reader)
-    rows = []
-    for number, values in enumerate(reader, start=2):
+    rows, skipped = [], []
+    try:
+        # splitlines: "\r" alone ends a line too (Excel's "CSV (Macintosh)").
+        records = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    except csv.Error as exc:
+        raise CatalogueError(f"manifest {path}: not readable as CSV with separator {delimiter!r}: {exc}") from None
+    for number, values in enumerate(records[1:], start=2):
         if not any(v.strip() for v in values):
             continue  # a blank line, as spreadsheets leave at the end
-        if len(values) > len(header):
-            raise CatalogueError(f"manifest {path} row {number}: {len(values)} values for {len(header)} columns "
-                                 f"(separator {delimiter!r}); quote values that contain it")
-        rows.append({name: (values[i] if i < len(values) else "") for i, name in enumerate(header)})
-    return rows
+        if len(values) > len(header) and any(v.strip() for v in values[len(header):]):
+            skipped.append(Skipped(f"{path.name} row {number}", f"{len(values)} values for {len(header)} columns "
+                                   f"(separator {delimiter!r}): quote values that contain it"))
+            continue
+        rows.append((number, {name: (values[i] if i < len(values) else "") for i, name in enumerate(header)}))
+    return rows, skipped
 
 
-def _rows_from_manifest(path: Path) -> tuple[list[dict[str, str]], list[Skipped]]:
+def _rows_from_manifest(path: Path) -> tuple[list[tuple[dict[str, str], str | None]], list[Skipped]]:
     if not path.exists():
         raise CatalogueError(f"catalogue manifest not found: {path}")
     if path.suffix.lower() == ".csv":
         # Every value as text: SKUs like 000123 stay 000123, a price 49,90 stays 49,90.
-        table = _read_csv(path)
+        table, skipped = _read_csv(path)
     else:
         import pyarrow.parquet as pq
 
@@ -177,24 +170,27 @@ def _rows_from_manifest(path: Path) -> tuple[list[dict[str, str]], list[Skipped]
         missing = {"asset_id", "image"} - set(parquet.column_names)
         if missing:
             raise CatalogueError(f"manifest {path} lacks column(s) {sorted(missing)}; it needs asset_id,image")
-        table = [{k: "" if v is None else str(v) for k, v in row.items()} for row in parquet.to_pylist()]
+        table = [(number, {k: "" if v is None else str(v) for k, v in row.items()})
+                 for number, row in enumerate(parquet.to_pylist(), start=2)]
+        skipped = []
     base = path.parent
-    rows, skipped = [], []
-    for number, row in enumerate(table, start=2):
+    rows = []
+    for number, row in table:  # number: the row as a spreadsheet shows it (header = 1)
         sku, image = row["asset_id"].strip(), row["image"].strip()
         if not sku:
             skipped.append(Skipped(f"{path.name} row {number}", f"no asset_id (image {image or 'none'})"))
             continue
         record = dict(row, asset_id=sku)
+        problem = None
         if not image:
-            record["problem"] = f"manifest row {number} gives no image"
+            problem = f"manifest row {number} gives no image"
         elif URL.match(image):
-            record["problem"] = (f"image is a URL ({image}); dam3d does not download images: save the file and "
-                                 "give its path in the manifest")
-        record["image"] = image if record.get("problem") else str(_resolve(base, image))
+            problem = (f"image is a URL ({image}); dam3d does not download images: save the file and "
+                       "give its path in the manifest")
+        record["image"] = image if problem else str(_resolve(base, image))
         if record.get("mesh"):
             record["mesh"] = str(_resolve(base, record["mesh"]))
-        rows.append(record)
+        rows.append((record, problem))
     return rows, skipped
 
 
@@ -203,10 +199,11 @@ def _resolve(base: Path, value: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def _assets(rows: list[dict[str, str]], source: Path) -> list[Asset]:
+def _assets(rows: list[tuple[dict[str, str], str | None]], source: Path) -> list[Asset]:
+    """Assets from (row, problem) pairs: a row's own columns are never taken for the problem."""
     seen_sku: dict[str, str] = {}
     by_id: dict[str, Asset] = {}
-    for row in rows:
+    for row, problem in rows:
         sku = row["asset_id"]
         if sku in seen_sku:
             raise CatalogueError(
@@ -217,9 +214,9 @@ def _assets(rows: list[dict[str, str]], source: Path) -> list[Asset]:
         asset_id = safe_id(sku)
         if asset_id in by_id:  # only possible if a brand SKU literally equals another's safe id
             raise CatalogueError(f"SKUs {by_id[asset_id].sku!r} and {sku!r} map to the same id {asset_id!r}")
-        metadata = {k: v for k, v in row.items() if k not in ("asset_id", "image", "mesh", "problem")}
+        metadata = {k: v for k, v in row.items() if k not in ("asset_id", "image", "mesh")}
         mesh = Path(row["mesh"]) if row.get("mesh") else None
-        by_id[asset_id] = Asset(asset_id, sku, Path(row["image"]), mesh, metadata, row.get("problem"))
+        by_id[asset_id] = Asset(asset_id, sku, Path(row["image"]), mesh, metadata, problem)
     return [by_id[k] for k in sorted(by_id)]
 
 
@@ -243,7 +240,9 @@ def file_digests(paths: list[Path], cache_file: Path) -> dict[Path, str]:
         try:
             stat = path.stat()
         except OSError:
-            digests[path] = "missing"  # the cutout stage reports it for that asset
+            stat = None
+        if stat is None or not path.is_file():  # missing, a folder, a URL: the cutout stage reports it
+            digests[path] = "missing"
             continue
         key = str(path.resolve())
         entry = cache.get(key)

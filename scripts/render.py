@@ -15,7 +15,8 @@ def render(members: list[dict]):
     # a job that dies or fails later keeps it (and the progress line counts it).
     by_dir = {Path(m["outputs"][0]).parent: m for m in members}
     for out_dir, error in render_stream([(Path(m["mesh"]), d) for d, m in by_dir.items()],
-                                        blender=smk.params.blender, **smk.params.settings):
+                                        blender=smk.params.blender, timeout=smk.params.timeout,
+                                        **smk.params.settings):
         asset = by_dir[out_dir]["asset"]
         if error and error.startswith(RENDERER_EXITED):
             # Blender died before this asset (another asset crashed it, or the machine):

@@ -42,16 +42,20 @@ def test_folder_catalogue(tmp_path: Path) -> None:
     assert skipped.name == "notes.txt" and "not a catalogue image type (.txt)" in skipped.reason
 
 
-def test_avif_in_a_folder_is_taken_when_pillow_decodes_it_else_listed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from PIL import features
+def test_avif_in_a_folder_is_an_asset_and_a_pillow_without_avif_fails_it_saying_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image, features
 
-    assert features.check("avif"), "this Pillow reads AVIF: the case must be indexed, not skipped"
-    assert "CHAIR-0003" in [a.sku for a in load_catalogue(CASES / "11-avif-in-folder")]
+    from dam3d.errors import AssetError
+    from dam3d.stages.images import load_image
+
+    avif = CASES / "11-avif-in-folder" / "CHAIR-0003.avif"
+    assert "CHAIR-0003" in [a.sku for a in load_catalogue(avif.parent)]
+    assert features.check("avif") and load_image(avif, "CHAIR-0003").size == (512, 512)  # this Pillow decodes it
+    # Where Pillow cannot (another environment), the asset fails with the reason, never silently.
     monkeypatch.setattr(features, "check", lambda feature: False)
-    catalogue = read_catalogue(CASES / "11-avif-in-folder")
-    assert "CHAIR-0003" not in [a.sku for a in catalogue.assets]
-    assert [(s.name, "cannot decode .avif" in s.reason) for s in catalogue.skipped if s.name.endswith(".avif")] == [
-        ("CHAIR-0003.avif", True)]
+    monkeypatch.setattr(Image, "open", lambda *a, **k: (_ for _ in ()).throw(__import__("PIL").UnidentifiedImageError()))
+    with pytest.raises(AssetError, match="this Pillow cannot decode AVIF"):
+        load_image(avif, "CHAIR-0003")
 
 
 def test_semicolon_cp1252_manifest_as_excel_writes_it_keeps_text() -> None:
@@ -107,7 +111,6 @@ def test_parquet_manifest(tmp_path: Path) -> None:
     [
         ("asset_id,image\nA,a.jpg\nA,b.jpg\n", "duplicate SKU 'A'"),
         ("sku,image\nA,a.jpg\n", "lacks column(s) ['asset_id']"),
-        ("asset_id,image\nA,a.jpg,extra\n", "row 2: 3 values for 2 columns"),
         ("asset_id;bild\nA;a.jpg\n", "found header ['asset_id', 'bild'] split by semicolon"),
     ],
 )
@@ -122,3 +125,20 @@ def test_missing_and_empty_catalogues(tmp_path: Path) -> None:
         load_catalogue(tmp_path / "nope")
     with pytest.raises(CatalogueError, match="no images"):
         load_catalogue(tmp_path)
+
+
+def test_spreadsheet_oddities_fail_a_row_not_the_catalogue(tmp_path: Path) -> None:
+    from dam3d.catalogue import file_digests
+
+    # Excel's "CSV (Macintosh)" ends lines with a bare CR; a row with a stray extra value is skipped and listed;
+    # a user's own column named "problem" is metadata, not a refusal.
+    (tmp_path / "c.csv").write_bytes(b"asset_id;image;problem\rA;a.jpg;scratched box\rB;b.jpg;;extra\rC;;\r")
+    catalogue = read_catalogue(tmp_path / "c.csv")
+    assets = {a.sku: a for a in catalogue.assets}
+    assert set(assets) == {"A", "C"} and assets["A"].problem is None
+    assert assets["A"].metadata == {"problem": "scratched box"} and assets["A"].image == tmp_path / "a.jpg"
+    assert [(s.name, "3 values for 3 columns" not in s.reason and "4 values for 3 columns" in s.reason)
+            for s in catalogue.skipped] == [("c.csv row 3", True)]
+    # No image: the asset's problem, and its (empty) path digests as missing instead of crashing the plan.
+    assert assets["C"].problem == "manifest row 4 gives no image"
+    assert file_digests([assets["C"].image], tmp_path / "digests.json") == {assets["C"].image: "missing"}

@@ -379,6 +379,16 @@ def test_trellis_adapter_passes_params_loads_once_and_writes_a_canonical_texture
         assert got.visual.material.baseColorTexture.size == (64, 64)
 
 
+def test_trellis_available_checks_package_and_model_without_loading(fake_trellis: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    assert not M.trellis_available(str(model))          # folder without pipeline.json
+    (model / "pipeline.json").write_text("{}")
+    assert M.trellis_available(str(model))
+    assert not M.trellis_available("nobody/no-such-trellis-model-in-cache")
+    assert "trellis.pipelines" not in sys.modules        # a check, not an import
+
+
 def test_trellis_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _forget_trellis()
     monkeypatch.setattr(M, "_PIPELINES", {})

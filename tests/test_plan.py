@@ -98,3 +98,15 @@ def test_an_unexpected_failure_is_tried_again_next_run_an_asset_error_is_not(tmp
         stamp = stamp_path(tmp_path, "mesh", asset)
         stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "ok": False, "reason": "x", "retry": retry}))
     assert plan(tmp_path, "mesh", ["A", "B"]).pending == ["A"]
+
+
+def test_code_digest_ignores_comments_docstrings_and_imports_only(tmp_path: Path) -> None:
+    from dam3d.runtime.plan import code_digest
+
+    script = tmp_path / "s.py"
+    script.write_text('"""Doc."""\nfrom a import b\n\ndef f(x):\n    return b(x) + 1\n')
+    before = code_digest(script)
+    script.write_text('"""Other doc."""\nfrom a.moved import b  # moved\n\n\ndef f(x):\n    """New."""\n    return b(x) + 1\n')
+    assert code_digest(script) == before
+    script.write_text('from a import b\n\ndef f(x):\n    return b(x) + 2\n')
+    assert code_digest(script) != before

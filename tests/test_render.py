@@ -234,7 +234,7 @@ def test_a_batch_past_its_time_limit_is_killed_and_its_assets_say_so(tmp_path: P
     box = colour_box(tmp_path / "box.glb")
     errors = render_assets([(box, tmp_path / "a"), (box, tmp_path / "b")], resolution=RES, timeout=0.2)
     assert set(errors) == {tmp_path / "a", tmp_path / "b"}
-    assert all(e.startswith(RENDERER_EXITED) and "timed out after 0.2 s" in e for e in errors.values()), errors
+    assert all(e.startswith(RENDERER_EXITED) and "no asset finished within 0.2 s" in e for e in errors.values()), errors
 
 
 def test_run_sheet_layout_switch_is_a_threshold(tmp_path: Path) -> None:
@@ -246,3 +246,31 @@ def test_run_sheet_layout_switch_is_a_threshold(tmp_path: Path) -> None:
     run_sheet([*sheets, sheets[0]], out, max_full=4)
     with Image.open(out) as im:
         assert im.size == (128, 192)  # one past: a near-square grid, 2 columns x 3 rows
+
+
+FAKE_BLENDER = """#!{python}
+# Stands in for a blender binary: one record per job, `pause` seconds apart, then exits 0.
+import json, sys, time
+argv = sys.argv[sys.argv.index("--") + 1:]
+jobs = json.load(open(argv[argv.index("--jobs") + 1]))
+for pause, job in zip({pauses}, jobs):
+    time.sleep(pause)
+    print("render_views: EGL noise " + "render_views: record " + json.dumps({{"mesh": job["mesh"], "out": job["out"],
+          "ok": False, "error": "fake", "seconds": pause}}), flush=True)
+"""
+
+
+@pytest.mark.parametrize(("pauses", "finished"), [([0.6, 0.6, 0.6, 0.6], 4), ([0.2, 2.5, 0.2], 1)])
+def test_the_render_time_limit_counts_from_the_last_finished_asset(tmp_path: Path, pauses: list, finished: int) -> None:
+    """`timeout` is per asset: a slow but steady batch runs past it in total; a stall is killed."""
+    from dam3d.stages.render import RENDERER_EXITED
+
+    fake = tmp_path / "blender"
+    fake.write_text(FAKE_BLENDER.format(python=sys.executable, pauses=pauses))
+    fake.chmod(0o755)
+    jobs = [(tmp_path / "m.glb", tmp_path / f"v{i}") for i in range(len(pauses))]
+    errors = render_assets(jobs, blender=str(fake), timeout=1.5)
+    # Records come through even behind a partial line of other output on the same line.
+    assert [e for e in errors.values() if e == "fake"] == ["fake"] * finished
+    stalled = [e for e in errors.values() if e != "fake"]
+    assert all(e.startswith(RENDERER_EXITED) and "no asset finished within 1.5 s" in e for e in stalled), stalled

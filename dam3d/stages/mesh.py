@@ -6,6 +6,7 @@ Backends (registered in dam3d.runtime.backends): `inflate` (CPU, silhouette infl
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from dam3d.runtime.atomic import atomic_path
-from dam3d.runtime.backends import Backend, register
+from dam3d.runtime.backends import Backend, hub_available, register
 from dam3d.runtime.backends import backend as get_backend
 from dam3d.errors import AssetError
 
@@ -295,6 +296,19 @@ def inflate(image: Image.Image, asset: str, params: dict) -> trimesh.Trimesh:
 # trellis: TRELLIS image-to-3D (GPU)
 
 _PIPELINES: dict[str, Any] = {}
+
+
+def trellis_available(model: str) -> bool:
+    """True if `trellis` is importable and the model is a local folder or already in the HF cache.
+
+    For users checking an offline node (docs/trellis.md); never imports trellis or touches the network.
+    """
+    try:
+        if importlib.util.find_spec("trellis") is None:
+            return False
+    except (ImportError, ValueError):
+        return False
+    return hub_available(model, "pipeline.json")
 
 
 def _trellis_pipeline(model: str) -> Any:

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,8 +70,9 @@ def stream_batch(
     from its `RECORD_PREFIX` line the moment Blender has written that asset's views,
     so the caller can keep (stamp) each asset before Blender goes on to the next one.
     Returns the BatchRun (StopIteration.value; `run = yield from stream_batch(...)`).
-    A process still running after `timeout` seconds is killed; the jobs it did not
-    reach have no record. Closing the generator early kills Blender.
+    `timeout` (seconds, None: no limit) is how long Blender may go without finishing an
+    asset (start-up included for the first) before it is taken as hung and killed; the
+    jobs it did not reach have no record. Closing the generator early kills Blender.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
@@ -97,42 +98,71 @@ def stream_batch(
         # One pipe for both streams: two would deadlock once the unread one fills.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
         timed_out = threading.Event()
-
-        def kill() -> None:
-            timed_out.set()
-            proc.kill()
-
-        watchdog = threading.Timer(timeout, kill) if timeout is not None else None
-        if watchdog is not None:
-            watchdog.daemon = True
-            watchdog.start()
+        watchdog = _Watchdog(timeout, lambda: (timed_out.set(), proc.kill()))
         records: list[dict[str, Any]] = []
         output: list[str] = []
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
-                if line.startswith(RECORD_PREFIX):
-                    record = json.loads(line[len(RECORD_PREFIX):])
+                record = _record(line, output)
+                if record is not None:
+                    watchdog.restart()  # an asset finished: Blender is alive
                     records.append(record)
                     yield record
-                else:
-                    output.append(line)
             rc = proc.wait()
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            watchdog.cancel()
             if proc.poll() is None:  # the caller stopped early, or failed: no orphaned Blender
                 proc.kill()
                 proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
-        if timed_out.is_set():
-            output.append(f"\ntimed out after {timeout} s")
+        if timed_out.is_set() and rc != 0:  # not a run that ended on its own as the timer fired
+            output.append(f"\ntimed out: no asset finished within {timeout} s")
             rc = -9
         wall = time.perf_counter() - t
     text = "".join(output)
     m = re.search(r"startup_seconds=([0-9.]+)", text)
     return BatchRun(records, wall, float(m.group(1)) if m else None, rc, text)
+
+
+def _record(line: str, output: list[str]) -> dict[str, Any] | None:
+    """The record on one line of Blender's output, else None (the line goes to `output`).
+
+    Blender's own C-level prints can leave a partial line in the shared pipe, so the prefix
+    is looked for anywhere in the line; a record that does not parse is output, not an error.
+    """
+    at = line.find(RECORD_PREFIX)
+    if at >= 0:
+        try:
+            record = json.loads(line[at + len(RECORD_PREFIX):])
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and "out" in record:
+            output.append(line[:at])
+            return record
+    output.append(line)
+    return None
+
+
+class _Watchdog:
+    """Calls `action` once `seconds` pass without a `restart` (None: never)."""
+
+    def __init__(self, seconds: float | None, action: Callable[[], Any]) -> None:
+        self.seconds, self.action = seconds, action
+        self.timer: threading.Timer | None = None
+        self.restart()
+
+    def restart(self) -> None:
+        self.cancel()
+        if self.seconds is not None:
+            self.timer = threading.Timer(self.seconds, self.action)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 def run_batch(jobs: list[tuple[Path, Path]] | list[dict[str, Any]], **settings: Any) -> BatchRun:
@@ -175,21 +205,28 @@ def render_stream(
 
 def _checked(stream: Generator[dict[str, Any], None, BatchRun], names: list[str],
              pending: set[Path]) -> Generator[tuple[Path, str | None], None, BatchRun]:
-    """Blender's records as (out_dir, error): a view file missing on disk is an error too."""
-    while True:
-        try:
-            rec = next(stream)
-        except StopIteration as stop:
-            return stop.value
-        out = Path(rec["out"])
-        if out not in pending:
-            continue
-        pending.discard(out)
-        if not rec["ok"]:
-            yield out, str(rec["error"])
-        else:
-            missing = [n for n in names if not (out / f"{n}.png").is_file()]
-            yield out, f"renderer wrote no {missing[0]}.png" if missing else None
+    """Blender's records as (out_dir, error): a view file missing on disk is an error too.
+
+    However this generator ends (exhausted, closed early, an error), `stream` is closed with
+    it, which stops Blender then rather than when the generator is collected.
+    """
+    try:
+        while True:
+            try:
+                rec = next(stream)
+            except StopIteration as stop:
+                return stop.value
+            out = Path(rec["out"])
+            if out not in pending:
+                continue
+            pending.discard(out)
+            if not rec["ok"]:
+                yield out, str(rec["error"])
+            else:
+                missing = [n for n in names if not (out / f"{n}.png").is_file()]
+                yield out, f"renderer wrote no {missing[0]}.png" if missing else None
+    finally:
+        stream.close()
 
 
 def render_assets(jobs: list[tuple[Path, Path]], **settings: Any) -> dict[Path, str | None]:

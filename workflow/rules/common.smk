@@ -24,7 +24,7 @@ from dam3d.runtime.backends import backend
 from dam3d.stages.cutout import resolve_backend
 from dam3d.stages.embed import resolve_models
 from dam3d.runtime.atomic import write_text
-from dam3d.runtime.plan import chunk_members_path, plan_stage, summary as plan_summary
+from dam3d.runtime.plan import chunk_members_path, code_digest, plan_stage, summary as plan_summary
 from dam3d.stages.render import view_names
 
 
@@ -89,7 +89,7 @@ PLANS = {}
 @functools.cache  # part of every asset's key: read each script once, not once per asset
 def script_digest(name):
     """Editing a stage's script reruns that stage (Snakemake's `code` trigger, per asset)."""
-    return hashlib.sha1(Path(workflow.basedir, "scripts", f"{name}.py").read_bytes()).hexdigest()
+    return code_digest(Path(workflow.basedir, "scripts", f"{name}.py"))
 
 
 def add_plan(stage, *, outputs, key_parts, upstream=(), per_job, members):

@@ -1,4 +1,5 @@
-RENDER_SETTINGS = {k: v for k, v in config["render"].items() if k != "blender"}
+# What changes the views (the asset's key); the Blender binary and the time limit do not.
+RENDER_SETTINGS = {k: v for k, v in config["render"].items() if k not in ("blender", "timeout")}
 
 add_plan(
     "render",
@@ -22,6 +23,7 @@ rule render:
         members=lambda wildcards: chunk_members("render", wildcards.chunk),
         settings=RENDER_SETTINGS,
         blender=config["render"]["blender"],
+        timeout=config["render"]["timeout"],
     threads: CHUNK_THREADS
     retries: CHUNK_RETRIES
     resources:

@@ -30,6 +30,7 @@ import yaml
 from PIL import Image
 
 from dam3d import CHECKOUT
+from dam3d.runtime import layout
 
 REPO = CHECKOUT
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
@@ -91,21 +92,18 @@ def main(argv: list[str] | None = None) -> int:
 
         big = _workdir(root, "big", args.assets)
         results = big / "results"
+        first = "SKU-000000"
+        models = [p.name for p in (real / "embed").iterdir()]
         for i in range(args.assets):
             asset = f"SKU-{i:06d}"
-            for src, dst in [
-                (real / "cutout" / "SKU-000000.png", results / "cutout" / f"{asset}.png"),
-                (real / "mesh" / "SKU-000000.glb", results / "mesh" / f"{asset}.glb"),
-                (real / "contact" / "SKU-000000.png", results / "contact" / f"{asset}.png"),
-            ]:
+            links = [(layout.cutout(real, first), layout.cutout(results, asset)),
+                     (layout.mesh(real, first), layout.mesh(results, asset)),
+                     (layout.contact(real, first), layout.contact(results, asset))]
+            links += [(view, layout.views(results, asset) / view.name) for view in layout.views(real, first).iterdir()]
+            links += [(layout.embedding(real, m, first), layout.embedding(results, m, asset)) for m in models]
+            for src, dst in links:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 os.link(src, dst)
-            for view in (real / "render" / "SKU-000000").iterdir():
-                (results / "render" / asset).mkdir(parents=True, exist_ok=True)
-                os.link(view, results / "render" / asset / view.name)
-            for model_dir in (real / "embed").iterdir():
-                (results / "embed" / model_dir.name).mkdir(parents=True, exist_ok=True)
-                os.link(model_dir / "SKU-000000.npz", results / "embed" / model_dir.name / f"{asset}.npz")
         print(f"dam3d.benchmarks.refresh: {args.assets} assets in {big}; marking per-asset outputs up to date", file=sys.stderr)
         _snakemake(big, "--cores", "2", "--touch", "--until", "embed", "contact_asset")
         _stamp_planned_chunks(results)

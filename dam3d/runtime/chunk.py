@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from dam3d.runtime import layout
 from dam3d.runtime.atomic import remove_leftovers, write_text
 from dam3d.errors import AssetError, AssetWarning
 
@@ -33,8 +34,7 @@ def has_result(path: str | Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
 
 
-def failure_path(results: str | Path, stage: str, asset: str) -> Path:
-    return Path(results) / "failures" / stage / f"{asset}.json"
+failure_path = layout.failure  # the results layout is dam3d.runtime.layout's
 
 
 def read_failures(results: str | Path) -> list[dict]:

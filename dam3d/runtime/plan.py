@@ -32,18 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-def stamp_path(results: str | Path, stage: str, asset: str) -> Path:
-    return Path(results) / "stamps" / stage / f"{asset}.json"
+from dam3d.runtime import layout
 
 
-def chunk_path(results: str | Path, stage: str, chunk: str) -> Path:
-    return Path(results) / "chunks" / stage / f"{chunk}.json"
-
-
-def chunk_members_path(results: str | Path, stage: str, chunk: str) -> Path:
-    """What a chunk job computes, written when the run starts (see workflow/rules/common.smk)."""
-    return Path(results) / "chunks" / stage / f"{chunk}.members.json"
+# The results layout is dam3d.runtime.layout's; these names are what the runtime calls them.
+stamp_path = layout.stamp
+chunk_path = layout.chunk_manifest
+chunk_members_path = layout.chunk_members
 
 
 def read_stamp(results: str | Path, stage: str, asset: str) -> dict[str, Any] | None:

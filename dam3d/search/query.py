@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dam3d.runtime import layout
 from dam3d.runtime.atomic import atomic_path
 from dam3d.runtime.backends import backend
 from dam3d.errors import AssetError
@@ -155,4 +156,4 @@ class QueryEncoder:
 
 def default_cache_dir(index: Index) -> Path:
     """RESULTS/cache/queries/{model}/ for an index at RESULTS/index/{model}/."""
-    return index.results / "cache" / "queries" / index.manifest["model"]["name"]
+    return layout.query_cache(index.results, index.manifest["model"]["name"])

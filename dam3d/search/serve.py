@@ -30,6 +30,7 @@ from PIL import Image  # noqa: E402
 
 from dam3d.search.query import QueryEncoder  # noqa: E402
 from dam3d.errors import AssetError  # noqa: E402
+from dam3d.runtime import layout  # noqa: E402
 from dam3d.search.index import FUSIONS, Index  # noqa: E402
 from dam3d.runtime.chunk import has_result  # noqa: E402
 
@@ -114,10 +115,9 @@ class SearchApp:
 
     def view_paths(self, asset_id: str) -> list[tuple[str, str]]:
         """(path, view name) of the asset's rendered views that exist (a failed render leaves an empty file)."""
-        folder = self.results / "render" / asset_id
         found = []
         for view in self.views:
-            path = folder / f"{view}.png"
+            path = layout.view(self.results, asset_id, view)
             if has_result(path):
                 found.append((str(path), view))
         return found
@@ -141,7 +141,7 @@ class SearchApp:
 
     @property
     def allowed_paths(self) -> list[str]:
-        return [str(self.results / "render"), str(self._thumbs)]
+        return [str(layout.renders(self.results)), str(self._thumbs)]
 
     def summary(self) -> str:
         m = self.index.manifest

@@ -20,6 +20,7 @@ os.environ.update(
 )
 
 from dam3d.catalogue import file_digests, read_catalogue
+from dam3d.runtime import layout
 from dam3d.runtime.backends import backend
 from dam3d.stages.cutout import resolve_backend
 from dam3d.stages.embed import resolve_models
@@ -186,7 +187,7 @@ def conda_env(stage_backend):
 
 
 def view_paths(asset):
-    return [f"{RESULTS}/render/{asset}/{view}.png" for view in VIEWS]
+    return [str(layout.view(RESULTS, asset, view)) for view in VIEWS]
 
 
 # Targets added by the optional evaluate.smk (evaluation, timings).
@@ -194,7 +195,7 @@ EXTRA_TARGETS = []
 
 
 def all_outputs():
-    outputs = [f"{RESULTS}/index/{model}/manifest.json" for model in EMBED_MODELS]
+    outputs = [str(layout.index(RESULTS, model) / "manifest.json") for model in EMBED_MODELS]
     outputs.append(f"{RESULTS}/failures.tsv")
     if VIEWS:
         outputs.append(f"{RESULTS}/contact_sheet.png")

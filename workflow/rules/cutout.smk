@@ -1,6 +1,6 @@
 add_plan(
     "cutout",
-    outputs=lambda asset: [f"{RESULTS}/cutout/{asset}.png"],
+    outputs=lambda asset: [str(layout.cutout(RESULTS, asset))],
     # The photo's content, not its mtime: a touched or copied file reruns nothing.
     key_parts=lambda asset: [
         DIGESTS[ASSETS[asset].image],
@@ -21,7 +21,7 @@ rule cutout:
         # braces or a missing file must fail that asset, not the DAG (see dam3d.runtime.chunk).
         chunk_inputs("cutout", []),
     output:
-        f"{RESULTS}/chunks/cutout/{{chunk}}.json",
+        str(layout.chunk_manifest(RESULTS, "cutout", "{chunk}")),
     wildcard_constraints:
         chunk=chunk_constraint("cutout"),
     params:

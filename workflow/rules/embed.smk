@@ -1,14 +1,14 @@
 for model, spec in EMBED_MODELS.items():
     add_plan(
         f"embed-{model}",
-        outputs=lambda asset, model=model: [f"{RESULTS}/embed/{model}/{asset}.npz"],
+        outputs=lambda asset, model=model: [str(layout.embedding(RESULTS, model, asset))],
         key_parts=lambda asset, spec=spec: [backend("embed", spec.backend).key(asdict(spec)), BACKGROUND, script_digest("embed")],
         upstream=["cutout", "render"] if VIEWS else ["cutout"],
         per_job=CHUNKS["embed"],
         members=lambda asset: {
-            "cutout": f"{RESULTS}/cutout/{asset}.png",
+            "cutout": str(layout.cutout(RESULTS, asset)),
             "views": view_paths(asset),
-            "requires": [f"{RESULTS}/cutout/{asset}.png"],
+            "requires": [str(layout.cutout(RESULTS, asset))],
         },
     )
 
@@ -17,7 +17,7 @@ rule embed:
     input:
         lambda wildcards: chunk_inputs(f"embed-{wildcards.model}", ["cutout", "render"] if VIEWS else ["cutout"])(wildcards),
     output:
-        f"{RESULTS}/chunks/embed-{{model}}/{{chunk}}.json",
+        str(layout.chunk_manifest(RESULTS, "embed-{model}", "{chunk}")),
     wildcard_constraints:
         chunk="|".join(chunk_constraint(f"embed-{model}") for model in EMBED_MODELS),
     params:

@@ -8,7 +8,7 @@ from dam3d.evaluation.evaluate import read_queries
 # are not recomputed just to time them; it runs after the indexes, so after every stage.
 rule timings:
     input:
-        [f"{RESULTS}/index/{model}/manifest.json" for model in EMBED_MODELS],
+        [str(layout.index(RESULTS, model) / "manifest.json") for model in EMBED_MODELS],
     output:
         tsv=f"{RESULTS}/timings.tsv",
         html=report(f"{RESULTS}/timings.html", caption="../report/timings.rst", category="Timings"),
@@ -34,7 +34,7 @@ if config.get("queries"):
 
     rule evaluate:
         input:
-            index=f"{RESULTS}/index/{{model}}/manifest.json",
+            index=str(layout.index(RESULTS, "{model}") / "manifest.json"),
             queries=config["queries"],
             images=QUERY_IMAGES,
         output:
@@ -52,7 +52,7 @@ if config.get("queries"):
                 labels={"model": "{model}", "figure": "top-k bar plot"},
             ),
         params:
-            cache=lambda wildcards: f"{RESULTS}/cache/queries/{wildcards.model}",
+            cache=lambda wildcards: str(layout.query_cache(RESULTS, wildcards.model)),
         benchmark:
             f"{RESULTS}/benchmarks/evaluate/{{model}}.tsv"
         log:

@@ -2,10 +2,10 @@ rule index:
     input:
         lambda wildcards: stage_refs(f"embed-{wildcards.model}"),
     output:
-        assets=f"{RESULTS}/index/{{model}}/assets.parquet",
-        manifest=f"{RESULTS}/index/{{model}}/manifest.json",
+        assets=str(layout.index(RESULTS, "{model}") / "assets.parquet"),
+        manifest=str(layout.index(RESULTS, "{model}") / "manifest.json"),
     params:
-        embeddings=lambda wildcards: [f"{RESULTS}/embed/{wildcards.model}/{asset}.npz" for asset in ASSET_IDS],
+        embeddings=lambda wildcards: [str(layout.embedding(RESULTS, wildcards.model, a)) for a in ASSET_IDS],
         # The stages this index is made from: their failure records go into its manifest.
         stages=lambda wildcards: ["cutout", *(["mesh", "render"] if VIEWS else []), f"embed-{wildcards.model}"],
         catalogue=CATALOGUE_DIGEST,
@@ -28,7 +28,7 @@ rule index:
 
 rule failure_report:
     input:
-        [f"{RESULTS}/index/{model}/manifest.json" for model in EMBED_MODELS],
+        [str(layout.index(RESULTS, model) / "manifest.json") for model in EMBED_MODELS],
         stage_refs("contact") if VIEWS else [],
     output:
         f"{RESULTS}/failures.tsv",

@@ -1,6 +1,6 @@
 add_plan(
     "mesh",
-    outputs=lambda asset: [f"{RESULTS}/mesh/{asset}.glb"],
+    outputs=lambda asset: [str(layout.mesh(RESULTS, asset))],
     key_parts=lambda asset: [
         MESH.name,
         MESH.key(config["mesh"]),
@@ -10,9 +10,9 @@ add_plan(
     upstream=["cutout"],
     per_job=CHUNKS["mesh"],
     members=lambda asset: {
-        "cutout": f"{RESULTS}/cutout/{asset}.png",
+        "cutout": str(layout.cutout(RESULTS, asset)),
         "provided": str(mesh) if (mesh := provided_mesh(asset)) else None,
-        "requires": [f"{RESULTS}/cutout/{asset}.png"],
+        "requires": [str(layout.cutout(RESULTS, asset))],
     },
 )
 
@@ -22,7 +22,7 @@ rule mesh:
         # Provided meshes are not inputs either (their content is in the key): see cutout.smk.
         chunk_inputs("mesh", ["cutout"]),
     output:
-        f"{RESULTS}/chunks/mesh/{{chunk}}.json",
+        str(layout.chunk_manifest(RESULTS, "mesh", "{chunk}")),
     wildcard_constraints:
         chunk=chunk_constraint("mesh"),
     params:

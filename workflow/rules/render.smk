@@ -8,7 +8,7 @@ add_plan(
     key_parts=lambda asset: [RENDER_SETTINGS, config["render"]["blender"], script_digest("render")],
     upstream=["mesh"],
     per_job=CHUNKS["render"],
-    members=lambda asset: {"mesh": f"{RESULTS}/mesh/{asset}.glb", "requires": [f"{RESULTS}/mesh/{asset}.glb"]},
+    members=lambda asset: {"mesh": str(layout.mesh(RESULTS, asset)), "requires": [str(layout.mesh(RESULTS, asset))]},
 )
 
 
@@ -16,7 +16,7 @@ rule render:
     input:
         chunk_inputs("render", ["mesh"]),
     output:
-        f"{RESULTS}/chunks/render/{{chunk}}.json",
+        str(layout.chunk_manifest(RESULTS, "render", "{chunk}")),
     wildcard_constraints:
         chunk=chunk_constraint("render"),
     params:
@@ -40,12 +40,12 @@ rule render:
 
 add_plan(
     "contact",
-    outputs=lambda asset: [f"{RESULTS}/contact/{asset}.png"],
+    outputs=lambda asset: [str(layout.contact(RESULTS, asset))],
     key_parts=lambda asset: [BACKGROUND, ASSETS[asset].sku, script_digest("contact")],
     upstream=["cutout", "render"],
     per_job=CHUNKS["contact"],
     members=lambda asset: {
-        "cutout": f"{RESULTS}/cutout/{asset}.png",
+        "cutout": str(layout.cutout(RESULTS, asset)),
         "views": view_paths(asset),
         "sku": ASSETS[asset].sku,
     },
@@ -56,7 +56,7 @@ rule contact_asset:
     input:
         chunk_inputs("contact", ["cutout", "render"]),
     output:
-        f"{RESULTS}/chunks/contact/{{chunk}}.json",
+        str(layout.chunk_manifest(RESULTS, "contact", "{chunk}")),
     wildcard_constraints:
         chunk=chunk_constraint("contact"),
     params:
@@ -76,7 +76,7 @@ rule contact_sheet:
     output:
         report(f"{RESULTS}/contact_sheet.png", caption="../report/contact_sheet.rst", category="Renders"),
     params:
-        sheets=[f"{RESULTS}/contact/{asset}.png" for asset in ASSET_IDS],
+        sheets=[str(layout.contact(RESULTS, asset)) for asset in ASSET_IDS],
     log:
         f"{RESULTS}/logs/contact_sheet.log",
     conda:

@@ -1,0 +1,75 @@
+"""Where each artefact lives in a results folder: the one place that knows the layout.
+
+The workflow (its rules' per-asset outputs), the chunk runtime (stamps, failures,
+chunk manifests), search (renders shown by `dam3d serve`, the query cache) and the
+tools ask here; README "Artefacts" describes the same tree. Every function takes the
+results folder and returns a Path; nothing is created.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cutout(results: str | Path, asset: str) -> Path:
+    """RGBA PNG, square, object recentred."""
+    return Path(results) / "cutout" / f"{asset}.png"
+
+
+def mesh(results: str | Path, asset: str) -> Path:
+    """GLB in the canonical frame (+Y up, front +Z, unit size, centred)."""
+    return Path(results) / "mesh" / f"{asset}.glb"
+
+
+def renders(results: str | Path) -> Path:
+    """The folder of every asset's rendered views."""
+    return Path(results) / "render"
+
+
+def views(results: str | Path, asset: str) -> Path:
+    """The folder of the asset's rendered views, one PNG per view name (az000.png, ...)."""
+    return renders(results) / asset
+
+
+def view(results: str | Path, asset: str, name: str) -> Path:
+    return views(results, asset) / f"{name}.png"
+
+
+def contact(results: str | Path, asset: str) -> Path:
+    """The asset's contact sheet: cutout and views in one row."""
+    return Path(results) / "contact" / f"{asset}.png"
+
+
+def embedding(results: str | Path, model: str, asset: str) -> Path:
+    """NPZ: vec2d (D,), vec3d (V, D), view_ok (V,)."""
+    return Path(results) / "embed" / model / f"{asset}.npz"
+
+
+def index(results: str | Path, model: str) -> Path:
+    """The index folder of one embedding model."""
+    return Path(results) / "index" / model
+
+
+def query_cache(results: str | Path, model: str) -> Path:
+    """Cached query vectors of `dam3d evaluate` for one model."""
+    return Path(results) / "cache" / "queries" / model
+
+
+def stamp(results: str | Path, stage: str, asset: str) -> Path:
+    """The asset's key at `stage` and the chunk that computed it (written after its outputs)."""
+    return Path(results) / "stamps" / stage / f"{asset}.json"
+
+
+def failure(results: str | Path, stage: str, asset: str) -> Path:
+    """Why the asset failed at `stage`."""
+    return Path(results) / "failures" / stage / f"{asset}.json"
+
+
+def chunk_manifest(results: str | Path, stage: str, chunk: str) -> Path:
+    """A chunk job's manifest (its rule output): its assets, ok or the reason, seconds."""
+    return Path(results) / "chunks" / stage / f"{chunk}.json"
+
+
+def chunk_members(results: str | Path, stage: str, chunk: str) -> Path:
+    """What a chunk job computes, written when the run starts (for jobs that re-parse the workflow)."""
+    return Path(results) / "chunks" / stage / f"{chunk}.members.json"

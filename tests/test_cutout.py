@@ -119,6 +119,10 @@ def test_check_subject_thresholds_each_reached() -> None:
     ImageDraw.Draw(grey).rectangle((w * 0.3, h * 0.3, w * 0.7, h * 0.7), fill=(170, 170, 170))
     with pytest.raises(AssetError, match="placeholder graphic"):
         check_subject(grey, good, "placeholder")
+    # The same flat grey object on studio white is a product (chrome, steel): kept.
+    on_white = Image.new("RGB", photo.size, (255, 255, 255))
+    ImageDraw.Draw(on_white).rectangle((w * 0.45, h * 0.3, w * 0.55, h * 0.7), fill=(200, 200, 200))
+    check_subject(on_white, good, "grey product on white")
     # The same grey tile with a little colour noise, as a camera gives, is a photo.
     noisy = np.asarray(grey, dtype=np.int16) + np.random.default_rng(0).integers(-3, 4, (h, w, 3))
     check_subject(Image.fromarray(noisy.clip(0, 255).astype(np.uint8)), good, "grey product")

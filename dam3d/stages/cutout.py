@@ -40,9 +40,12 @@ ALPHA_THRESHOLD = 16
 # Catalogue photos with nothing to find (check_subject), on a copy at most this many px a side.
 CHECK_SIDE = 256
 BLANK_STD = 2.0  # grey-level standard deviation (0-255) of a photo that is one uniform colour
-# A photo with no colour at all and little contrast: a "NO IMAGE" graphic, not a photo of a product.
+# A photo with no colour at all, little contrast, on a background that is not studio white:
+# a grey "NO IMAGE" graphic. All three, because grey products (chrome, steel, white goods)
+# shot on white with no colour noise are common: the generated benchmark has several.
 PLACEHOLDER_CHROMA = 1.0  # mean max-min over R,G,B per pixel (camera photos of grey things have noise)
 PLACEHOLDER_STD = 16.0
+STUDIO_WHITE = 245.0  # mean grey level of the photo's border at or above which it is a studio white
 WHOLE_FRAME_SHARE = 0.98  # the mask covers this share of the photo: no background was found
 SOLID_ALPHA = 128  # a pixel the segmenter is sure of
 MIN_SOLID_SHARE = 0.001  # fewer sure pixels than this share of the photo: nothing found
@@ -237,9 +240,13 @@ def check_subject(image: Image.Image, alpha: Image.Image, asset: str) -> None:
         raise AssetError(asset, "cutout", f"the photo is blank: one uniform colour (grey-level std {grey_std:.1f}), "
                                           "nothing to cut out (an empty DAM slot?)")
     chroma = float((rgb.max(axis=2) - rgb.min(axis=2)).mean())
-    if not has_own_alpha(image) and chroma < PLACEHOLDER_CHROMA and grey_std < PLACEHOLDER_STD:
+    grey = rgb.mean(axis=2)
+    border = float(np.concatenate([grey[:4].ravel(), grey[-4:].ravel(), grey[:, :4].ravel(), grey[:, -4:].ravel()]).mean())
+    if (not has_own_alpha(image) and chroma < PLACEHOLDER_CHROMA and grey_std < PLACEHOLDER_STD
+            and border < STUDIO_WHITE):
         raise AssetError(asset, "cutout", f"the photo looks like a placeholder graphic, not a product photo: no colour "
-                                          f"at all and little contrast (grey-level std {grey_std:.1f})")
+                                          f"at all, little contrast (grey-level std {grey_std:.1f}) and a grey "
+                                          f"background (border {border:.0f}, not studio white)")
     mask = np.asarray(alpha.convert("L").resize(small.size, Image.BILINEAR))
     solid = float((mask >= SOLID_ALPHA).mean())
     if solid < MIN_SOLID_SHARE:

@@ -114,6 +114,7 @@ def _rows_from_folder(folder: Path) -> tuple[list[tuple[dict[str, str], None]], 
 def _read_csv(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[Skipped]]:
     """A CSV as spreadsheet exports write it: delimiter , ; or tab, UTF-8 (BOM or not) or cp1252; values as text."""
     import csv
+    import io
 
     data = path.read_bytes()
     try:
@@ -139,8 +140,9 @@ def _read_csv(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[Skippe
                              f"split by {shown}")
     rows, skipped = [], []
     try:
-        # splitlines: "\r" alone ends a line too (Excel's "CSV (Macintosh)").
-        records = list(csv.reader(text.splitlines(), delimiter=delimiter))
+        # Universal newlines: "\r" alone ends a line too (Excel's "CSV (Macintosh)"); a line
+        # break inside a quoted cell stays in the value.
+        records = list(csv.reader(io.StringIO(text, newline=None), delimiter=delimiter))
     except csv.Error as exc:
         raise CatalogueError(f"manifest {path}: not readable as CSV with separator {delimiter!r}: {exc}") from None
     for number, values in enumerate(records[1:], start=2):

@@ -110,3 +110,5 @@ def test_code_digest_ignores_comments_docstrings_and_imports_only(tmp_path: Path
     assert code_digest(script) == before
     script.write_text('from a import b\n\ndef f(x):\n    return b(x) + 2\n')
     assert code_digest(script) != before
+    script.write_text('from a import c as b\n\ndef f(x):\n    return b(x) + 1\n')
+    assert code_digest(script) != before  # another name imported: another computation

@@ -274,3 +274,46 @@ def test_the_render_time_limit_counts_from_the_last_finished_asset(tmp_path: Pat
     assert [e for e in errors.values() if e == "fake"] == ["fake"] * finished
     stalled = [e for e in errors.values() if e != "fake"]
     assert all(e.startswith(RENDERER_EXITED) and "no asset finished within 1.5 s" in e for e in stalled), stalled
+
+
+HANGING_BLENDER = """#!{python}
+# A blender stand-in that hangs on the mesh stall.glb and records every other job.
+import json, os, sys, time
+argv = sys.argv[sys.argv.index("--") + 1:]
+for job in json.load(open(argv[argv.index("--jobs") + 1])):
+    if os.path.basename(job["mesh"]) == "stall.glb":
+        time.sleep(60)
+    print("render_views: record " + json.dumps({{"mesh": job["mesh"], "out": job["out"], "ok": False,
+          "error": "fake", "seconds": 0.0}}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("order", [["a", "stall", "b", "c"], ["stall", "a", "b"]])
+def test_an_asset_that_hangs_blender_costs_only_itself(tmp_path: Path, order: list) -> None:
+    """The chunk's process: the hung asset is a RuntimeError (retried alone); a new Blender renders the rest."""
+    from dam3d.errors import AssetError
+    from dam3d.stages.render import RENDERER_EXITED, render_members
+
+    fake = tmp_path / "blender"
+    fake.write_text(HANGING_BLENDER.format(python=sys.executable))
+    fake.chmod(0o755)
+    members = [{"asset": n, "mesh": str(tmp_path / f"{n}.glb"), "outputs": [str(tmp_path / n / "az000.png")]}
+               for n in order]
+    results = dict(render_members(members, blender=str(fake), timeout=1.0))
+    assert set(results) == set(order)
+    hung = results.pop("stall")
+    assert isinstance(hung, RuntimeError) and str(hung).startswith(RENDERER_EXITED)
+    assert all(isinstance(e, AssetError) and e.reason == "fake" for e in results.values()), results
+
+
+def test_a_blender_that_cannot_start_fails_the_rest_without_restarting_per_asset(tmp_path: Path) -> None:
+    from dam3d.stages.render import RENDERER_EXITED, render_members
+
+    broken, calls = tmp_path / "blender", tmp_path / "calls"
+    broken.write_text(f"#!{sys.executable}\nimport sys; open({str(calls)!r}, 'a').write('x'); sys.exit(1)\n")
+    broken.chmod(0o755)
+    members = [{"asset": n, "mesh": str(tmp_path / f"{n}.glb"), "outputs": [str(tmp_path / n / "az000.png")]}
+               for n in "abcde"]
+    results = dict(render_members(members, blender=str(broken)))
+    assert all(isinstance(e, RuntimeError) and str(e).startswith(RENDERER_EXITED) for e in results.values())
+    assert calls.read_text() == "xx"  # two Blenders, not one per asset

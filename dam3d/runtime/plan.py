@@ -51,19 +51,21 @@ def read_stamp(results: str | Path, stage: str, asset: str) -> dict[str, Any] | 
 def code_digest(path: str | Path) -> str:
     """SHA-1 of a Python file's code, blind to what does not change what it computes.
 
-    Comments, docstrings, formatting and import statements are left out (a package moved or
-    a comment edited reruns nothing); any other edit changes the digest. Part of each asset's
-    key, as Snakemake's `code` rerun trigger would be.
+    Comments, docstrings, formatting and the module a name is imported from are left out
+    (a package moved or a comment edited reruns nothing); any other edit changes the digest,
+    another imported name too. Part of each asset's key, as Snakemake's `code` rerun trigger
+    would be.
     """
     import ast
 
     tree = ast.parse(Path(path).read_text())
     for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            node.module, node.level = None, 0
         body = getattr(node, "body", None)
         if isinstance(body, list):
-            body[:] = [stmt for stmt in body if not isinstance(stmt, (ast.Import, ast.ImportFrom))
-                       and not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
-                                and isinstance(stmt.value.value, str))]
+            body[:] = [stmt for stmt in body if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+                                                      and isinstance(stmt.value.value, str))]
     return hashlib.sha1(ast.dump(tree).encode()).hexdigest()
 
 

@@ -46,8 +46,10 @@ def load_image(path: str | Path, asset: str, *, stage: str = "cutout", max_pixel
         from PIL import features
 
         if path.suffix.lower() == ".avif" and not features.check("avif"):
-            raise AssetError(asset, stage, f"an AVIF photo, and this Pillow cannot decode AVIF (Pillow >= 11.3 "
-                                           f"wheels can; or convert it to .jpg): {path}") from None
+            # Not the photo's fault: a RuntimeError, so the SKU is tried again next run (a Pillow
+            # with AVIF changes no key), where an AssetError would be final until the photo changes.
+            raise RuntimeError(f"{asset}: {stage}: an AVIF photo, and this Pillow cannot decode AVIF "
+                               f"(Pillow >= 11.3 wheels can; or convert it to .jpg): {path}") from None
         raise AssetError(asset, stage, f"not an image file Pillow can read: {path}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise AssetError(asset, stage, f"corrupt or truncated image ({exc}): {path}") from None

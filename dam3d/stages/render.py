@@ -229,6 +229,39 @@ def _checked(stream: Generator[dict[str, Any], None, BatchRun], names: list[str]
         stream.close()
 
 
+def render_members(members: list[dict], **settings: Any) -> Iterator[tuple[str, BaseException | None]]:
+    """The render stage's `Process` for a chunk (dam3d.runtime.chunk): (asset, None or its error) as each ends.
+
+    `members` are chunk members with `asset`, `mesh` and `outputs` (the view PNGs);
+    `settings` are render_stream's. When Blender dies or hangs (RENDERER_EXITED), the asset
+    it was on is reported (a RuntimeError: retried alone, not the asset's fault for sure)
+    and a fresh Blender takes the rest, so one asset that hangs or crashes Blender costs
+    only itself. Two Blenders in a row that die before finishing any asset fail all that
+    are left (a set-up error, such as no EGL: restarting per asset would only repeat it).
+    """
+    from dam3d.errors import AssetError
+
+    by_dir = {Path(m["outputs"][0]).parent: m for m in members}
+    todo = list(by_dir)
+    idle_deaths = 0  # Blenders in a row that died before finishing an asset
+    while todo:
+        finished_here, restart = 0, False
+        for out_dir, error in render_stream([(Path(by_dir[d]["mesh"]), d) for d in todo], **settings):
+            todo.remove(out_dir)
+            asset = by_dir[out_dir]["asset"]
+            if error and error.startswith(RENDERER_EXITED):
+                yield asset, RuntimeError(error)
+                idle_deaths = 0 if finished_here else idle_deaths + 1
+                if idle_deaths < 2:  # this asset stopped Blender: the rest get a new one
+                    restart = True
+                    break
+            else:
+                finished_here += 1
+                yield asset, AssetError(asset, "render", error) if error else None
+        if not restart:
+            return
+
+
 def render_assets(jobs: list[tuple[Path, Path]], **settings: Any) -> dict[Path, str | None]:
     """`render_stream` collected: each out_dir mapped to None (done) or its error."""
     return dict(render_stream(jobs, **settings))

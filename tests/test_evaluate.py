@@ -299,9 +299,43 @@ def test_bench_make_tiny(tmp_path: Path) -> None:
     # The evaluate CSV reads back: paths relative to the CSV, SKUs in the catalogue.
     assert {q.sku for q in read_queries(out / "queries.csv")} == set(skus)
 
+    # The true meshes, for the `provided` backend's upper bound: one GLB per SKU, and a manifest
+    # the workflow reads (the frame is checked by eye on the contact sheet: README, Results).
+    import trimesh
+
+    from dam3d.catalogue import load_catalogue
+
+    with_meshes = load_catalogue(out / "catalogue_meshes.csv")
+    assert sorted(a.sku for a in with_meshes) == sorted(skus)
+    for asset in with_meshes:
+        assert asset.mesh == out / "meshes" / f"{asset.sku}.glb" and asset.image == out / "catalogue" / f"{asset.sku}.jpg"
+        mesh = trimesh.load(asset.mesh, force="mesh")
+        assert len(mesh.faces) > 0 and np.isfinite(mesh.vertices).all()
+
 
 def test_bench_cli_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert cli.main(["bench", "make", str(tmp_path / "x"), "--sources", "cc-nc"]) == 2
     assert "--sources" in capsys.readouterr().err
     assert cli.main(["bench", "make", str(tmp_path / "x"), "--objects", "0"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_true_meshes_of_a_benchmark_run_with_the_provided_backend(tmp_path: Path) -> None:
+    """The README's upper-bound run: a benchmark's catalogue_meshes.csv through the workflow with `provided`."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from dam3d.benchmarks.make import make_benchmark
+
+    make_benchmark(tmp_path / "b", objects=3, queries_per_object=1, seed=7, resolution=96, log=lambda m: None)
+    (tmp_path / "small.yaml").write_text("render: {views: 8, resolution: 64}\n")  # small views: quicker
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                          str(tmp_path), "--configfile", str(REPO / "config.yaml"), str(tmp_path / "small.yaml"),
+                          "--cores", "2", "--config", f"catalogue={tmp_path / 'b' / 'catalogue_meshes.csv'}",
+                          "results=results-provided", "mesh={backend: provided}"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    index = Index.load(tmp_path / "results-provided" / "index" / "mobilenetv2")
+    assert index.manifest["backends"]["mesh"] == "provided"
+    assert index.manifest["counts"] == {**index.manifest["counts"], "indexed": 3, "with_views": 3, "failed": 0}

@@ -402,3 +402,33 @@ def test_trellis_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(M.BackendUnavailable, match=r"not installed.*docs/trellis\.md"):
         M.build_mesh("a", src, tmp_path / "a.glb", "trellis", {"model": str(model)})
     assert not (tmp_path / "a.glb").exists()
+
+
+def test_a_white_material_is_a_colour_and_a_multi_part_scene_keeps_its_parts(tmp_path: Path) -> None:
+    """A plain white product (white material, no texture) is accepted; a scene of two textured parts stays two
+    parts in the GLB (concatenating them packs the textures into one atlas and breaks tiled UVs)."""
+    white = trimesh.creation.box(extents=(1.0, 2.0, 0.5))
+    white.visual = trimesh.visual.TextureVisuals(material=trimesh.visual.material.PBRMaterial(baseColorFactor=[255] * 4))
+    src = tmp_path / "white.glb"
+    white.export(src)
+    M.build_mesh("w", tmp_path / "unused.png", tmp_path / "w.glb", "provided", {}, provided=src)
+    assert np.allclose(reload(tmp_path / "w.glb").extents, [0.5, 1.0, 0.25], atol=1e-6)
+
+    parts = []
+    for i, colour in enumerate([(200, 40, 40), (40, 40, 200)]):
+        part = trimesh.creation.box()
+        part.apply_translation([3.0 * i, 0, 0])
+        tiled = np.random.default_rng(i).random((len(part.vertices), 2)) * 4  # UVs past 1: a tiled texture
+        material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.new("RGB", (8, 8), colour))
+        part.visual = trimesh.visual.TextureVisuals(uv=tiled, material=material)
+        parts.append(part)
+    src = tmp_path / "two.glb"
+    trimesh.Scene(parts).export(src)
+    M.build_mesh("two", tmp_path / "unused.png", tmp_path / "two.glb", "provided", {}, provided=src)
+    out = trimesh.load(tmp_path / "two.glb", force="scene")
+    got = [g for g in out.dump() if len(g.faces)]
+    assert len(got) == 2
+    lo = np.min([g.bounds[0] for g in got], axis=0)
+    hi = np.max([g.bounds[1] for g in got], axis=0)
+    assert np.allclose((lo + hi) / 2, 0, atol=1e-6) and np.isclose((hi - lo).max(), 1.0)  # canonical together
+    assert all(np.asarray(g.visual.uv).max() > 1.5 for g in got)  # tiled UVs kept as they were

@@ -47,6 +47,9 @@ COMMANDS = {
         "test_readme.py::test_main_command_on_the_sample",
     ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench100/catalogue queries=/tmp/bench100/queries.csv "
     "results=/tmp/bench100/results --report /tmp/bench100/report.html": "test_readme.py::test_main_command_on_the_sample",
+    ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench100/catalogue_meshes.csv "
+    "results=/tmp/bench100/results-provided 'mesh={backend: provided}'":
+        "test_evaluate.py::test_true_meshes_of_a_benchmark_run_with_the_provided_backend",
     "snakemake --profile profiles/local --use-conda":
         "not run: conda cannot run on this project's machines; test_envs.py checks the env files, "
         "test_profiles.py::test_local_profile_runs_gpu_jobs_one_at_a_time the profile",

@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from dam3d import __version__
 from dam3d.benchmarks import sh3d
-from dam3d.runtime.atomic import write_bytes, write_text
+from dam3d.runtime.atomic import atomic_path, write_bytes, write_text
 from dam3d.stages.render import run_batch
 
 CATALOGUE_VIEW = (25.0, 15.0)  # azimuth, elevation (degrees): three-quarter front, as make_sample.py
@@ -395,13 +395,14 @@ def make_benchmark(
     order = [candidates[i] for i in _rng(seed, "order").permutation(len(candidates))]
     qsize = query_size(resolution)
 
-    for sub in ("catalogue", "queries"):
+    for sub in ("catalogue", "queries", "meshes"):
         shutil.rmtree(out / sub, ignore_errors=True)  # a previous run's files must not linger
         (out / sub).mkdir(parents=True)
 
     chosen: list[Candidate] = []
     skipped: list[dict[str, str]] = []
     renders: dict[str, Path] = {}
+    models: dict[str, tuple[Path, list[list[float]] | None]] = {}  # the true mesh of each object, and its turn
     with tempfile.TemporaryDirectory(prefix="dam3d-benchgen-") as tmp:
         work = Path(tmp)
         pos = 0
@@ -421,8 +422,10 @@ def make_benchmark(
                            "studio_light": s.light, "light_rotation": s.light_rotation} for j, s in enumerate(q)]
                 jobs.append({"mesh": obj, "out": work / "renders" / c.licence / c.folder, "views": views,
                              "rotation": sh3d.rotation_rows(c.entry)})
+                models[c.key] = (obj, sh3d.rotation_rows(c.entry))
             t = time.perf_counter()
-            run = run_batch(jobs, resolution=resolution, engine="BLENDER_WORKBENCH", aa=8, timeout=60 + 30 * len(jobs))
+            # timeout: seconds without a finished object (start-up included for the first).
+            run = run_batch(jobs, resolution=resolution, engine="BLENDER_WORKBENCH", aa=8, timeout=120)
             log(f"bench: rendered {len(jobs)} models x {1 + queries_per_object} views in {time.perf_counter() - t:.1f} s")
             records = {Path(r["out"]): r for r in run.records}
             for c, job in zip(batch, jobs, strict=True):
@@ -458,6 +461,7 @@ def make_benchmark(
                     photo = customer_photo(im.convert("RGBA"), q, qsize, textures)
                 write_bytes(out / "queries" / f"{q.name}.jpg", _jpeg(photo, q.quality))
                 queries.append(q)
+            write_true_mesh(*models[c.key], out / "meshes" / f"{sku}.glb")
             rows.append({"sku": sku, "source": headers[c.licence].get("name", c.licence), "model": c.folder,
                          "name": c.entry.get("name", ""), "category": c.entry.get("category", ""),
                          "creator": c.entry.get("creator", "unknown"), "licence": sh3d.LICENCES[c.licence].title,
@@ -475,6 +479,10 @@ def make_benchmark(
     writer.writeheader()
     writer.writerows(rows)
     write_text(out / "objects.csv", buffer.getvalue())
+    # The same catalogue with each SKU's true mesh: the `provided` mesh backend's input, for the
+    # upper bound of what perfect meshes give (README, Results).
+    write_text(out / "catalogue_meshes.csv", "asset_id,image,mesh\n" + "".join(
+        f"{r['sku']},catalogue/{r['sku']}.jpg,meshes/{r['sku']}.glb\n" for r in rows))
     used_textures = sorted({n for q in queries for n in (q.wall, q.floor) if n != "plain"})
     meta = {
         "generator": f"dam3d {__version__} bench make",
@@ -495,6 +503,25 @@ def make_benchmark(
     seconds = time.perf_counter() - started
     log(f"bench: {len(rows)} objects, {len(queries)} queries in {out} ({seconds:.0f} s; {len(skipped)} models skipped)")
     return {"objects": len(rows), "queries": len(queries), "skipped": skipped, "seconds": seconds}
+
+
+def write_true_mesh(obj: Path, rotation: list[list[float]] | None, out: Path) -> None:
+    """The object's own OBJ (with its MTL colours and textures) as a GLB in the pipeline's frame.
+
+    SH3D's `modelRotation` turns the file's axes into +Y up, front +Z, as the renderer
+    applies it (blender/render_views.py `_rotate`), so the `provided` backend's az000 view
+    faces the object's front like the benchmark's own renders.
+    """
+    import numpy as np
+    import trimesh
+
+    scene = trimesh.load(obj, force="scene")
+    if rotation is not None:
+        turn = np.eye(4)
+        turn[:3, :3] = np.asarray(rotation, dtype=float)
+        scene.apply_transform(turn)
+    with atomic_path(out) as tmp:
+        scene.export(tmp, file_type="glb")
 
 
 def write_licence(out: Path, headers: dict[str, dict], rows: list[dict], textures: list[str]) -> None:

@@ -110,11 +110,12 @@ def _has_colour(mesh: trimesh.Trimesh) -> bool:
         image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
         if image is not None and getattr(visual, "uv", None) is not None:
             return True
-        # an untextured material still carries colour if it is not the default white
+        # An untextured material is a colour, white included: a white product is a product.
+        # (A file with no material at all loads with no visual kind and is refused above.)
         factor = getattr(material, "baseColorFactor", None)
         if factor is None:
             factor = getattr(material, "diffuse", None)
-        if factor is not None and np.any(np.asarray(factor)[:3] < 255):
+        if factor is not None:
             return True
     return False
 
@@ -408,7 +409,7 @@ class ProvidedMesh(MeshBackend):
     def build(self, asset: str, cutout: Path, params: dict, provided: Path | None) -> trimesh.Trimesh:
         if provided is None:
             raise AssetError(asset, STAGE, "mesh backend 'provided' but the asset has no mesh path")
-        return load_provided(asset, Path(provided))
+        return read_provided(asset, Path(provided))
 
 
 # ---------------------------------------------------------------------------
@@ -420,6 +421,11 @@ def load_provided(asset: str, path: Path) -> trimesh.Trimesh:
 
     Such files have no agreed axes; they are taken to be in glTF's frame already (+Y up, front +Z).
     """
+    return normalise(_as_mesh(read_provided(asset, path)))
+
+
+def read_provided(asset: str, path: Path) -> trimesh.Trimesh | trimesh.Scene:
+    """The DAM's own mesh as the file holds it (a Scene keeps its parts), checked; AssetError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise AssetError(asset, STAGE, f"provided mesh not found: {path}")
@@ -428,10 +434,10 @@ def load_provided(asset: str, path: Path) -> trimesh.Trimesh:
     except Exception as exc:   # trimesh raises many types for unreadable or unknown files
         raise AssetError(asset, STAGE, f"cannot read provided mesh {path}: {type(exc).__name__}: {exc}") from None
     try:
-        mesh = validate_mesh(asset, loaded)
+        validate_mesh(asset, loaded)
     except AssetError as exc:   # e.g. a text file trimesh parses as an empty OBJ: say which file
         raise AssetError(asset, STAGE, f"{exc.reason}: provided mesh {path}") from None
-    return normalise(mesh)
+    return loaded
 
 
 def _load_cutout(asset: str, cutout: Path) -> Image.Image:
@@ -463,9 +469,33 @@ def build_mesh(asset: str, cutout: Path, out: Path, backend: str, params: dict, 
 
     Raises AssetError for a bad asset, ValueError for an unknown backend.
     """
-    mesh = get_backend(STAGE, backend).build(asset, Path(cutout), params or {}, provided)
-    mesh = normalise(validate_mesh(asset, mesh))
-    mesh = _for_gltf(mesh)
+    made = get_backend(STAGE, backend).build(asset, Path(cutout), params or {}, provided)
+    checked = validate_mesh(asset, made)
+    parts = _parts(made)
+    if len(parts) > 1:
+        # Several parts (a provided scene) stay apart: concatenating them packs their textures
+        # into one atlas, which breaks tiled UVs (a fur or wood texture came out as noise).
+        glb: trimesh.Trimesh | trimesh.Scene = _canonical_scene(parts)
+    else:
+        glb = _for_gltf(normalise(checked))
     with atomic_path(out) as tmp:
         # smooth normals are written so viewers (Blender) do not fall back to flat shading
-        mesh.export(tmp, file_type="glb", include_normals=True)
+        glb.export(tmp, file_type="glb", include_normals=True)
+
+
+def _parts(obj: trimesh.Trimesh | trimesh.Scene) -> list[trimesh.Trimesh]:
+    """The triangle meshes of a mesh or scene, node transforms applied."""
+    if isinstance(obj, trimesh.Scene):
+        return [g for g in obj.dump() if isinstance(g, trimesh.Trimesh) and len(g.faces) > 0]
+    return [obj]
+
+
+def _canonical_scene(parts: list[trimesh.Trimesh]) -> trimesh.Scene:
+    """The parts moved and scaled together into the canonical frame (centred, largest extent 1)."""
+    lo = np.min([p.bounds[0] for p in parts], axis=0)
+    hi = np.max([p.bounds[1] for p in parts], axis=0)
+    size = float(np.max(hi - lo))
+    turn = trimesh.transformations.scale_matrix(1.0 / size) @ trimesh.transformations.translation_matrix(-(lo + hi) / 2)
+    for part in parts:
+        part.apply_transform(turn)
+    return trimesh.Scene([_for_gltf(p) for p in parts])

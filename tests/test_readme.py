@@ -50,6 +50,15 @@ COMMANDS = {
     ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench100/catalogue_meshes.csv "
     "results=/tmp/bench100/results-provided 'mesh={backend: provided}'":
         "test_evaluate.py::test_true_meshes_of_a_benchmark_run_with_the_provided_backend",
+    ".venv/bin/dam3d bench make /tmp/bench_s2 --objects 60 --queries-per-object 2 --seed 2":
+        "test_evaluate.py::test_bench_make_tiny",
+    ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench_s2/catalogue results=/tmp/bench_s2/results":
+        "test_realworld.py::test_braces_in_a_file_name_are_just_characters",
+    ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench_s2/catalogue_meshes.csv "
+    "results=/tmp/bench_s2/results_provided 'mesh={backend: provided}'":
+        "test_evaluate.py::test_true_meshes_of_a_benchmark_run_with_the_provided_backend",
+    ".venv/bin/dam3d evaluate /tmp/bench_s2/queries.csv --results /tmp/bench_s2/results_provided":
+        "test_readme.py::test_main_command_on_the_sample",
     "snakemake --profile profiles/local --use-conda":
         "not run: conda cannot run on this project's machines; test_envs.py checks the env files, "
         "test_profiles.py::test_local_profile_runs_gpu_jobs_one_at_a_time the profile",

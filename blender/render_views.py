@@ -3,9 +3,9 @@
 Runs as `python blender/render_views.py -- ARGS` (the `bpy` module) or as
 `blender -b -P blender/render_views.py -- ARGS`.  Only the arguments after `--`
 are parsed.  One asset: `--mesh M.glb --out DIR`; many assets, paying Blender's
-start-up once: `--jobs JOBS.json` (a list of {"mesh", "out"}) with an optional
-`--report PATH` (a list of {"mesh", "out", "ok", "error", "seconds", ...}) and/or
-`--records` (each job's record printed as one JSON line the moment it ends).
+start-up once: `--jobs JOBS.json` (a list of {"mesh", "out"}). Each job's record
+({"mesh", "out", "ok", "error", "seconds", ...}) is printed as one JSON line, behind
+RECORD_PREFIX, the moment the job ends.
 A job may also carry `"views"`, a list of {"name", "azimuth", "elevation"} (degrees;
 optional "studio_light" and "light_rotation" for Workbench) that replaces the
 turntable for that job, and `"rotation"`, a row-major 3x3 turning the file's own
@@ -63,9 +63,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     src.add_argument("--mesh", help="one GLB/glTF file (with --out)")
     src.add_argument("--jobs", help='JSON list of {"mesh": ..., "out": ...}')
     p.add_argument("--out", help="output folder for --mesh")
-    p.add_argument("--report", help="write a JSON list of per-job results here")
-    p.add_argument("--records", action="store_true",
-                   help=f"print each job's result as one line '{RECORD_PREFIX}{{json}}' the moment it ends")
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--elevation", type=float, default=15.0, help="degrees above the horizon")
     p.add_argument("--resolution", type=int, default=256)
@@ -655,15 +652,6 @@ def _print_record(rec: dict[str, Any]) -> None:
     print(RECORD_PREFIX + json.dumps(rec), flush=True)
 
 
-def _write_report(path: str, results: list[dict[str, Any]]) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp.json", dir=d)
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str]) -> int:
     a = parse_args(argv)
     if a.jobs:
@@ -687,12 +675,8 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # e.g. no OpenGL/EGL for Workbench/EEVEE: every job fails alike
         reason = f"cannot set up {a.engine} renderer: {_one_line(exc)}"
         print(f"render_views: {reason}", file=sys.stderr, flush=True)
-        failed = [{"mesh": m, "out": o, "ok": False, "error": reason, "seconds": 0.0} for m, o in jobs]
-        if a.records:
-            for rec in failed:
-                _print_record(rec)
-        if a.report:
-            _write_report(a.report, failed)
+        for m, o in jobs:
+            _print_record({"mesh": m, "out": o, "ok": False, "error": reason, "seconds": 0.0})
         return 1
     startup = time.perf_counter() - _T0
     print(f"render_views: startup_seconds={startup:.3f} (scene setup {time.perf_counter() - t:.3f}) "
@@ -717,14 +701,9 @@ def main(argv: list[str]) -> int:
               f"(render {rec.get('render_seconds', 0.0):.3f} s) {status}", flush=True)
         if not rec["ok"]:
             print(f"render_views: {mesh}: {rec['error']}", file=sys.stderr, flush=True)
-        if a.records:
-            _print_record(rec)
-        if a.report:
-            # After every asset: should Blender crash on a later one, these still count as done.
-            _write_report(a.report, results)
+        # After every asset: should Blender crash on a later one, these still count as done.
+        _print_record(rec)
 
-    if a.report:
-        _write_report(a.report, results)
     print(f"render_views: total_seconds={time.perf_counter() - _T0:.3f}", flush=True)
     if not results:
         return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dam3d import __version__
 from dam3d.errors import AssetError
+from dam3d.runtime import layout
 from dam3d.search.index import FUSIONS, Index
 from dam3d.search.query import QueryEncoder
 
@@ -24,7 +25,7 @@ def find_index(index: str | None, results: str = "results") -> Path:
     """The index directory to search: the one given, or the only one under results/index/."""
     if index:
         return Path(index)
-    found = sorted(p.parent for p in Path(results, "index").glob("*/manifest.json"))
+    found = sorted(p.parent for p in layout.indexes(results).glob("*/manifest.json"))
     if not found:
         raise SystemExit(f"dam3d: no index under {results}/index/; build one with `snakemake --cores 8` or pass --index")
     if len(found) > 1:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dam3d.runtime.plan import chunk_path, plan_stage, stamp_path, summary
+from dam3d.runtime import layout
+from dam3d.runtime.plan import plan_stage, summary
 
 
 def plan(tmp_path: Path, stage: str, assets: list[str], *, settings: object = 1, upstream=(), per_job: int = 64,
@@ -28,12 +29,12 @@ def finish(tmp_path: Path, p, *, write_manifest: bool = True) -> None:
             for out in p.outputs[a]:
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
                 Path(out).write_text("x")
-            stamp = stamp_path(tmp_path, p.stage, a)
+            stamp = layout.stamp(tmp_path, p.stage, a)
             stamp.parent.mkdir(parents=True, exist_ok=True)
             stamp.write_text(json.dumps({"key": p.keys[a], "chunk": name, "ok": True}))
         if write_manifest:
-            chunk_path(tmp_path, p.stage, name).parent.mkdir(parents=True, exist_ok=True)
-            chunk_path(tmp_path, p.stage, name).write_text("{}")
+            layout.chunk_manifest(tmp_path, p.stage, name).parent.mkdir(parents=True, exist_ok=True)
+            layout.chunk_manifest(tmp_path, p.stage, name).write_text("{}")
 
 
 def test_pending_assets_are_cut_into_near_equal_chunks(tmp_path: Path) -> None:
@@ -59,7 +60,7 @@ def test_only_new_changed_or_lost_assets_are_pending_and_downstream_follows(tmp_
     mesh = plan(tmp_path, "mesh", ["A", "B", "C", "D"], upstream=[cut])
     assert mesh.pending == ["B", "D"]  # upstream pending: computed again even though B's mesh exists
     assert mesh.aggregate_input("A").endswith(".json") and "/chunks/mesh/" in mesh.aggregate_input("A")
-    assert mesh.aggregate_input("B") == str(chunk_path(tmp_path, "mesh", mesh.chunk_of["B"]))
+    assert mesh.aggregate_input("B") == str(layout.chunk_manifest(tmp_path, "mesh", mesh.chunk_of["B"]))
     assert mesh.chunk_refs(["A", "B"]) == [mesh.aggregate_input("B")]
 
     # A lost output, or another setting, makes the asset pending again; a stable plan keeps its names.
@@ -74,7 +75,7 @@ def test_assets_finished_by_a_job_that_died_are_kept(tmp_path: Path) -> None:
     finish(tmp_path, p, write_manifest=False)  # the job was killed after both stamps, before its manifest
     again = plan(tmp_path, "render", ["A", "B"])
     assert again.pending == [] and again.chunks == {}
-    assert again.aggregate_input("A") == str(stamp_path(tmp_path, "render", "A"))
+    assert again.aggregate_input("A") == str(layout.stamp(tmp_path, "render", "A"))
     assert again.chunk_pattern() == "(?!)"
 
 
@@ -95,7 +96,7 @@ def test_an_unexpected_failure_is_tried_again_next_run_an_asset_error_is_not(tmp
     p = plan(tmp_path, "mesh", ["A", "B"])
     finish(tmp_path, p)
     for asset, retry in (("A", True), ("B", False)):
-        stamp = stamp_path(tmp_path, "mesh", asset)
+        stamp = layout.stamp(tmp_path, "mesh", asset)
         stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "ok": False, "reason": "x", "retry": retry}))
     assert plan(tmp_path, "mesh", ["A", "B"]).pending == ["A"]
 

@@ -19,7 +19,12 @@ import trimesh
 from PIL import Image
 
 from dam3d.stages.contact import FAILED_GREY, GAP, LABEL_HEIGHT, asset_sheet, run_sheet
-from dam3d.stages.render import SCRIPT, view_names, render_assets
+from dam3d.stages.render import SCRIPT, render_stream, view_names
+
+def render_assets(jobs: list, **settings: object) -> dict:
+    """Each job's out_dir mapped to None (rendered) or its error, once Blender is done."""
+    return dict(render_stream(jobs, **settings))
+
 
 RES = 96
 # Face colours of the test box, by outward normal in the glTF frame (+Y up, front +Z).

@@ -420,9 +420,10 @@ def make_benchmark(
                 views = [{"name": "catalogue", "azimuth": CATALOGUE_VIEW[0], "elevation": CATALOGUE_VIEW[1]}]
                 views += [{"name": f"query{j}", "azimuth": s.azimuth, "elevation": s.elevation,
                            "studio_light": s.light, "light_rotation": s.light_rotation} for j, s in enumerate(q)]
+                rotation = sh3d.rotation_rows(c.entry)
                 jobs.append({"mesh": obj, "out": work / "renders" / c.licence / c.folder, "views": views,
-                             "rotation": sh3d.rotation_rows(c.entry)})
-                models[c.key] = (obj, sh3d.rotation_rows(c.entry))
+                             "rotation": rotation})
+                models[c.key] = (obj, rotation)
             t = time.perf_counter()
             # timeout: seconds without a finished object (start-up included for the first).
             run = run_batch(jobs, resolution=resolution, engine="BLENDER_WORKBENCH", aa=8, timeout=120)

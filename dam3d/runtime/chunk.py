@@ -34,13 +34,10 @@ def has_result(path: str | Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
 
 
-failure_path = layout.failure  # the results layout is dam3d.runtime.layout's
-
-
 def read_failures(results: str | Path) -> list[dict]:
     """All failure records under `results`, oldest stage first."""
     records = []
-    for path in sorted(Path(results, "failures").glob("*/*.json")):
+    for path in sorted(layout.failures(results).glob("*/*.json")):
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError):
@@ -89,9 +86,7 @@ PROGRESS_EVERY = 30.0
 
 def starts_path(results: str | Path, stage: str, asset: str) -> Path:
     """How many times a chunk job started `asset` and died before finishing it."""
-    from dam3d.runtime.plan import stamp_path
-
-    return stamp_path(results, stage, asset).with_suffix(".starts")
+    return layout.stamp(results, stage, asset).with_suffix(".starts")
 
 
 class ChunkError(RuntimeError):
@@ -168,7 +163,7 @@ class ChunkRunner:
 
     def _triage(self) -> tuple[list[dict], list[dict]]:
         """Resume what this chunk finished before; fail at once what cannot run; the rest to compute."""
-        from dam3d.runtime.plan import read_stamp, stamp_path
+        from dam3d.runtime.plan import read_stamp
 
         todo, suspects = [], []
         for member in self.members:
@@ -181,7 +176,7 @@ class ChunkRunner:
                 continue
             # The old stamp goes before the outputs change: killed between new outputs and new
             # stamp, the asset must be pending, not taken as done with its old key.
-            stamp_path(self.results, self.stage, asset).unlink(missing_ok=True)
+            layout.stamp(self.results, self.stage, asset).unlink(missing_ok=True)
             for output in member["outputs"]:  # what a killed job was writing for it
                 remove_leftovers(output)
             failed_inputs = [str(p) for p in member.get("requires", ()) if is_placeholder(p)]
@@ -195,7 +190,7 @@ class ChunkRunner:
             elif died >= MAX_DEATHS:
                 self._finish(member, f"the {self.stage} process died {died} times while computing this asset (a "
                                      f"crash in native code or a memory limit); remove "
-                                     f"{stamp_path(self.results, self.stage, asset)} to try again")
+                                     f"{layout.stamp(self.results, self.stage, asset)} to try again")
             elif died:
                 suspects.append(member)
             else:
@@ -205,10 +200,8 @@ class ChunkRunner:
     def _finish(self, member: dict, reason: str | None, *, record: bool = True, retry: bool = False,
                 warnings: list[str] | None = None) -> None:
         """Record one asset's outcome: failure record and placeholders, then its stamp (last)."""
-        from dam3d.runtime.plan import stamp_path
-
         asset = member["asset"]
-        failure = failure_path(self.results, self.stage, asset)
+        failure = layout.failure(self.results, self.stage, asset)
         if reason is None:
             failure.unlink(missing_ok=True)
         else:
@@ -225,7 +218,7 @@ class ChunkRunner:
             stamp["retry"] = True
         if warnings:
             stamp["warnings"] = list(warnings)
-        write_text(stamp_path(self.results, self.stage, asset), json.dumps(stamp) + "\n")
+        write_text(layout.stamp(self.results, self.stage, asset), json.dumps(stamp) + "\n")
         starts_path(self.results, self.stage, asset).unlink(missing_ok=True)
         self.outcomes[asset] = {"asset": asset, "ok": reason is None, "reason": reason,
                                 **({"warnings": list(warnings)} if warnings else {})}

@@ -45,9 +45,14 @@ def embedding(results: str | Path, model: str, asset: str) -> Path:
     return Path(results) / "embed" / model / f"{asset}.npz"
 
 
+def indexes(results: str | Path) -> Path:
+    """The folder holding one index folder per embedding model."""
+    return Path(results) / "index"
+
+
 def index(results: str | Path, model: str) -> Path:
     """The index folder of one embedding model."""
-    return Path(results) / "index" / model
+    return indexes(results) / model
 
 
 def query_cache(results: str | Path, model: str) -> Path:
@@ -60,16 +65,26 @@ def stamp(results: str | Path, stage: str, asset: str) -> Path:
     return Path(results) / "stamps" / stage / f"{asset}.json"
 
 
+def failures(results: str | Path) -> Path:
+    """The folder of failure records, one subfolder per stage."""
+    return Path(results) / "failures"
+
+
 def failure(results: str | Path, stage: str, asset: str) -> Path:
     """Why the asset failed at `stage`."""
-    return Path(results) / "failures" / stage / f"{asset}.json"
+    return failures(results) / stage / f"{asset}.json"
+
+
+def chunks(results: str | Path, stage: str) -> Path:
+    """The folder of a stage's chunk manifests and members files."""
+    return Path(results) / "chunks" / stage
 
 
 def chunk_manifest(results: str | Path, stage: str, chunk: str) -> Path:
     """A chunk job's manifest (its rule output): its assets, ok or the reason, seconds."""
-    return Path(results) / "chunks" / stage / f"{chunk}.json"
+    return chunks(results, stage) / f"{chunk}.json"
 
 
 def chunk_members(results: str | Path, stage: str, chunk: str) -> Path:
     """What a chunk job computes, written when the run starts (for jobs that re-parse the workflow)."""
-    return Path(results) / "chunks" / stage / f"{chunk}.members.json"
+    return chunks(results, stage) / f"{chunk}.members.json"

@@ -35,15 +35,11 @@ from typing import Any
 from dam3d.runtime import layout
 
 
-# The results layout is dam3d.runtime.layout's; these names are what the runtime calls them.
-stamp_path = layout.stamp
-chunk_path = layout.chunk_manifest
-chunk_members_path = layout.chunk_members
 
 
 def read_stamp(results: str | Path, stage: str, asset: str) -> dict[str, Any] | None:
     try:
-        return json.loads(stamp_path(results, stage, asset).read_text())
+        return json.loads(layout.stamp(results, stage, asset).read_text())
     except (OSError, ValueError):
         return None
 
@@ -97,12 +93,12 @@ class StagePlan:
         died before writing its manifest (its finished assets are kept).
         """
         if asset in self.chunk_of:
-            return str(chunk_path(self.results, self.stage, self.chunk_of[asset]))
+            return str(layout.chunk_manifest(self.results, self.stage, self.chunk_of[asset]))
         return self.made_by[asset]
 
     def chunk_refs(self, assets: Iterable[str]) -> list[str]:
         """Manifests of this stage's chunks computing any of `assets` now (a downstream chunk waits for them)."""
-        return sorted({str(chunk_path(self.results, self.stage, self.chunk_of[a])) for a in assets if a in self.chunk_of})
+        return sorted({str(layout.chunk_manifest(self.results, self.stage, self.chunk_of[a])) for a in assets if a in self.chunk_of})
 
     def chunk_pattern(self) -> str:
         # A wildcard constraint: only this run's chunks are made by the rule; older
@@ -137,8 +133,8 @@ def plan_stage(
             and all(Path(p).exists() for p in plan.outputs[asset])
         )
         if done:
-            manifest = chunk_path(results, stage, str(stamp.get("chunk")))
-            plan.made_by[asset] = str(manifest if manifest.exists() else stamp_path(results, stage, asset))
+            manifest = layout.chunk_manifest(results, stage, str(stamp.get("chunk")))
+            plan.made_by[asset] = str(manifest if manifest.exists() else layout.stamp(results, stage, asset))
         else:
             plan.pending.append(asset)
     n_chunks = math.ceil(len(plan.pending) / max(1, per_job))
@@ -150,7 +146,7 @@ def plan_stage(
         # run gets the same name again, so a resumed job skips the assets it finished.
         for attempt in itertools.count():
             name = f"{len(members)}x-" + digest([stage, [(a, plan.keys[a]) for a in members], attempt])[:12]
-            if not chunk_path(results, stage, name).exists():
+            if not layout.chunk_manifest(results, stage, name).exists():
                 break
         plan.chunks[name] = members
         plan.chunk_of.update(dict.fromkeys(members, name))

@@ -232,8 +232,11 @@ def check_subject(image: Image.Image, alpha: Image.Image, asset: str) -> None:
     pixels), checked on a copy at most CHECK_SIDE px a side. A photo with its own
     transparency is taken as cut out already: only the blank and empty checks apply.
     """
-    small = image.convert("RGB")
-    small.thumbnail((CHECK_SIDE, CHECK_SIDE))
+    # Reduced straight from the photo: no full-size copy of a 50 MP image in the writer thread.
+    scale = min(1.0, CHECK_SIDE / max(image.size))
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    small = image.resize(size, Image.BILINEAR, reducing_gap=2.0).convert("RGB")
+    own_alpha = has_own_alpha(image)
     rgb = np.asarray(small, dtype=np.float32)
     grey_std = float(rgb.mean(axis=2).std())
     if grey_std < BLANK_STD:
@@ -242,17 +245,17 @@ def check_subject(image: Image.Image, alpha: Image.Image, asset: str) -> None:
     chroma = float((rgb.max(axis=2) - rgb.min(axis=2)).mean())
     grey = rgb.mean(axis=2)
     border = float(np.concatenate([grey[:4].ravel(), grey[-4:].ravel(), grey[:, :4].ravel(), grey[:, -4:].ravel()]).mean())
-    if (not has_own_alpha(image) and chroma < PLACEHOLDER_CHROMA and grey_std < PLACEHOLDER_STD
+    if (not own_alpha and chroma < PLACEHOLDER_CHROMA and grey_std < PLACEHOLDER_STD
             and border < STUDIO_WHITE):
         raise AssetError(asset, "cutout", f"the photo looks like a placeholder graphic, not a product photo: no colour "
                                           f"at all, little contrast (grey-level std {grey_std:.1f}) and a grey "
                                           f"background (border {border:.0f}, not studio white)")
-    mask = np.asarray(alpha.convert("L").resize(small.size, Image.BILINEAR))
+    mask = np.asarray((alpha if alpha.mode == "L" else alpha.convert("L")).resize(size, Image.BILINEAR, reducing_gap=2.0))
     solid = float((mask >= SOLID_ALPHA).mean())
     if solid < MIN_SOLID_SHARE:
         raise AssetError(asset, "cutout", "no foreground found: nothing stands out from the background "
                                           f"({solid:.2%} of the photo masked)")
-    if not has_own_alpha(image) and float((mask > ALPHA_THRESHOLD).mean()) > WHOLE_FRAME_SHARE:
+    if not own_alpha and float((mask > ALPHA_THRESHOLD).mean()) > WHOLE_FRAME_SHARE:
         raise AssetError(asset, "cutout", "the background remover took the whole photo as the product: no "
                                           "background to separate it from (a texture, a close-up or a graphic?)")
 

@@ -416,14 +416,6 @@ class ProvidedMesh(MeshBackend):
 # provided meshes, loading cutouts, export
 
 
-def load_provided(asset: str, path: Path) -> trimesh.Trimesh:
-    """Load the DAM's own mesh (any format trimesh reads), concatenate a scene, normalise it.
-
-    Such files have no agreed axes; they are taken to be in glTF's frame already (+Y up, front +Z).
-    """
-    return normalise(_as_mesh(read_provided(asset, path)))
-
-
 def read_provided(asset: str, path: Path) -> trimesh.Trimesh | trimesh.Scene:
     """The DAM's own mesh as the file holds it (a Scene keeps its parts), checked; AssetError naming the file."""
     path = Path(path)

@@ -2,7 +2,7 @@
 
 The rendering itself lives in `blender/render_views.py`, which runs either in
 this Python (the `bpy` module) or in a `blender` binary; this module only
-writes its job list, runs it in a subprocess and reads its report back, so a
+writes its job list, runs it in a subprocess and reads its per-asset records as they come, so a
 crash inside Blender never takes the caller down.
 
 `python -m dam3d.stages.render --bench` times start-up and per-asset cost of an engine.
@@ -27,9 +27,9 @@ from dam3d import CHECKOUT
 
 SCRIPT = CHECKOUT / "blender" / "render_views.py"
 ENGINES = ("BLENDER_WORKBENCH", "BLENDER_EEVEE", "CYCLES")
-# How render_assets starts the error of an asset that Blender never reported (it died first).
+# How render_stream starts the error of an asset that Blender never reported (it died first).
 RENDERER_EXITED = "renderer exited"
-# render_views.py --records prints one line per finished asset: this prefix, then its record as JSON.
+# render_views.py prints one line per finished asset: this prefix, then its record as JSON.
 RECORD_PREFIX = "render_views: record "
 
 
@@ -40,7 +40,7 @@ def view_names(views: int) -> list[str]:
 
 @dataclass
 class BatchRun:
-    """What one Blender process did: per-job records from its report, plus timings."""
+    """What one Blender process did: its per-job records, plus timings."""
 
     records: list[dict[str, Any]]
     wall_seconds: float
@@ -84,7 +84,7 @@ def stream_batch(
             else {"mesh": str(j[0]), "out": str(j[1])} for j in jobs
         ]))
         args = [
-            "--jobs", str(jobs_file), "--records",
+            "--jobs", str(jobs_file),
             "--views", str(views), "--elevation", str(elevation), "--resolution", str(resolution),
             "--engine", engine, "--device", device, "--samples", str(samples), "--fov", str(fov),
             "--aa", str(aa), "--vertex-colors", vertex_colors,
@@ -260,11 +260,6 @@ def render_members(members: list[dict], **settings: Any) -> Iterator[tuple[str, 
                 yield asset, AssetError(asset, "render", error) if error else None
         if not restart:
             return
-
-
-def render_assets(jobs: list[tuple[Path, Path]], **settings: Any) -> dict[Path, str | None]:
-    """`render_stream` collected: each out_dir mapped to None (done) or its error."""
-    return dict(render_stream(jobs, **settings))
 
 
 def _tail(output: str) -> str:

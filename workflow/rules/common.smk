@@ -25,7 +25,7 @@ from dam3d.runtime.backends import backend
 from dam3d.stages.cutout import resolve_backend
 from dam3d.stages.embed import resolve_models
 from dam3d.runtime.atomic import write_text
-from dam3d.runtime.plan import chunk_members_path, code_digest, plan_stage, summary as plan_summary
+from dam3d.runtime.plan import code_digest, plan_stage, summary as plan_summary
 from dam3d.stages.render import view_names
 
 
@@ -123,11 +123,11 @@ def write_chunk_members():
     for stage, plan in PLANS.items():
         keep = {Path(ref).name for ref in plan.made_by.values()}
         keep |= {f"{name}{suffix}" for name in plan.chunks for suffix in (".json", ".members.json")}
-        for old in Path(RESULTS, "chunks", stage).glob("*.json"):
+        for old in layout.chunks(RESULTS, stage).glob("*.json"):
             if old.name not in keep:
                 old.unlink(missing_ok=True)
         for name, assets in plan.chunks.items():
-            write_text(chunk_members_path(RESULTS, stage, name), json.dumps([chunk_member(stage, a) for a in assets]))
+            write_text(layout.chunk_members(RESULTS, stage, name), json.dumps([chunk_member(stage, a) for a in assets]))
 
 
 def chunk_member(stage, asset):
@@ -140,7 +140,7 @@ def chunk_members(stage, chunk):
     plan = PLANS[stage]
     if chunk in plan.chunks:
         return [chunk_member(stage, a) for a in plan.chunks[chunk]]
-    return json.loads(chunk_members_path(RESULTS, stage, chunk).read_text())
+    return json.loads(layout.chunk_members(RESULTS, stage, chunk).read_text())
 
 
 def chunk_constraint(stage):

@@ -1,14 +1,16 @@
+# What changes every cutout, worked out once (not once per asset): backend, model, settings, script.
+CUTOUT_KEY = [
+    CUTOUT.name,
+    CUTOUT.key(config["cutout"]),
+    {k: config["cutout"][k] for k in ("size", "margin", "max_pixels")},
+    script_digest("cutout"),
+]
+
 add_plan(
     "cutout",
     outputs=lambda asset: [str(layout.cutout(RESULTS, asset))],
     # The photo's content, not its mtime: a touched or copied file reruns nothing.
-    key_parts=lambda asset: [
-        DIGESTS[ASSETS[asset].image],
-        CUTOUT.name,
-        CUTOUT.key(config["cutout"]),
-        {k: config["cutout"][k] for k in ("size", "margin", "max_pixels")},
-        script_digest("cutout"),
-    ],
+    key_parts=lambda asset: [DIGESTS[ASSETS[asset].image], *CUTOUT_KEY],
     per_job=CHUNKS["cutout"],
     # An entry the catalogue could not use (a URL...) fails at once with the catalogue's reason.
     members=lambda asset: {"image": str(ASSETS[asset].image), "refused": ASSETS[asset].problem},

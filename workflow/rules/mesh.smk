@@ -1,12 +1,9 @@
+MESH_KEY = [MESH.name, MESH.key(config["mesh"])]  # once, not once per asset
+
 add_plan(
     "mesh",
     outputs=lambda asset: [str(layout.mesh(RESULTS, asset))],
-    key_parts=lambda asset: [
-        MESH.name,
-        MESH.key(config["mesh"]),
-        DIGESTS.get(provided_mesh(asset), "none"),
-        script_digest("mesh"),
-    ],
+    key_parts=lambda asset: [*MESH_KEY, DIGESTS.get(provided_mesh(asset), "none"), script_digest("mesh")],
     upstream=["cutout"],
     per_job=CHUNKS["mesh"],
     members=lambda asset: {

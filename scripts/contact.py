@@ -3,10 +3,12 @@
 import contextlib
 from pathlib import Path
 
-from dam3d.stages.contact import asset_sheet, run_sheet
+from dam3d.stages.contact import asset_label, asset_sheet, run_sheet
 from dam3d.runtime.chunk import one_by_one, run_chunk
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
+
+
 
 if smk.rule == "contact_asset":
     run_chunk(
@@ -19,7 +21,7 @@ if smk.rule == "contact_asset":
                 [Path(p) for p in m["views"]],
                 Path(m["outputs"][0]),
                 background=tuple(smk.params.background),
-                label=m["sku"],
+                label=asset_label(m["sku"], Path(m["mesh"])),
             ),
         ),
     )

@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                                  TARGET_CUTOUT, target_jobs, cut=cut, device=device, batch=cut_batch,
                                  chunk=chunks.get("cutout", 64), workers=workers)
 
-        params = mesh.get(mesh["backend"], {})
+        params = get_backend("mesh", mesh["backend"]).key(mesh)   # what the mesh rule hands the backend
         t = _timed(lambda: [build_mesh(a, out / "cutout" / f"{a}.png", out / "mesh" / f"{a}.glb",
                                        mesh["backend"], params) for a, _ in assets])
         rows.append((f"mesh ({mesh['backend']})", f"{t / n:.3f} s/asset"))

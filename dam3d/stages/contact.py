@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dam3d.runtime.atomic import atomic_path
 from dam3d.runtime.chunk import has_result
+from dam3d.stages.shapes import shape_record
 
 TILE = 160  # px, one cutout or view in an asset sheet
 LABEL_HEIGHT = 22
@@ -66,6 +67,14 @@ def _fit(img: Image.Image, width: int, height: int, background: tuple[int, int, 
     tile = Image.new("RGBA", (width, height), (*background, 255))
     tile.alpha_composite(img, ((width - size[0]) // 2, (height - size[1]) // 2))
     return tile.convert("RGB")
+
+
+def asset_label(sku: str, mesh: Path) -> str:
+    """An asset sheet's label: the SKU and, for a `prior` mesh, the shape it was given and how well it fit."""
+    record = shape_record(mesh)
+    if not record:
+        return sku
+    return f"{sku}   mesh: {record['shape']} (silhouette IoU {record['iou']:.2f})"
 
 
 def asset_sheet(

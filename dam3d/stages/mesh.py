@@ -1,12 +1,14 @@
 """Mesh stage: RGBA cutout -> GLB in the canonical frame (+Y up, front faces +Z, centred, largest extent 1).
 
-Backends (registered in dam3d.runtime.backends): `inflate` (CPU, silhouette inflation, the offline default), `trellis`
-(TRELLIS image-to-3D on a CUDA GPU) and `provided` (a mesh the DAM already has).
+Backends (registered in dam3d.runtime.backends): `prior` (CPU, a cuboid or a solid of revolution fitted
+to the silhouette where one fits, else inflation; dam3d.stages.shapes), `inflate` (CPU, silhouette
+inflation), `trellis` (TRELLIS image-to-3D on a CUDA GPU) and `provided` (a mesh the DAM already has).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,6 +21,7 @@ from dam3d.runtime.atomic import atomic_path
 from dam3d.runtime.backends import Backend, hub_available, register
 from dam3d.runtime.backends import backend as get_backend
 from dam3d.errors import AssetError
+from dam3d.stages.shapes import PRIOR_DEFAULTS, SHAPE_KEY, prior_mesh
 
 STAGE = "mesh"
 
@@ -360,7 +363,10 @@ def trellis(image: Image.Image, asset: str, params: dict) -> trimesh.Trimesh:
 
 
 class MeshBackend(Backend):
-    """A mesh backend: `build` turns one asset's cutout (or the DAM's own mesh) into a mesh."""
+    """A mesh backend: `build` turns one asset's cutout (or the DAM's own mesh) into a mesh.
+
+    `build`'s `params` are what `key` takes from the `mesh` config (the rule hands over exactly that).
+    """
 
     stage, env = "mesh", "blender"
     # True for a backend that reads the DAM's own mesh file (catalogue `mesh` column or same-stem file).
@@ -385,6 +391,32 @@ class InflateMesh(MeshBackend):
 
     def build(self, asset: str, cutout: Path, params: dict, provided: Path | None) -> trimesh.Trimesh:
         return inflate(_load_cutout(asset, cutout), asset, params)
+
+
+@register
+class PriorMesh(MeshBackend):
+    """A shape prior fitted to the silhouette (cuboid, solid of revolution), else inflation: the offline default.
+
+    Its settings are `mesh.prior` and, for the assets no prior fits, `mesh.inflate`. The
+    choice is recorded in the mesh's metadata (the GLB's mesh extras: dam3d.stages.shapes.shape_record).
+    """
+
+    name = "prior"
+
+    def key(self, settings: dict[str, Any]) -> Any:
+        return {"prior": settings.get("prior", {}), "inflate": settings.get("inflate", {})}
+
+    def build(self, asset: str, cutout: Path, params: dict, provided: Path | None) -> trimesh.Trimesh:
+        image = _load_cutout(asset, cutout)
+        p = {**PRIOR_DEFAULTS, **params.get("prior", {})}
+        rgba = np.asarray(image)
+        mask = _foreground(rgba, asset, int(p["alpha_threshold"]), float(INFLATE_DEFAULTS["hole_fill"]))
+        mesh, fit = prior_mesh(rgba, mask, p)
+        if mesh is None:
+            mesh = inflate(image, asset, params.get("inflate", {}))
+        mesh.metadata[SHAPE_KEY] = fit.record()
+        print(f"dam3d: {asset}: mesh {fit.shape} (silhouette IoU {fit.iou:.3f})", file=sys.stderr, flush=True)
+        return mesh
 
 
 @register
@@ -491,3 +523,4 @@ def _canonical_scene(parts: list[trimesh.Trimesh]) -> trimesh.Scene:
     for part in parts:
         part.apply_transform(turn)
     return trimesh.Scene([_for_gltf(p) for p in parts])
+

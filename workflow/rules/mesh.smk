@@ -25,7 +25,7 @@ rule mesh:
     params:
         members=lambda wildcards: chunk_members("mesh", wildcards.chunk),
         backend=config["mesh"]["backend"],
-        settings=config["mesh"].get(config["mesh"]["backend"], {}),
+        settings=MESH_KEY[1],
     # inflate and provided are single-threaded NumPy/trimesh; TRELLIS works on the GPU.
     threads: 1
     retries: CHUNK_RETRIES

@@ -47,6 +47,7 @@ add_plan(
     members=lambda asset: {
         "cutout": str(layout.cutout(RESULTS, asset)),
         "views": view_paths(asset),
+        "mesh": str(layout.mesh(RESULTS, asset)),
         "sku": ASSETS[asset].sku,
     },
 )

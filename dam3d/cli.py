@@ -14,7 +14,7 @@ from pathlib import Path
 from dam3d import __version__
 from dam3d.errors import AssetError
 from dam3d.runtime import layout
-from dam3d.search.index import FUSIONS, Index
+from dam3d.search.index import FUSIONS, Index, choose_fusion
 from dam3d.search.query import QueryEncoder
 
 U2NETP_MD5 = "8e83ca70e441ab06c318d82300c84806"
@@ -36,7 +36,7 @@ def find_index(index: str | None, results: str = "results") -> Path:
 
 def cmd_search(args: argparse.Namespace) -> int:
     index = Index.load(find_index(args.index, args.results))
-    fusion = index.fusion(args.fusion)
+    fusion, source = index.fusion_source(args.fusion)
     k = args.k or index.manifest["config"]["search"]["k"]
     try:
         query = QueryEncoder(index)(args.photo)
@@ -45,9 +45,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 2
     hits = index.search(query, k=k, fusion=fusion)
     if args.json:
-        print(json.dumps({"query": str(args.photo), "index": str(index.directory), "fusion": fusion, "results": hits}, indent=2))
+        print(json.dumps({"query": str(args.photo), "index": str(index.directory), "fusion": fusion,
+                          "fusion_source": source, "results": hits}, indent=2))
     else:
-        print(f"query {args.photo}  (index {index.directory}, model {index.manifest['model']['name']}, fusion {fusion})")
+        print(f"query {args.photo}  (index {index.directory}, model {index.manifest['model']['name']}, "
+              f"fusion {fusion}: {source})")
         print(f"{'rank':>4}  {'score':>6}  {'sku':<24}  image")
         for hit in hits:
             print(f"{hit['rank']:>4}  {hit['score']:6.3f}  {hit['sku']:<24}  {hit['image']}")
@@ -75,6 +77,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{len(first['absent'])} expected SKU(s) not in the index, counted as misses: {', '.join(first['absent'])}")
     for fusion in report:
         print(format_confusions(report, fusion, limit=3))
+    print(f"best fusion on these photos: {choose_fusion(report)} (ties go to 2d; with these photos as `queries` in "
+          f"the config, `search.fusion: auto` searches with it)")
     return 0
 
 
@@ -140,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="top SKUs for a photo")
     search.add_argument("photo")
     search.add_argument("-k", type=int, default=None, help="how many SKUs (default: config search.k)")
-    search.add_argument("--fusion", choices=FUSIONS, default=None, help="default: config search.fusion")
+    search.add_argument("--fusion", choices=FUSIONS, default=None, help="default: the index's search.fusion (auto: the best on its labelled photos, else mean)")
     with_index(search)
     search.set_defaults(func=cmd_search)
 

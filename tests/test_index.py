@@ -82,3 +82,36 @@ def test_all_failed_is_an_error(tmp_path: Path) -> None:
 def test_missing_index_message(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="snakemake"):
         Index.load(tmp_path)
+
+
+def test_choose_fusion_takes_the_best_top1_and_ties_go_to_2d() -> None:
+    from dam3d.search.index import choose_fusion
+
+    report = {"2d": {"top1": 0.7}, "3d": {"top1": 0.6}, "mean": {"top1": 0.7}, "max": {"top1": 0.65}}
+    assert choose_fusion(report) == "2d"
+    report["max"]["top1"] = 0.72
+    assert choose_fusion(report) == "max"
+
+
+def test_auto_fusion_follows_the_evaluation_of_this_very_build(index: Index, tmp_path: Path) -> None:
+    import json
+
+    from dam3d.runtime import layout
+    from dam3d.search.index import DEFAULT_FUSION, manifest_digest
+
+    assert index.fusion_source() == (DEFAULT_FUSION, "auto: default, no evaluation on labelled photos for this index")
+    choice = layout.fusion_choice(index.results, index.directory.name)
+    choice.parent.mkdir(parents=True)
+    record = {"fusion": "max", "queries": 40, "index_manifest_sha1": manifest_digest(index.directory)}
+    choice.write_text(json.dumps(record))
+    fusion, source = index.fusion_source()
+    assert fusion == "max" and "40 labelled photos" in source
+    assert index.fusion("2d") == "2d"                        # the command's flag wins
+    # an evaluation of an earlier build of the index is not this index's
+    choice.write_text(json.dumps({**record, "index_manifest_sha1": "0" * 40}))
+    assert index.fusion() == DEFAULT_FUSION
+    # a fusion set in the index's config wins over auto
+    manifest = json.loads((index.directory / "manifest.json").read_text())
+    manifest["config"] = {"search": {"fusion": "3d"}}
+    (index.directory / "manifest.json").write_text(json.dumps(manifest))
+    assert Index.load(index.directory).fusion_source() == ("3d", "the index's config")

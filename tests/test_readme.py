@@ -118,6 +118,10 @@ def test_main_command_on_the_sample(tmp_path: Path) -> None:
     with_queries = sh(root, BIN / "snakemake", "--cores", "2", *config)
     assert with_queries.returncode == 0, with_queries.stderr[-3000:]
     assert json.loads((root / "results" / "evaluate" / "mobilenetv2.json").read_text())
+    # search.fusion: auto now searches with the fusion that did best on those 6 photos, and says so
+    best = json.loads((root / "results" / "evaluate" / "mobilenetv2.fusion.json").read_text())["fusion"]
+    auto = sh(root, BIN / "dam3d", "search", "sample/queries/IMG_2041.jpg")
+    assert f"fusion {best}: auto: best top-1 on 6 labelled photos" in auto.stdout, auto.stdout
     report = sh(root, BIN / "snakemake", "--cores", "2", *config, "--report", "report.html")
     assert report.returncode == 0 and (root / "report.html").stat().st_size > 10_000, report.stderr[-3000:]
     # "Rerun one asset from a stage": delete its output there and run again.

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 from dam3d.stages.shapes import _box_corners, _project, fit_shape, prior_mesh
 
 ORTHO = {"fov": 0.0}  # the drawings below are orthographic
+BOTH = {"shapes": ["cuboid", "revolution"]}  # the default tries cuboids only
 RED, GREEN, BLUE = (220, 30, 30), (30, 200, 40), (40, 60, 230)
 
 
@@ -93,7 +94,7 @@ def test_box_hidden_faces_take_their_mirror_faces_colours():
 
 def test_vase_is_a_solid_of_revolution_closed_and_facing_the_catalogue_camera():
     rgba = vase_photo(elevation=20)
-    mesh, fit = prior_mesh(rgba, rgba[..., 3] > 127, {"azimuth": 30.0, "elevation": 20.0})
+    mesh, fit = prior_mesh(rgba, rgba[..., 3] > 127, {**BOTH, "azimuth": 30.0, "elevation": 20.0})
     assert fit.shape == "revolution"
     assert fit.iou > 0.95
     assert mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0
@@ -114,8 +115,10 @@ def test_what_no_prior_explains_is_left_to_inflation():
 def test_a_round_thing_is_not_taken_for_a_box_nor_a_box_for_a_round_thing():
     vase = vase_photo()
     box = box_photo(200, 300, 120, yaw=25, elevation=15)
-    assert fit_shape(vase[..., 3] > 127)[0].shape == "revolution"
-    assert fit_shape(box[..., 3] > 127, ORTHO)[0].shape == "cuboid"
+    assert fit_shape(vase[..., 3] > 127, BOTH)[0].shape == "revolution"
+    assert fit_shape(box[..., 3] > 127, {**BOTH, **ORTHO})[0].shape == "cuboid"
+    # by default only cuboids are tried: the vase is inflated
+    assert fit_shape(vase[..., 3] > 127)[0].shape == "inflate"
 
 
 # --- the `prior` mesh backend --------------------------------------------------------------------
@@ -171,6 +174,6 @@ def test_contact_sheet_label_names_the_shape(tmp_path):
 
     src, out = tmp_path / "vase.png", tmp_path / "vase.glb"
     Image.fromarray(vase_photo()).save(src)
-    build_mesh("vase", src, out, "prior", {"prior": {}, "inflate": {}})
+    build_mesh("vase", src, out, "prior", {"prior": BOTH, "inflate": {}})
     assert asset_label("VASE 1", out) in ("VASE 1   mesh: revolution (silhouette IoU 0.99)", "VASE 1   mesh: revolution (silhouette IoU 1.00)")
     assert asset_label("VASE 1", tmp_path / "missing.glb") == "VASE 1"

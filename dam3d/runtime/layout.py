@@ -55,6 +55,11 @@ def index(results: str | Path, model: str) -> Path:
     return indexes(results) / model
 
 
+def fusion_choice(results: str | Path, model: str) -> Path:
+    """The fusion that scored best on the configured labelled queries for one model's index (`search.fusion: auto`)."""
+    return Path(results) / "evaluate" / f"{model}.fusion.json"
+
+
 def query_cache(results: str | Path, model: str) -> Path:
     """Cached query vectors of `dam3d evaluate` for one model."""
     return Path(results) / "cache" / "queries" / model

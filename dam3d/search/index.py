@@ -22,13 +22,30 @@ import pyarrow.parquet as pq
 
 from dam3d import __version__
 from dam3d.catalogue import Asset
+from dam3d.runtime import layout
 from dam3d.runtime.atomic import atomic_path, write_text
 from dam3d.runtime.chunk import has_result
 from dam3d.stages.embed import l2_normalise
 
 FUSIONS = ("2d", "3d", "mean", "max")
-# The fusion of an index whose manifest records none (config.yaml's search.fusion default).
+# The fusion of an index whose manifest records none, or `auto` without an evaluation on labelled
+# photos: `mean` was the best or level with the best on every generated benchmark (README, Evaluation).
 DEFAULT_FUSION = "mean"
+# `search.fusion: auto` takes the best top-1 on the user's labelled photos; ties go to the earlier
+# fusion here, so the views are used only where they beat the catalogue photo alone.
+CHOICE_ORDER = ("2d", "mean", "max", "3d")
+
+
+def choose_fusion(report: dict[str, dict]) -> str:
+    """The fusion with the best top-1 in an evaluation report (ties: CHOICE_ORDER), e.g. '2d'."""
+    return max((f for f in CHOICE_ORDER if f in report), key=lambda f: (report[f]["top1"], -CHOICE_ORDER.index(f)))
+
+
+def manifest_digest(directory: str | Path) -> str:
+    """SHA-1 of an index's manifest.json: which build of the index an evaluation was made on."""
+    import hashlib
+
+    return hashlib.sha1((Path(directory) / "manifest.json").read_bytes()).hexdigest()
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -119,12 +136,31 @@ class Index:
         return self.directory.resolve().parent.parent
 
     def fusion(self, flag: str | None = None) -> str:
-        """The fusion a search uses: `flag` (the command's), else the one this index was built with
-        (its manifest's config, search.fusion), else DEFAULT_FUSION. ValueError for an unknown one."""
-        fusion = flag or self.manifest.get("config", {}).get("search", {}).get("fusion") or DEFAULT_FUSION
+        """The fusion a search uses (see `fusion_source`). ValueError for an unknown one."""
+        return self.fusion_source(flag)[0]
+
+    def fusion_source(self, flag: str | None = None) -> tuple[str, str]:
+        """The fusion a search uses and why: `flag` (the command's), else the one this index was built with
+        (its manifest's config, search.fusion); `auto` (or none) is the best fusion on the labelled queries
+        evaluated on this very build of the index (layout.fusion_choice), else DEFAULT_FUSION."""
+        if flag:
+            fusion, source = flag, "asked for"
+        else:
+            fusion = self.manifest.get("config", {}).get("search", {}).get("fusion") or "auto"
+            source = "the index's config"
+        if fusion == "auto":
+            fusion, source = DEFAULT_FUSION, "auto: default, no evaluation on labelled photos for this index"
+            choice_path = layout.fusion_choice(self.results, self.directory.name)
+            try:
+                choice = json.loads(choice_path.read_text())
+            except (OSError, ValueError):
+                choice = None
+            if choice and choice.get("index_manifest_sha1") == manifest_digest(self.directory):
+                fusion = choice["fusion"]
+                source = f"auto: best top-1 on {choice['queries']} labelled photos ({choice_path})"
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
-        return fusion
+        return fusion, source
 
     def scores(self, queries: np.ndarray, fusion: str, *, chunk: int = 256) -> np.ndarray:
         """Cosine scores of L2-normalised query vectors against every SKU: (D,) -> (N,), (Q, D) -> (Q, N).

@@ -51,7 +51,7 @@ PRIOR_DEFAULTS: dict[str, Any] = {
     "elevation": 20.0,    # catalogue camera's elevation (degrees): used for solids of revolution, and the
                           # tie-break of a cuboid's fit (which fits its own elevation in [0, 45])
     "min_iou": 0.94,      # a prior whose silhouette matches the cutout's less well is not used (inflate)
-    "shapes": ["cuboid", "revolution"],   # priors tried, best IoU wins
+    "shapes": ["cuboid"],  # priors tried, best IoU wins; "revolution" too lost on the tuning benchmark (README)
     "cells": 48,          # grid cells along the longest side of a cuboid face / rings of a revolution
     "back_shade": 0.92,   # a hidden face repeats its mirror image's colours, a little darker
     "alpha_threshold": 127,

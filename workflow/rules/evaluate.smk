@@ -39,6 +39,7 @@ if config.get("queries"):
             images=QUERY_IMAGES,
         output:
             json=f"{RESULTS}/evaluate/{{model}}.json",
+            choice=str(layout.fusion_choice(RESULTS, "{model}")),
             table=report(
                 f"{RESULTS}/evaluate/{{model}}.html",
                 caption="../report/evaluate.rst",

@@ -29,19 +29,17 @@ Frame: glTF (+Y up, front +Z); the catalogue camera ends at azimuth `ShapeFit.az
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import json
 import struct
 from pathlib import Path
 
 import numpy as np
+import trimesh
 from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import ConvexHull
-
-if TYPE_CHECKING:
-    import trimesh
 
 PRIOR_DEFAULTS: dict[str, Any] = {
     "azimuth": 30.0,      # catalogue camera's azimuth from the product's front (degrees): where a solid
@@ -407,8 +405,6 @@ def revolution_mesh(rgba: np.ndarray, profile: dict[str, Any], elevation: float,
 
 
 def _coloured(vertices: np.ndarray, faces: np.ndarray, rgb: np.ndarray) -> trimesh.Trimesh:
-    import trimesh   # here, not at the top: contact sheets read `shape_record` without trimesh
-
     rgb8 = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     colours = np.column_stack([rgb8, np.full(len(rgb8), 255, dtype=np.uint8)])
     return trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colours, process=False)
@@ -456,8 +452,6 @@ def prior_mesh(rgba: np.ndarray, mask: np.ndarray, params: dict | None = None) -
         _, profile = revolution_profile(mask, fit.elevation, side=PROFILE_SIDE)
         mesh = revolution_mesh(rgba, profile, fit.elevation, p)
         # the photographed side (built facing +Z) turns to face the catalogue camera's azimuth
-        import trimesh
-
         mesh.apply_transform(trimesh.transformations.rotation_matrix(np.radians(fit.azimuth), [0, 1, 0]))
         return mesh, fit
     return None, fit

@@ -59,6 +59,10 @@ COMMANDS = {
         "test_evaluate.py::test_true_meshes_of_a_benchmark_run_with_the_provided_backend",
     ".venv/bin/dam3d evaluate /tmp/bench_s2/queries.csv --results /tmp/bench_s2/results_provided":
         "test_readme.py::test_main_command_on_the_sample",
+    ".venv/bin/dam3d bench make /tmp/bench_t1 --objects 150 --queries-per-object 2 --seed 11":
+        "test_evaluate.py::test_bench_make_tiny",
+    ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench_t1/catalogue results=/tmp/bench_t1/results_prior "
+    "'mesh={backend: prior}'": "test_workflow.py::test_dot_test_configs_run_as_the_community_workflows_run_them",
     "snakemake --profile profiles/local --use-conda":
         "not run: conda cannot run on this project's machines; test_envs.py checks the env files, "
         "test_profiles.py::test_local_profile_runs_gpu_jobs_one_at_a_time the profile",

@@ -152,3 +152,8 @@ def test_dot_test_configs_run_as_the_community_workflows_run_them(tmp_path: Path
         assert manifest["counts"]["indexed"] == 3 and manifest["counts"]["views_per_asset"] == views, manifest["counts"]
         assert sorted(pq.read_table(index / "assets.parquet").column("sku").to_pylist()) == [
             "CHAIR-0002", "FAN-0010", "LAMP 0007"]
+    # config-3d.yaml's mesh backend `prior` records, per SKU, the shape it chose (none fits a chair, a fan, a lamp)
+    from dam3d.stages.shapes import shape_record
+
+    records = [shape_record(p) for p in sorted((workdir / "results-3d" / "mesh").glob("*.glb"))]
+    assert [r["shape"] for r in records] == ["inflate"] * 3, records

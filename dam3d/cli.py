@@ -43,7 +43,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     except AssetError as exc:
         print(f"dam3d: {exc}", file=sys.stderr)
         return 2
-    hits = index.search(query, k=k, fusion=fusion)
+    hits = index.search(query, k=k, fusion=fusion, exact=args.exact)
     if args.json:
         print(json.dumps({"query": str(args.photo), "index": str(index.directory), "fusion": fusion,
                           "fusion_source": source, "results": hits}, indent=2))
@@ -144,6 +144,8 @@ def parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="top SKUs for a photo")
     search.add_argument("photo")
     search.add_argument("-k", type=int, default=None, help="how many SKUs (default: config search.k)")
+    search.add_argument("--exact", action="store_true",
+                        help="score every SKU (an index of more than 20,000 SKUs is otherwise searched through its ANN graphs)")
     search.add_argument("--fusion", choices=FUSIONS, default=None, help="default: the index's search.fusion (auto: the best on its labelled photos, else mean)")
     with_index(search)
     search.set_defaults(func=cmd_search)

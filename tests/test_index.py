@@ -115,3 +115,47 @@ def test_auto_fusion_follows_the_evaluation_of_this_very_build(index: Index, tmp
     manifest["config"] = {"search": {"fusion": "3d"}}
     (index.directory / "manifest.json").write_text(json.dumps(manifest))
     assert Index.load(index.directory).fusion_source() == ("3d", "the index's config")
+
+
+def clustered_index(tmp_path: Path, n: int, views: int, dim: int, *, ann_min_skus: int, seed: int = 0) -> Index:
+    """An index of `n` SKUs whose vectors come in clusters (look-alike products), as real embeddings do."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(n // 20, 1), dim))
+    assets, paths = [], []
+    for i in range(n):
+        base = centres[i % len(centres)] + 0.6 * rng.normal(size=dim)
+        vec2d = unit(base + 0.3 * rng.normal(size=dim))
+        vec3d = unit(base + 0.5 * rng.normal(size=(views, dim)))
+        ok = [True] * views
+        if i % 50 == 0:
+            ok[-1] = False   # a failed view: 3d and max fall back to the 2D vector there
+        path = tmp_path / f"S{i}.npz"
+        np.savez(path, vec2d=vec2d, vec3d=vec3d, view_ok=np.array(ok), views=np.array([f"v{j}" for j in range(views)]),
+                 model=np.array("m"))
+        assets.append(Asset(f"S{i}", f"SKU {i}", Path(f"{i}.jpg")))
+        paths.append(path)
+    build_index(assets, paths, tmp_path / "index", {"model": {"name": "m"}}, ann_min_skus=ann_min_skus)
+    return Index.load(tmp_path / "index")
+
+
+def test_ann_search_returns_what_exact_search_returns_for_every_fusion(tmp_path: Path) -> None:
+    from dam3d.search.ann import AnnCandidates
+
+    index = clustered_index(tmp_path, 1500, 4, 48, ann_min_skus=1000)   # past the threshold: graphs are built
+    assert AnnCandidates.available(index.directory) and index.manifest["ann"]["vectors"] == "float16"
+    rng = np.random.default_rng(1)
+    queries = unit(np.asarray(index.vec3d)[rng.integers(0, 1500, 40), 1] + 0.4 * rng.normal(size=(40, 48)))
+    for fusion in FUSIONS:
+        for q in queries:
+            ann, exact = index.search(q, k=5, fusion=fusion), index.search(q, k=5, fusion=fusion, exact=True)
+            assert [h["sku"] for h in ann] == [h["sku"] for h in exact], fusion
+            assert [h["score"] for h in ann] == pytest.approx([h["score"] for h in exact], abs=1e-6)
+
+
+def test_small_indexes_are_searched_exactly_and_a_rebuild_drops_stale_graphs(tmp_path: Path) -> None:
+    from dam3d.search.ann import AnnCandidates
+
+    big = clustered_index(tmp_path, 120, 2, 16, ann_min_skus=100)
+    assert AnnCandidates.available(big.directory)
+    small = clustered_index(tmp_path, 120, 2, 16, ann_min_skus=120)   # at the threshold: exact only
+    assert not AnnCandidates.available(small.directory) and small.manifest["ann"] is None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from dam3d.catalogue import Asset
 from dam3d.runtime import layout
 from dam3d.runtime.atomic import atomic_path, write_text
 from dam3d.runtime.chunk import has_result
+from dam3d.search.ann import ANN_MIN_SKUS, AnnCandidates, build_ann
 from dam3d.stages.embed import l2_normalise
 
 FUSIONS = ("2d", "3d", "mean", "max")
@@ -53,11 +54,13 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
-def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Path, manifest: dict) -> dict:
+def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Path, manifest: dict, *,
+                ann_min_skus: int = ANN_MIN_SKUS) -> dict:
     """Write the index for the assets whose embedding exists (non-empty); return the manifest.
 
-    Files are written atomically, and manifest.json last: a reader that finds
-    the manifest finds a complete index.
+    With more than `ann_min_skus` SKUs it also writes the HNSW graphs that `Index.search`
+    takes its candidates from (dam3d.search.ann). Files are written atomically, and
+    manifest.json last: a reader that finds the manifest finds a complete index.
     """
     rows, vec2d, vec3d, view_ok, skipped = [], [], [], [], []
     views: list[str] = []
@@ -92,6 +95,15 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
     _save_npy(out_dir / "vectors_2d.npy", v2)
     _save_npy(out_dir / "vectors_3d.npy", l2_normalise(v3))
     _save_npy(out_dir / "vectors_mean.npy", fused)
+    for stale in AnnCandidates.files(out_dir):   # graphs of an earlier build would not match these rows
+        stale.unlink(missing_ok=True)
+    ann = None
+    if len(rows) > ann_min_skus:
+        import usearch
+
+        build_ann(out_dir, v2, l2_normalise(v3), fused)
+        ann = {"library": f"usearch {usearch.__version__}", "graph": "HNSW", "vectors": "float16",
+               "min_skus": ann_min_skus}
     manifest = {
         **manifest,
         "dam3d_version": __version__,
@@ -101,6 +113,7 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
         "views": views,
         "dim": int(v2.shape[1]),
         "failed_assets": skipped,
+        "ann": ann,
     }
     write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
@@ -114,6 +127,7 @@ class Index:
     vec2d: np.ndarray  # (N, D)
     vec3d: np.ndarray  # (N, V, D)
     vecmean: np.ndarray  # (N, D)
+    _ann: AnnCandidates | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def load(cls, directory: str | Path) -> Index:
@@ -162,32 +176,48 @@ class Index:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
         return fusion, source
 
-    def scores(self, queries: np.ndarray, fusion: str, *, chunk: int = 256) -> np.ndarray:
+    def scores(self, queries: np.ndarray, fusion: str, *, chunk: int = 256, rows: np.ndarray | None = None) -> np.ndarray:
         """Cosine scores of L2-normalised query vectors against every SKU: (D,) -> (N,), (Q, D) -> (Q, N).
 
         float32; queries go `chunk` at a time so `3d`/`max` hold at most chunk x N x V scores.
+        `rows` (int array): score only those SKUs, in that order (N becomes len(rows)).
         """
         queries = np.asarray(queries, dtype=np.float32)
         if queries.ndim == 1:
-            return self.scores(queries[None], fusion, chunk=chunk)[0]
+            return self.scores(queries[None], fusion, chunk=chunk, rows=rows)[0]
         fusion = self.fusion(fusion)
-        out = np.empty((len(queries), len(self.assets)), dtype=np.float32)
+        pick = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
+        vec2d, vec3d, vecmean = (np.asarray(v[pick]) for v in (self.vec2d, self.vec3d, self.vecmean))
+        out = np.empty((len(queries), len(vec2d)), dtype=np.float32)
         for s in range(0, len(queries), chunk):
             q = queries[s : s + chunk]
             if fusion in ("2d", "max"):
-                out[s : s + chunk] = q @ np.asarray(self.vec2d).T
+                out[s : s + chunk] = q @ vec2d.T
             if fusion in ("3d", "max"):
-                views = np.einsum("qd,nvd->qnv", q, np.asarray(self.vec3d)).max(axis=2)
+                views = np.einsum("qd,nvd->qnv", q, vec3d).max(axis=2)
                 out[s : s + chunk] = views if fusion == "3d" else np.maximum(out[s : s + chunk], views)
             if fusion == "mean":
-                out[s : s + chunk] = q @ np.asarray(self.vecmean).T
+                out[s : s + chunk] = q @ vecmean.T
         return out
 
-    def search(self, query: np.ndarray, *, k: int = 5, fusion: str | None = None) -> list[dict]:
-        """The top `k` SKUs for one L2-normalised (D,) query vector, best first (ties: index order)."""
-        scores = self.scores(np.asarray(query, dtype=np.float32), self.fusion(fusion))
+    def search(self, query: np.ndarray, *, k: int = 5, fusion: str | None = None, exact: bool = False) -> list[dict]:
+        """The top `k` SKUs for one L2-normalised (D,) query vector, best first (ties: index order).
+
+        An index built with ANN graphs (more than ANN_MIN_SKUS SKUs) scores only the candidates
+        its graphs give, exactly (dam3d.search.ann); `exact=True` scores every SKU.
+        """
+        fusion = self.fusion(fusion)
+        query = np.asarray(query, dtype=np.float32)
+        rows = None
+        if not exact and AnnCandidates.available(self.directory):
+            if self._ann is None:
+                self._ann = AnnCandidates(self.directory, views=int(np.shape(self.vec3d)[1]), size=len(self.assets))
+            rows = self._ann.rows(query, fusion, k)   # sorted: positions keep the index order
+        scores = self.scores(query, fusion, rows=rows)
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
+        top = top[np.lexsort((top, -scores[top]))]
+        found = top if rows is None else rows[top]
         return [{"rank": r + 1, "sku": self.assets[i]["sku"], "asset_id": self.assets[i]["asset_id"],
-                 "score": float(scores[i]), "image": self.assets[i]["image"]} for r, i in enumerate(top)]
+                 "score": float(scores[t]), "image": self.assets[i]["image"]}
+                for r, (i, t) in enumerate(zip(found.tolist(), top.tolist(), strict=True))]

@@ -1,0 +1,100 @@
+"""Approximate nearest-neighbour candidates for large indexes (usearch HNSW, float16 vectors).
+
+Exact search (dam3d.search.index.Index.scores) reads every SKU's vectors for every query:
+fine for thousands of SKUs, not for millions. For an index with more than `ANN_MIN_SKUS`
+SKUs, `Index.search` asks the HNSW graphs written here for candidates and scores only those
+exactly, so a search returns the exact fusion scores of the SKUs it returns:
+
+- `2d` and `mean`: one vector per SKU (`ann_2d.usearch`, `ann_mean.usearch`);
+- `3d` and `max`: the view vectors (`ann_views.usearch`, key = row * views + view; a view
+  that failed to render holds the SKU's 2D vector, as in exact search), `max` also the
+  2D graph; the nearest `k * views * OVERFETCH` views are reduced to their SKUs.
+
+usearch (Apache-2.0, unum-cloud/usearch) was chosen for a library that stores float16
+vectors, memory-maps a saved graph (`view=True`) and supports numpy 1.x.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# An index with at most this many SKUs is searched exactly (ANN is for large catalogues).
+ANN_MIN_SKUS = 20_000
+# Candidates fetched per wanted SKU (views: per wanted SKU and view), at least MIN_CANDIDATES:
+# the exact re-scoring then puts them in order; neighbours of one SKU crowd the view graph's results.
+OVERFETCH = 4
+MIN_CANDIDATES = 64
+# HNSW search breadth (usearch's `expansion_search`, default 64): wider finds more of the true neighbours.
+EXPANSION_SEARCH = 256
+FILES = {"2d": "ann_2d.usearch", "mean": "ann_mean.usearch", "views": "ann_views.usearch"}
+
+
+def _graph(ndim: int):  # noqa: ANN202 - usearch.index.Index, imported lazily (only for large indexes)
+    from usearch.index import Index as Graph
+
+    return Graph(ndim=ndim, metric="cos", dtype="f16")
+
+
+def build_ann(out_dir: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np.ndarray) -> list[Path]:
+    """Write the HNSW graphs of an index: vec2d (N, D), vec3d (N, V, D), vecmean (N, D), float32, L2-normalised.
+
+    Returns the files written (atomically, each under its final name only when complete).
+    """
+    from dam3d.runtime.atomic import atomic_path
+
+    n, views, dim = vec3d.shape
+    written = []
+    for name, vectors in (("2d", vec2d), ("mean", vecmean), ("views", vec3d.reshape(n * views, dim))):
+        graph = _graph(dim)
+        graph.add(np.arange(len(vectors), dtype=np.uint64), np.ascontiguousarray(vectors, dtype=np.float32))
+        path = out_dir / FILES[name]
+        with atomic_path(path) as tmp:
+            graph.save(str(tmp))
+        written.append(path)
+    return written
+
+
+class AnnCandidates:
+    """Candidate rows of an index for a query, from its saved graphs (memory-mapped, loaded once)."""
+
+    def __init__(self, directory: Path, views: int, size: int) -> None:
+        self.directory = Path(directory)
+        self.views = views
+        self.size = size   # SKUs in the index
+        self._graphs: dict[str, object] = {}
+
+    @staticmethod
+    def files(directory: Path) -> list[Path]:
+        return [Path(directory) / f for f in FILES.values()]
+
+    @staticmethod
+    def available(directory: Path) -> bool:
+        """True if the index folder holds its ANN graphs (built for more than ANN_MIN_SKUS SKUs)."""
+        return all(p.is_file() for p in AnnCandidates.files(directory))
+
+    def _get(self, name: str):  # noqa: ANN202
+        if name not in self._graphs:
+            from usearch.index import Index as Graph
+
+            graph = Graph.restore(str(self.directory / FILES[name]), view=True)
+            graph.expansion_search = EXPANSION_SEARCH
+            self._graphs[name] = graph
+        return self._graphs[name]
+
+    def rows(self, query: np.ndarray, fusion: str, k: int) -> np.ndarray:
+        """Row numbers (int64, unique) of the SKUs that may be in the top `k` for `fusion`."""
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        found: list[np.ndarray] = []
+        if fusion in ("2d", "mean", "max"):
+            graph = self._get("2d" if fusion != "mean" else "mean")
+            count = max(OVERFETCH * k, MIN_CANDIDATES)
+            found.append(np.asarray(graph.search(query, count).keys, dtype=np.int64))
+        if fusion in ("3d", "max"):
+            graph = self._get("views")
+            count = max(OVERFETCH * k * self.views, MIN_CANDIDATES)
+            keys = np.asarray(graph.search(query, count).keys, dtype=np.int64)
+            found.append(keys // self.views)
+        rows = np.unique(np.concatenate(found))
+        return rows[(rows >= 0) & (rows < self.size)]   # a graph asked for more than it holds pads its answer

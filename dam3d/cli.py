@@ -34,6 +34,14 @@ def find_index(index: str | None, results: str = "results") -> Path:
     return found[0]
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     index = Index.load(find_index(args.index, args.results))
     fusion, source = index.fusion_source(args.fusion)
@@ -143,10 +151,10 @@ def parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="top SKUs for a photo")
     search.add_argument("photo")
-    search.add_argument("-k", type=int, default=None, help="how many SKUs (default: config search.k)")
+    search.add_argument("-k", type=_positive, default=None, help="how many SKUs (default: config search.k)")
     search.add_argument("--exact", action="store_true",
                         help="score every SKU (an index of more than 20,000 SKUs is otherwise searched through its ANN graphs)")
-    search.add_argument("--fusion", choices=FUSIONS, default=None, help="default: the index's search.fusion (auto: the best on its labelled photos, else mean)")
+    search.add_argument("--fusion", choices=("auto", *FUSIONS), default=None, help="default: the index's search.fusion (auto: the best on its labelled photos, else mean)")
     with_index(search)
     search.set_defaults(func=cmd_search)
 

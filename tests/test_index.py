@@ -30,8 +30,9 @@ def index(tmp_path: Path) -> Index:
         tmp_path / "D.npz",
     ]
     paths[3].write_bytes(b"")  # embedding failed
-    build_index(assets, paths, tmp_path / "index", {"model": {"name": "m"}})
-    return Index.load(tmp_path / "index")
+    # laid out as a run's: RESULTS/index/{model}/ (auto fusion looks beside it, in RESULTS/evaluate/)
+    build_index(assets, paths, tmp_path / "results" / "index" / "m", {"model": {"name": "m"}})
+    return Index.load(tmp_path / "results" / "index" / "m")
 
 
 def test_manifest_and_assets(index: Index) -> None:
@@ -134,8 +135,8 @@ def clustered_index(tmp_path: Path, n: int, views: int, dim: int, *, ann_min_sku
                  model=np.array("m"))
         assets.append(Asset(f"S{i}", f"SKU {i}", Path(f"{i}.jpg")))
         paths.append(path)
-    build_index(assets, paths, tmp_path / "index", {"model": {"name": "m"}}, ann_min_skus=ann_min_skus)
-    return Index.load(tmp_path / "index")
+    build_index(assets, paths, tmp_path / "results" / "index" / "m", {"model": {"name": "m"}}, ann_min_skus=ann_min_skus)
+    return Index.load(tmp_path / "results" / "index" / "m")
 
 
 def test_ann_search_returns_what_exact_search_returns_for_every_fusion(tmp_path: Path) -> None:
@@ -159,3 +160,27 @@ def test_small_indexes_are_searched_exactly_and_a_rebuild_drops_stale_graphs(tmp
     assert AnnCandidates.available(big.directory)
     small = clustered_index(tmp_path, 120, 2, 16, ann_min_skus=120)   # at the threshold: exact only
     assert not AnnCandidates.available(small.directory) and small.manifest["ann"] is None
+
+
+def test_ann_index_with_k_near_or_past_its_size_is_exact_and_bad_k_is_refused(tmp_path: Path) -> None:
+    index = clustered_index(tmp_path, 60, 2, 16, ann_min_skus=10)
+    q = np.asarray(index.vec2d)[3]
+    for fusion in FUSIONS:
+        for k in (15, 60, 10**7):   # 4 k candidates would be all SKUs or more: scored exactly, capped at N
+            assert index.search(q, k=k, fusion=fusion) == index.search(q, k=k, fusion=fusion, exact=True)
+    assert len(index.search(q, k=10**7)) == 60
+    with pytest.raises(ValueError, match="at least 1"):
+        index.search(q, k=0)
+
+
+@pytest.mark.parametrize("content", ['[1]', '"mean"', '{"fusion": "bogus", "index_manifest_sha1": "DIGEST"}',
+                                     '{"index_manifest_sha1": "DIGEST"}', "{not json"])
+def test_an_unusable_fusion_choice_falls_back_to_the_default_and_says_so(index: Index, content: str) -> None:
+    from dam3d.runtime import layout
+    from dam3d.search.index import DEFAULT_FUSION, manifest_digest
+
+    choice = layout.fusion_choice(index.results, index.directory.name)
+    choice.parent.mkdir(parents=True)
+    choice.write_text(content.replace("DIGEST", manifest_digest(index.directory)))
+    fusion, source = index.fusion_source()
+    assert fusion == DEFAULT_FUSION and source.startswith("auto: default"), source

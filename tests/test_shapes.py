@@ -177,3 +177,20 @@ def test_contact_sheet_label_names_the_shape(tmp_path):
     build_mesh("vase", src, out, "prior", {"prior": BOTH, "inflate": {}})
     assert asset_label("VASE 1", out) in ("VASE 1   mesh: revolution (silhouette IoU 0.99)", "VASE 1   mesh: revolution (silhouette IoU 1.00)")
     assert asset_label("VASE 1", tmp_path / "missing.glb") == "VASE 1"
+
+
+def test_a_sliver_gets_no_prior_and_an_odd_glb_no_record(tmp_path):
+    import json
+    import struct
+
+    from dam3d.stages.shapes import shape_record
+
+    sliver = np.zeros((512, 512), dtype=bool)
+    sliver[6:506, 250:253] = True   # 3 px wide: at 64 px any box would match it at a made-up thickness
+    assert fit_shape(sliver, BOTH)[0].shape == "inflate"
+    for document in ([1], {"meshes": ["x"]}, {"meshes": [{"extras": "x"}]},
+                     {"meshes": [{"extras": {"dam3d_shape": {"shape": "cuboid"}}}]}):
+        body = json.dumps(document).encode()
+        path = tmp_path / "odd.glb"
+        path.write_bytes(b"glTF" + struct.pack("<II", 2, 20 + len(body)) + struct.pack("<I", len(body)) + b"JSON" + body)
+        assert shape_record(path) is None, document

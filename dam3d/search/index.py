@@ -1,4 +1,5 @@
-"""The search index: per-SKU 2D vector, per-view 3D vectors, fused mean vector; exact cosine search.
+"""The search index: per-SKU 2D vector, per-view 3D vectors, fused mean vector; cosine search, exact
+or, for large indexes, over the candidates of ANN graphs (dam3d.search.ann).
 
 Fusions (seeds 000/003):
 - `2d`: cosine with the cutout's vector.
@@ -25,7 +26,7 @@ from dam3d.catalogue import Asset
 from dam3d.runtime import layout
 from dam3d.runtime.atomic import atomic_path, write_text
 from dam3d.runtime.chunk import has_result
-from dam3d.search.ann import ANN_MIN_SKUS, AnnCandidates, build_ann
+from dam3d.search.ann import ANN_MIN_SKUS, OVERFETCH, AnnCandidates, build_ann
 from dam3d.stages.embed import l2_normalise
 
 FUSIONS = ("2d", "3d", "mean", "max")
@@ -169,9 +170,12 @@ class Index:
                 choice = json.loads(choice_path.read_text())
             except (OSError, ValueError):
                 choice = None
-            if choice and choice.get("index_manifest_sha1") == manifest_digest(self.directory):
-                fusion = choice["fusion"]
-                source = f"auto: best top-1 on {choice['queries']} labelled photos ({choice_path})"
+            if isinstance(choice, dict) and choice.get("index_manifest_sha1") == manifest_digest(self.directory):
+                if choice.get("fusion") in FUSIONS:
+                    fusion = choice["fusion"]
+                    source = f"auto: best top-1 on {choice.get('queries', '?')} labelled photos ({choice_path})"
+                else:
+                    source = f"auto: default, {choice_path} names no fusion of {FUSIONS}"
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
         return fusion, source
@@ -207,9 +211,13 @@ class Index:
         its graphs give, exactly (dam3d.search.ann); `exact=True` scores every SKU.
         """
         fusion = self.fusion(fusion)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
+        k = min(k, len(self.assets))
         query = np.asarray(query, dtype=np.float32)
         rows = None
-        if not exact and AnnCandidates.available(self.directory):
+        # The graphs help only when they are asked for fewer candidates than there are SKUs.
+        if not exact and OVERFETCH * k < len(self.assets) and AnnCandidates.available(self.directory):
             if self._ann is None:
                 self._ann = AnnCandidates(self.directory, views=int(np.shape(self.vec3d)[1]), size=len(self.assets))
             rows = self._ann.rows(query, fusion, k)   # sorted: positions keep the index order

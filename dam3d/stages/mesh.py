@@ -395,7 +395,7 @@ class InflateMesh(MeshBackend):
 
 @register
 class PriorMesh(MeshBackend):
-    """A shape prior fitted to the silhouette (cuboid, solid of revolution), else inflation: the offline default.
+    """A shape prior fitted to the silhouette (cuboid, solid of revolution), else inflation (CPU, offline).
 
     Its settings are `mesh.prior` and, for the assets no prior fits, `mesh.inflate`. The
     choice is recorded in the mesh's metadata (the GLB's mesh extras: dam3d.stages.shapes.shape_record).
@@ -410,7 +410,8 @@ class PriorMesh(MeshBackend):
         image = _load_cutout(asset, cutout)
         p = {**PRIOR_DEFAULTS, **params.get("prior", {})}
         rgba = np.asarray(image)
-        mask = _foreground(rgba, asset, int(p["alpha_threshold"]), float(INFLATE_DEFAULTS["hole_fill"]))
+        inflate_params = {**INFLATE_DEFAULTS, **params.get("inflate", {})}
+        mask = _foreground(rgba, asset, int(p["alpha_threshold"]), float(inflate_params["hole_fill"]))
         mesh, fit = prior_mesh(rgba, mask, p)
         if mesh is None:
             mesh = inflate(image, asset, params.get("inflate", {}))

@@ -8,9 +8,9 @@ silhouette says which, and fixes the shape:
 
 - **cuboid**: the silhouette of a box seen from a corner is the convex hexagon of its
   8 projected corners. Its yaw, the camera's elevation and the depth/width ratio are
-  fitted by grid search on the silhouette's IoU (orthographic camera; the bounding box
-  fixes the scale). The visible faces (front, one side, top) are painted from the
-  photo; each hidden face takes the colours of its mirror image through the box's
+  fitted by grid search on the silhouette's IoU (the bounding box fixes the scale; the
+  camera is a pinhole of the catalogue lens's field of view `fov`, orthographic at 0).
+  The visible faces (front, one side, top) are painted from the photo; each hidden face takes the colours of its mirror image through the box's
   planes of symmetry (back = front, the other side = the seen side, bottom = top).
 - **revolution**: a silhouette symmetric about a vertical axis is the envelope of
   the projected circles of a solid of revolution; each image row gives a circle's radius
@@ -58,6 +58,7 @@ PRIOR_DEFAULTS: dict[str, Any] = {
 # The mesh's metadata entry (the GLB's mesh `extras`) that records the fit: see `shape_record`.
 SHAPE_KEY = "dam3d_shape"
 FIT_SIDE = 64  # px: silhouettes are compared at this size (longest side of the bounding box)
+MIN_FIT_PIXELS = 8  # a silhouette narrower than this at FIT_SIDE gets no prior
 PROFILE_SIDE = 256  # px: a solid of revolution's profile is read at this size for its mesh
 SEGMENTS = 64  # around a solid of revolution
 CATALOGUE_FILL = 0.8  # share of the frame a catalogue shot's product spans (for the lens's distance)
@@ -418,6 +419,13 @@ def fit_shape(mask: np.ndarray, params: dict | None = None) -> tuple[ShapeFit, d
     p = {**PRIOR_DEFAULTS, **(params or {})}
     elevation, azimuth = float(p["elevation"]), float(p["azimuth"])
     candidates: list[tuple[float, ShapeFit, dict[str, Any]]] = []
+    rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        raise ValueError("fit_shape: the mask is empty")
+    height, width = rows.max() + 1 - rows.min(), cols.max() + 1 - cols.min()
+    if min(height, width) * FIT_SIDE < MIN_FIT_PIXELS * max(height, width):
+        # At FIT_SIDE a sliver is a few pixels wide: any box matches it, at a made-up thickness.
+        return ShapeFit("inflate", 0.0, 0.0, 0.0), {}
     if "cuboid" in p["shapes"]:
         iou, box = fit_cuboid(mask, elevation, float(p["fov"]))
         if box:
@@ -471,8 +479,10 @@ def shape_record(glb: Path) -> dict[str, Any] | None:
             document = json.loads(fh.read(length))
     except (OSError, ValueError):
         return None
-    for mesh in document.get("meshes", []):
-        record = (mesh.get("extras") or {}).get(SHAPE_KEY)
-        if record:
+    meshes = document.get("meshes") if isinstance(document, dict) else None
+    for mesh in meshes if isinstance(meshes, list) else []:
+        extras = mesh.get("extras") if isinstance(mesh, dict) else None
+        record = extras.get(SHAPE_KEY) if isinstance(extras, dict) else None
+        if isinstance(record, dict) and isinstance(record.get("shape"), str) and isinstance(record.get("iou"), (int, float)):
             return record
     return None

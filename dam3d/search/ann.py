@@ -94,6 +94,7 @@ class AnnCandidates:
         if fusion in ("3d", "max"):
             graph = self._get("views")
             count = max(OVERFETCH * k * self.views, MIN_CANDIDATES)
+            graph.expansion_search = max(EXPANSION_SEARCH, 2 * count)   # a long answer needs a wider search
             keys = np.asarray(graph.search(query, count).keys, dtype=np.int64)
             found.append(keys // self.views)
         rows = np.unique(np.concatenate(found))

@@ -145,7 +145,8 @@ def test_ann_search_returns_what_exact_search_returns_for_every_fusion(tmp_path:
     index = clustered_index(tmp_path, 1500, 4, 48, ann_min_skus=1000)   # past the threshold: graphs are built
     assert AnnCandidates.available(index.directory) and index.manifest["ann"]["vectors"] == "float16"
     rng = np.random.default_rng(1)
-    queries = unit(np.asarray(index.vec3d)[rng.integers(0, 1500, 40), 1] + 0.4 * rng.normal(size=(40, 48)))
+    # a customer photo of a catalogued product: one of its views plus noise of norm ~0.7 (cosine ~0.8)
+    queries = unit(np.asarray(index.vec3d)[rng.integers(0, 1500, 40), 1] + 0.1 * rng.normal(size=(40, 48)))
     for fusion in FUSIONS:
         for q in queries:
             ann, exact = index.search(q, k=5, fusion=fusion), index.search(q, k=5, fusion=fusion, exact=True)

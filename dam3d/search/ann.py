@@ -26,6 +26,9 @@ ANN_MIN_SKUS = 20_000
 # the exact re-scoring then puts them in order; neighbours of one SKU crowd the view graph's results.
 OVERFETCH = 4
 MIN_CANDIDATES = 64
+# HNSW links per node and build breadth.
+CONNECTIVITY = 32
+EXPANSION_ADD = 256
 # HNSW search breadth (usearch's `expansion_search`, default 64): wider finds more of the true neighbours.
 EXPANSION_SEARCH = 256
 FILES = {"2d": "ann_2d.usearch", "mean": "ann_mean.usearch", "views": "ann_views.usearch"}
@@ -34,7 +37,9 @@ FILES = {"2d": "ann_2d.usearch", "mean": "ann_mean.usearch", "views": "ann_views
 def _graph(ndim: int):  # noqa: ANN202 - usearch.index.Index, imported lazily (only for large indexes)
     from usearch.index import Index as Graph
 
-    return Graph(ndim=ndim, metric="cos", dtype="f16")
+    # Denser and more carefully built than usearch's defaults (16, 128): with those, a few nodes of a
+    # clustered catalogue were left unreachable and never came back as candidates.
+    return Graph(ndim=ndim, metric="cos", dtype="f16", connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD)
 
 
 def build_ann(out_dir: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np.ndarray) -> list[Path]:
@@ -48,7 +53,9 @@ def build_ann(out_dir: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np.n
     written = []
     for name, vectors in (("2d", vec2d), ("mean", vecmean), ("views", vec3d.reshape(n * views, dim))):
         graph = _graph(dim)
-        graph.add(np.arange(len(vectors), dtype=np.uint64), np.ascontiguousarray(vectors, dtype=np.float32))
+        # One thread: the same vectors give the same graph. Built on several, the insertion order
+        # varies and a few nodes of a clustered catalogue could end up unreachable (seen in tests).
+        graph.add(np.arange(len(vectors), dtype=np.uint64), np.ascontiguousarray(vectors, dtype=np.float32), threads=1)
         path = out_dir / FILES[name]
         with atomic_path(path) as tmp:
             graph.save(str(tmp))

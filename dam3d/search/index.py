@@ -94,7 +94,8 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
     with atomic_path(out_dir / "assets.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(rows), tmp)
     _save_npy(out_dir / "vectors_2d.npy", v2)
-    _save_npy(out_dir / "vectors_3d.npy", l2_normalise(v3))
+    v3 = l2_normalise(v3)
+    _save_npy(out_dir / "vectors_3d.npy", v3)
     _save_npy(out_dir / "vectors_mean.npy", fused)
     for stale in AnnCandidates.files(out_dir):   # graphs of an earlier build would not match these rows
         stale.unlink(missing_ok=True)
@@ -102,7 +103,7 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
     if len(rows) > ann_min_skus:
         import usearch
 
-        build_ann(out_dir, v2, l2_normalise(v3), fused)
+        build_ann(out_dir, v2, v3, fused)
         ann = {"library": f"usearch {usearch.__version__}", "graph": "HNSW", "vectors": "float16",
                "min_skus": ann_min_skus}
     manifest = {

@@ -21,7 +21,7 @@ from dam3d.runtime.atomic import atomic_path
 from dam3d.runtime.backends import Backend, hub_available, register
 from dam3d.runtime.backends import backend as get_backend
 from dam3d.errors import AssetError
-from dam3d.stages.shapes import PRIOR_DEFAULTS, SHAPE_KEY, prior_mesh
+from dam3d.stages.shapes import PRIOR_DEFAULTS, SHAPE_KEY, Painter, prior_mesh
 
 STAGE = "mesh"
 
@@ -254,17 +254,9 @@ def inflate(image: Image.Image, asset: str, params: dict) -> trimesh.Trimesh:
 
     # Colours: the mean colour of a cell-sized patch around each corner. Transparent pixels
     # first take their nearest foreground colour so the rim does not pick up the background.
-    rgb = rgba[..., :3].astype(np.float32)
-    visible = rgba[..., 3] > int(p["alpha_threshold"])   # not `mask`: filled pinholes have no colour of their own
-    _, (ny, nx) = ndimage.distance_transform_edt(~visible, return_indices=True)
-    rgb = rgb[ny, nx]
-    size = max(int(round(cell)), 1)
-    if size > 1:
-        rgb = ndimage.uniform_filter(rgb, size=(size, size, 1))
-    # corners lie on pixel edges; map_coordinates counts from pixel centres, hence the -0.5
-    py = np.clip(y0 + ci * cell - 0.5, 0, rgba.shape[0] - 1)
-    px = np.clip(x0 + cj * cell - 0.5, 0, rgba.shape[1] - 1)
-    colour = np.stack([ndimage.map_coordinates(rgb[..., k], [py, px], order=1) for k in range(3)], axis=1)
+    # not `mask`: filled pinholes have no colour of their own; the rim keeps its own pixels (edge 0)
+    paint = Painter(rgba, int(p["alpha_threshold"]), max(int(round(cell)), 1), edge=0)
+    colour = paint(np.column_stack([x0 + cj * cell, y0 + ci * cell]))
     back_colour = colour * float(p["back_shade"])
     rgb8 = np.clip(np.rint(np.vstack([colour, back_colour])), 0, 255).astype(np.uint8)
     vertex_colors = np.column_stack([rgb8, np.full(2 * n, 255, dtype=np.uint8)])

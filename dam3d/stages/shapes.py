@@ -270,16 +270,21 @@ def fit_revolution(mask: np.ndarray, elevation: float) -> tuple[float, float, di
 # Meshes painted from the photo
 
 
-class _Painter:
-    """Samples the cutout's colours at image positions (px, y down), background pixels filled from the object."""
+class Painter:
+    """Samples the cutout's colours at image positions (px from the image's top-left pixel edge, y down).
 
-    def __init__(self, rgba: np.ndarray, alpha_threshold: int, smooth: int) -> None:
+    Pixels outside the object (alpha <= `alpha_threshold`) and its outer `edge` pixels take their
+    nearest object pixel's colour; `smooth` > 1 averages over a square of that side (px).
+    """
+
+    def __init__(self, rgba: np.ndarray, alpha_threshold: int, smooth: int, edge: int = EDGE_PIXELS) -> None:
         visible = rgba[..., 3] > alpha_threshold
         # The silhouette's edge (anti-aliased, matted, seen edge-on) is no colour of the product:
         # its pixels take their nearest inner neighbour's colour, as the background's do.
-        inner = ndimage.binary_erosion(visible, iterations=EDGE_PIXELS)
-        if inner.any():
-            visible = inner
+        if edge > 0:   # (scipy erodes until nothing changes for 0 iterations)
+            inner = ndimage.binary_erosion(visible, iterations=edge)
+            if inner.any():
+                visible = inner
         _, (ny, nx) = ndimage.distance_transform_edt(~visible, return_indices=True)
         rgb = rgba[..., :3].astype(np.float32)[ny, nx]
         if smooth > 1:
@@ -315,7 +320,7 @@ def cuboid_mesh(rgba: np.ndarray, params: dict[str, float], top_left: tuple[floa
     origin = corners.min(axis=0)
     top_left_xy = np.array(top_left)[::-1]   # image position of the projected box's top-left
     cell = max(width, height, depth) / int(p["cells"])
-    paint = _Painter(rgba, int(p["alpha_threshold"]), max(int(round(cell)), 1))
+    paint = Painter(rgba, int(p["alpha_threshold"]), max(int(round(cell)), 1))
     # Mirror images through the box's planes; a face takes the best-seen one (itself when seen).
     mirrors = [np.array([sx, sy, sz], dtype=float) for sx in (1, -1) for sy in (1, -1) for sz in (1, -1)]
 
@@ -354,7 +359,7 @@ def revolution_mesh(rgba: np.ndarray, profile: dict[str, Any], elevation: float,
     ce, se = np.cos(np.radians(elevation)), np.sin(np.radians(elevation))
     heights = -(rows - rows[0]) / max(ce, 1e-6)   # a ring's centre projects to its row
     angle = np.linspace(0.0, 2 * np.pi, SEGMENTS, endpoint=False)   # 0: toward the camera (+Z here)
-    paint = _Painter(rgba, int(p["alpha_threshold"]), max(int(round(float(radii.max()) / int(p["cells"]))), 1))
+    paint = Painter(rgba, int(p["alpha_threshold"]), max(int(round(float(radii.max()) / int(p["cells"]))), 1))
 
     def ring_points(height: float, radius: np.ndarray, theta: np.ndarray) -> np.ndarray:
         return np.column_stack([radius * np.sin(theta), np.full(theta.shape, height), radius * np.cos(theta)])

@@ -7,7 +7,8 @@ start-up once: `--jobs JOBS.json` (a list of {"mesh", "out"}). Each job's record
 ({"mesh", "out", "ok", "error", "seconds", ...}) is printed as one JSON line, behind
 RECORD_PREFIX, the moment the job ends.
 A job may also carry `"views"`, a list of {"name", "azimuth", "elevation"} (degrees;
-optional "studio_light" and "light_rotation" for Workbench) that replaces the
+optional "light_rotation", degrees, turning the key light about the object, and
+"studio_light", Workbench's studio light, e.g. "rim.sl") that replaces the
 turntable for that job, and `"rotation"`, a row-major 3x3 turning the file's own
 frame into the convention below.  Wavefront OBJ files (+Y up, front +Z, MTL
 colours read as sRGB) are accepted besides glTF.
@@ -41,6 +42,8 @@ import numpy as np  # noqa: E402  (bundled with Blender and with the bpy wheel)
 from mathutils import Matrix, Vector  # noqa: E402
 
 ENGINES = ("BLENDER_WORKBENCH", "BLENDER_EEVEE", "CYCLES")
+# EEVEE/Cycles: a job's own key light (its "light_rotation") comes from this far above the horizon.
+KEY_ELEVATION = 45.0
 # Margin on each side of the frame, as a share of the frame: catalogue cutout look.
 # Must match dam3d.stages.render.RECORD_PREFIX (this script cannot import the package inside Blender).
 RECORD_PREFIX = "render_views: record "
@@ -255,6 +258,7 @@ class Renderer:
             bg.inputs["Strength"].default_value = 0.5
         world.probe_resolution = "128"  # the world probe is re-baked at every EEVEE render call
         sc.world = world
+        self.suns = []
         for name, strength, rot in (
             ("dam3d_key", 1.5, (math.radians(-35), math.radians(-30), 0.0)),
             ("dam3d_fill", 0.5, (math.radians(-10), math.radians(45), 0.0)),
@@ -264,8 +268,7 @@ class Renderer:
             ld.angle = math.radians(10)
             ob = bpy.data.objects.new(name, ld)
             sc.collection.objects.link(ob)
-            ob.parent = self.camera  # camera space: the light comes from over the photographer
-            ob.rotation_euler = rot
+            self.suns.append((ob, rot))
 
     def _warm_up(self) -> None:
         """Render one tiny empty frame so that GPU context and engine start-up count as start-up."""
@@ -402,12 +405,23 @@ class Renderer:
             out.append(Vector((math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el))))
         return out
 
-    def _set_light(self, light: tuple[str, float] | None) -> None:
-        """Workbench: a job's own studio light, fixed in the world and turned about +Z; else the default."""
+    def _set_light(self, light: tuple[str | None, float] | None) -> None:
+        """A job's own light, fixed in the world and turned about +Z by light[1] degrees; else the default.
+
+        Workbench: the studio light light[0]. EEVEE/Cycles: the key sun comes from that azimuth,
+        KEY_ELEVATION above the horizon, the fill stays with the camera. Default: both suns in
+        camera space, over the photographer's shoulders, so that every view is lit alike.
+        """
         if self.a.engine != "BLENDER_WORKBENCH":
+            for i, (ob, rot) in enumerate(self.suns):
+                if i == 0 and light is not None:
+                    # A sun shines along its local -Z: aim it from (azimuth, elevation) at the object.
+                    ob.matrix_world = look_at(view_dir(light[1], KEY_ELEVATION)).to_3x3().to_4x4()
+                else:
+                    ob.matrix_world = self.camera.matrix_world.to_3x3().to_4x4() @ _euler_matrix(rot)
             return
         sh = self.scene.display.shading
-        if light is None:
+        if light is None or not light[0]:
             sh.studio_light = "paint.sl"
             sh.use_world_space_lighting = False
             return
@@ -424,7 +438,8 @@ class Renderer:
         else:
             names = [v["name"] for v in views]
             dirs = [view_dir(v["azimuth"], v["elevation"]) for v in views]
-            lights = [v.get("studio_light") and (v["studio_light"], v.get("light_rotation", 0.0)) for v in views]
+            lights = [(v.get("studio_light"), float(v.get("light_rotation", 0.0)))
+                      if v.get("studio_light") or "light_rotation" in v else None for v in views]
         for name, u, light in zip(names, dirs, lights):
             self.camera.matrix_world = look_at(u * distance)
             self._set_light(light)
@@ -551,6 +566,12 @@ def _use_vertex_colour(ob: Any, mats: list[Any]) -> None:
                 mix.inputs[6].default_value = colour
                 nt.links.new(vc.outputs["Color"], mix.inputs[7])
                 nt.links.new(mix.outputs[2], base)
+
+
+def _euler_matrix(rot: tuple[float, float, float]) -> Matrix:
+    from mathutils import Euler
+
+    return Euler(rot, "XYZ").to_matrix().to_4x4()
 
 
 def view_dir(azimuth_deg: float, elevation_deg: float) -> Vector:

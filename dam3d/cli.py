@@ -177,6 +177,9 @@ def parser() -> argparse.ArgumentParser:
                       help="catalogue side and render size in px; queries are 1.25 x 0.9375 of it (default 512: 640x480)")
     make.add_argument("--sources", default="cc0,cc-by",
                       help="SH3D catalogues by licence: cc0, cc-by or both (default cc0,cc-by)")
+    make.add_argument("--engine", choices=("BLENDER_EEVEE", "BLENDER_WORKBENCH", "CYCLES"), default="BLENDER_EEVEE",
+                      help="renderer of the catalogue shots and queries (default BLENDER_EEVEE: shaded, unlike the "
+                           "pipeline's default Workbench views)")
     make.set_defaults(func=cmd_bench_make)
 
     failures = sub.add_parser("failures", help="assets that failed a stage, and why")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import product_photo
+from conftest import REPO, product_photo
 from dam3d import cli
 from dam3d.catalogue import Asset
 from dam3d.evaluation.evaluate import LabelledQuery, bootstrap_interval, evaluate_vectors, read_queries
@@ -285,6 +285,11 @@ def test_bench_make_tiny(tmp_path: Path) -> None:
     assert all(o["licence"].startswith(("CC0", "CC BY")) for o in objects)
     meta = json.loads((out / "bench.json").read_text())
     assert meta["seed"] == 7 and len(meta["queries"]) == 6
+    # Its photos are not rendered by the engine of the pipeline's default views (no tuning to it).
+    import yaml
+
+    pipeline_engine = yaml.safe_load((REPO / "config.yaml").read_text())["render"]["engine"]
+    assert "BLENDER_EEVEE" in meta["renderer"] and pipeline_engine not in meta["renderer"]
     cat_az = meta["catalogue_view"]["azimuth"]
     for q in meta["queries"]:  # other angles than the catalogue's
         assert 45 <= abs((q["azimuth"] - cat_az + 180) % 360 - 180) <= 150
@@ -325,7 +330,6 @@ def test_true_meshes_of_a_benchmark_run_with_the_provided_backend(tmp_path: Path
     import subprocess
     import sys
 
-    from conftest import REPO
     from dam3d.benchmarks.make import make_benchmark
 
     make_benchmark(tmp_path / "b", objects=3, queries_per_object=1, seed=7, resolution=96, log=lambda m: None)

@@ -322,3 +322,29 @@ def test_a_blender_that_cannot_start_fails_the_rest_without_restarting_per_asset
     results = dict(render_members(members, blender=str(broken)))
     assert all(isinstance(e, RuntimeError) and str(e).startswith(RENDERER_EXITED) for e in results.values())
     assert calls.read_text() == "xx"  # two Blenders, not one per asset
+
+
+def test_eevee_key_light_follows_each_views_light_rotation(tmp_path: Path, egl: None) -> None:
+    """The benchmark lights each customer photo from its own side (`light_rotation`): in EEVEE the key
+    sun moves with it. Seen from the front, a key light from the front lights the front face more than
+    one from behind; a view without a light of its own is lit from over the camera, as from the front."""
+    from dam3d.stages.render import run_batch
+
+    box = colour_box(tmp_path / "box.glb")
+    front = {"azimuth": 0.0, "elevation": 10.0}
+    views = [{"name": "front_lit", **front, "light_rotation": 0.0},
+             {"name": "back_lit", **front, "light_rotation": 180.0},
+             {"name": "default", **front}]
+    run = run_batch([{"mesh": box, "out": tmp_path / "out", "views": views}], resolution=RES,
+                    engine="BLENDER_EEVEE", aa=1, timeout=300)
+    assert [r["ok"] for r in run.records] == [True], run.records
+
+    def front_face(name: str) -> float:
+        im = rgba(tmp_path / "out" / f"{name}.png")
+        centre = im[RES // 2 - 8 : RES // 2 + 8, RES // 2 - 8 : RES // 2 + 8]
+        assert (centre[..., 3] == 255).all()
+        return float(centre[..., 2].mean())  # the front face is blue
+
+    lit, unlit, default = front_face("front_lit"), front_face("back_lit"), front_face("default")
+    assert lit > unlit + 20, (lit, unlit)
+    assert default > unlit + 20, (default, unlit)

@@ -36,7 +36,7 @@ _TOKEN = re.compile(r"""
   | (?P<string>"(?:[^"\\]|\\.)*")
   | (?P<number>-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<op>==|!=|<|>)
+  | (?P<op>==|!=|<=|>=|<|>)
   | (?P<punct>[(),])
 """, re.VERBOSE)
 
@@ -178,6 +178,9 @@ class _Parser:
             raise FilterError(f"unknown column {token.text!r} at character {token.position + 1}; the index has: {known}",
                               token.position)
         op = self._next()
+        if op.text in ("<=", ">="):
+            raise FilterError(f"operator {op.text!r} at character {op.position + 1} is not supported; "
+                              f"the filter has {' '.join(OPERATORS)} (e.g. price < 100.01)", op.position)
         if op.kind == "op":
             return Condition(token.text, op.text, (self._literal(),))
         if op.kind == "name" and op.text == "in":

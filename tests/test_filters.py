@@ -13,6 +13,7 @@ from dam3d import cli
 from dam3d.catalogue import Asset
 from dam3d.search.filters import FilterError, parse_filter
 from dam3d.search.index import FUSIONS, Index, build_index
+from conftest import REPO
 from test_index import clustered_index, unit
 
 # Metadata as a CSV manifest gives it: text (a decimal comma, a missing price, a price that is no number).
@@ -151,6 +152,7 @@ def run(index: Index, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
 
 
 def test_cli_where_as_the_readme_writes_it(run) -> None:  # noqa: ANN001
+    assert f"    {README_WHERE}  " in (REPO / "README.md").read_text()    # the command as the README shows it
     argv = shlex.split(README_WHERE)[1:]
     code, out, _ = run(argv)
     assert code == 0 and "2 of 6 SKUs match --where" in out and "matched" in out.splitlines()[1]

@@ -258,6 +258,9 @@ def test_the_filter_box_restricts_the_results_and_shows_errors(page) -> None:  #
     where.press("Enter")
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('3 of 4 SKUs match the filter')",
                            timeout=60_000)
+    deadline = time.monotonic() + 30    # the results are rendered just after the status line
+    while len(_hits(page)) != 3 and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
     hits = _hits(page)
     assert len(hits) == 3 and not any(EXPECTED in h for h in hits), hits
     where.fill('brand == "x"')
@@ -268,7 +271,9 @@ def test_the_filter_box_restricts_the_results_and_shows_errors(page) -> None:  #
     where.press("Enter")
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('No SKU matches the filter')",
                            timeout=60_000)
-    assert page.locator("#no-results").inner_text() == "No SKU matches the filter." and _hits(page) == []
+    page.wait_for_function("() => document.querySelector('#no-results')?.innerText === 'No SKU matches the filter.'",
+                           timeout=30_000)
+    assert _hits(page) == []
     where.fill("")
     where.press("Enter")
     _wait_for_top(page, EXPECTED, count=len(SKUS))

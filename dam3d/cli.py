@@ -14,6 +14,7 @@ from pathlib import Path
 from dam3d import __version__
 from dam3d.errors import AssetError
 from dam3d.runtime import layout
+from dam3d.search.filters import FilterError
 from dam3d.search.index import FUSIONS, Index, choose_fusion
 from dam3d.search.query import QueryEncoder
 
@@ -46,21 +47,32 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = Index.load(find_index(args.index, args.results))
     fusion, source = index.fusion_source(args.fusion)
     k = args.k or index.manifest["config"]["search"]["k"]
+    rows = None
+    if args.where is not None:
+        try:   # before the photo: a mistyped filter costs no model load
+            rows = index.select(args.where)
+        except FilterError as exc:
+            print(f"dam3d: --where: {exc}", file=sys.stderr)
+            return 2
     try:
         query = QueryEncoder(index)(args.photo)
     except AssetError as exc:
         print(f"dam3d: {exc}", file=sys.stderr)
         return 2
-    hits = index.search(query, k=k, fusion=fusion, exact=args.exact)
+    hits = index.search(query, k=k, fusion=fusion, exact=args.exact, where=rows)
+    if not hits:
+        print(f"dam3d: no SKU of the index matches --where {args.where}", file=sys.stderr)
     if args.json:
         print(json.dumps({"query": str(args.photo), "index": str(index.directory), "fusion": fusion,
-                          "fusion_source": source, "results": hits}, indent=2))
+                          "fusion_source": source, "where": args.where,
+                          "matching": len(index.assets) if rows is None else len(rows), "results": hits}, indent=2))
     else:
+        scope = "" if rows is None else f", {len(rows)} of {len(index.assets)} SKUs match --where"
         print(f"query {args.photo}  (index {index.directory}, model {index.manifest['model']['name']}, "
-              f"fusion {fusion}: {source})")
-        print(f"{'rank':>4}  {'score':>6}  {'sku':<24}  image")
+              f"fusion {fusion}: {source}{scope})")
+        print(f"{'rank':>4}  {'score':>6}  {'sku':<24}  {'matched':<8}  image")
         for hit in hits:
-            print(f"{hit['rank']:>4}  {hit['score']:6.3f}  {hit['sku']:<24}  {hit['image']}")
+            print(f"{hit['rank']:>4}  {hit['score']:6.3f}  {hit['sku']:<24}  {hit['matched']:<8}  {hit['image']}")
     return 0
 
 
@@ -155,6 +167,9 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--exact", action="store_true",
                         help="score every SKU (an index of more than 20,000 SKUs is otherwise searched through its ANN graphs)")
     search.add_argument("--fusion", choices=("auto", *FUSIONS), default=None, help="default: the index's search.fusion (auto: the best on its labelled photos, else mean)")
+    search.add_argument("--where", metavar="FILTER", default=None,
+                        help='search only the SKUs whose metadata match, e.g. \'category == "chairs" and price < 100\' '
+                             '(==, !=, <, >, in ("a", "b"), and; see README, Search and fusions)')
     with_index(search)
     search.set_defaults(func=cmd_search)
 

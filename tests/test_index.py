@@ -185,3 +185,80 @@ def test_an_unusable_fusion_choice_falls_back_to_the_default_and_says_so(index: 
     choice.write_text(content.replace("DIGEST", manifest_digest(index.directory)))
     fusion, source = index.fusion_source()
     assert fusion == DEFAULT_FUSION and source.startswith("auto: default"), source
+
+
+VIEWS = ["az000", "az120", "az240"]
+
+
+def crafted_index(tmp_path: Path) -> Index:
+    """Three SKUs in 6-d whose vectors are known: P's az120 view points along axis 1, Q's 2D vector along
+    axis 2 and its views away from it, R's renders all failed (its views hold its 2D vector)."""
+    e = np.eye(6, dtype=np.float32)
+    specs = {
+        "P": (unit(e[0] + 0.1 * e[5]), np.stack([unit(e[3] + e[4]), unit(e[1] + 0.05 * e[5]), unit(e[4] + 0.3 * e[1])]), [True] * 3),
+        "Q": (unit(e[2] + 0.1 * e[4]), np.stack([unit(e[3] + 0.5 * e[2]), unit(e[5]), unit(e[2] + e[3])]), [True] * 3),
+        "R": (unit(e[1] + e[2] + 0.2 * e[0]), np.zeros((3, 6), dtype=np.float32), [False] * 3),
+    }
+    assets, paths = [], []
+    for name, (vec2d, vec3d, ok) in specs.items():
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, vec2d=vec2d, vec3d=vec3d, view_ok=np.array(ok), views=np.array(VIEWS), model=np.array("m"))
+        assets.append(Asset(name, f"SKU {name}", Path(f"{name}.jpg")))
+        paths.append(path)
+    build_index(assets, paths, tmp_path / "crafted", {"model": {"name": "m"}})
+    return Index.load(tmp_path / "crafted")
+
+
+def expected_matched(index: Index, query: np.ndarray, row: int, fusion: str) -> str:
+    """What the test computes on its own: the argmax over the cutout (index 0) and the views of one SKU."""
+    if fusion in ("2d", "mean"):
+        return {"2d": "cutout", "mean": "fused"}[fusion]
+    vec2d, vec3d = np.asarray(index.vec2d[row]), np.asarray(index.vec3d[row])
+    if int(index.assets[row]["views_ok"]) == 0:
+        return "cutout"
+    candidates = np.concatenate([[vec2d @ query if fusion == "max" else -np.inf], vec3d @ query])
+    best = int(np.argmax(candidates))
+    return "cutout" if best == 0 else index.manifest["views"][best - 1]
+
+
+def test_matched_names_the_view_or_cutout_that_gave_the_score(tmp_path: Path) -> None:
+    index = crafted_index(tmp_path)
+    assert index.manifest["views"] == VIEWS
+    e = np.eye(6, dtype=np.float32)
+    along1 = e[1]                                  # P's az120 view; R's 2D vector comes second
+    by_sku = {h["sku"]: h["matched"] for h in index.search(along1, k=3, fusion="3d")}
+    assert by_sku == {"SKU P": "az120", "SKU Q": expected_matched(index, along1, 1, "3d"), "SKU R": "cutout"}
+    top = index.search(along1, k=1, fusion="max")[0]
+    assert (top["sku"], top["matched"]) == ("SKU P", "az120")
+    # Q's 2D vector beats its views for a query along axis 2: `max` says cutout, `3d` names its best view.
+    along2 = unit(e[2] + 0.1 * e[4])
+    q_max = next(h for h in index.search(along2, k=3, fusion="max") if h["sku"] == "SKU Q")
+    q_3d = next(h for h in index.search(along2, k=3, fusion="3d") if h["sku"] == "SKU Q")
+    assert q_max["matched"] == "cutout" and q_max["score"] == pytest.approx(1.0, abs=1e-5)
+    assert q_3d["matched"] == "az240" and q_3d["score"] == pytest.approx(float(index.vec3d[1, 2] @ along2), abs=1e-6)
+    assert {h["matched"] for h in index.search(along2, k=3, fusion="2d")} == {"cutout"}
+    assert {h["matched"] for h in index.search(along2, k=3, fusion="mean")} == {"fused"}
+    # Any query: every hit names the argmax the test computes from the vectors.
+    rng = np.random.default_rng(3)
+    for q in unit(rng.normal(size=(30, 6)).astype(np.float32)):
+        for fusion in FUSIONS:
+            for hit in index.search(q, k=3, fusion=fusion):
+                row = [a["sku"] for a in index.assets].index(hit["sku"])
+                assert hit["matched"] == expected_matched(index, q, row, fusion), (fusion, hit)
+
+
+def test_matched_on_the_ann_path_is_the_exact_argmax(tmp_path: Path) -> None:
+    index = clustered_index(tmp_path, 300, 4, 16, ann_min_skus=100)
+    rng = np.random.default_rng(5)
+    queries = unit(np.asarray(index.vec3d)[rng.integers(0, 300, 15), 2] + 0.1 * rng.normal(size=(15, 16)))
+    names = set(index.manifest["views"])
+    for fusion in ("3d", "max"):
+        seen = set()
+        for q in queries:
+            ann = index.search(q, k=5, fusion=fusion)
+            assert ann == index.search(q, k=5, fusion=fusion, exact=True)
+            for hit in ann:
+                row = int(hit["asset_id"][1:])
+                assert hit["matched"] == expected_matched(index, q, row, fusion)
+                seen.add(hit["matched"])
+        assert seen & names, fusion          # the views do win somewhere

@@ -27,6 +27,8 @@ COMMANDS = {
     ". .venv/bin/activate": "test_readme.py::test_main_command_on_the_sample",
     "snakemake --cores 8 --config catalogue=/data/dam/photos": "test_realworld.py::test_braces_in_a_file_name_are_just_characters",
     "dam3d search photo.jpg -k 5 --fusion mean": "test_readme.py::test_main_command_on_the_sample",
+    "dam3d search photo.jpg --where 'category == \"chairs\" and price < 100'":
+        "test_filters.py::test_cli_where_as_the_readme_writes_it",
     "dam3d serve": "test_serve.py::test_default_host_is_loopback",
     "dam3d evaluate queries.csv": "test_readme.py::test_main_command_on_the_sample",
     "dam3d failures": "test_readme.py::test_main_command_on_the_sample",

@@ -218,6 +218,67 @@ def test_k_and_fusion_change_the_results(page) -> None:  # noqa: ANN001
     assert "fusion 2d" in page.locator("#status").inner_text()
 
 
+def _strip_outlines(strip) -> list[tuple[str, bool]]:  # noqa: ANN001
+    """(caption, outlined?) of each image of a result's strip."""
+    return [tuple(x) for x in strip.locator("button.thumbnail-item").evaluate_all(
+        "bs => bs.map(b => [b.querySelector('.caption-label')?.innerText ?? '', "
+        "getComputedStyle(b).outlineStyle === 'solid' && getComputedStyle(b).outlineWidth === '4px'])")]
+
+
+def test_the_view_that_matched_is_outlined_in_the_strip(page, index_dir: Path) -> None:  # noqa: ANN001
+    from dam3d.search.serve import SearchApp
+
+    expected = {h["sku"]: h["matched"] for h in SearchApp(index_dir, warm_up=False).query(QUERY, k=len(SKUS), fusion="3d")["hits"]}
+    assert set(expected.values()) <= {f"az{a:03d}" for a in range(0, 360, 45)}   # 3d: always a view here
+    page.locator("#fusion").get_by_label("3d").check()
+    _upload(page, QUERY)
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('fusion 3d')", timeout=60_000)
+    hits = _wait_for_top(page, next(iter(expected)), count=len(SKUS))
+    strips = page.locator(".dam3d-views")
+    for i, caption in enumerate(hits):
+        sku = caption.split("\n")[0].split(". ", 1)[1]
+        assert f"matched: view {expected[sku]}" in caption, caption
+        strip = strips.nth(i)
+        strip.locator(".caption-label").nth(8).wait_for()
+        outlined = [name for name, on in _strip_outlines(strip) if on]
+        assert outlined == [expected[sku]], (sku, _strip_outlines(strip))
+    # mean has no single view: nothing is outlined
+    page.locator("#fusion").get_by_label("mean").check()
+    page.wait_for_function("() => document.querySelector('#hit-1')?.innerText.includes('matched: the fused vector')",
+                           timeout=60_000)
+    page.locator(".dam3d-views").first.locator(".caption-label").nth(8).wait_for()
+    assert not any(on for _, on in _strip_outlines(page.locator(".dam3d-views").first))
+
+
+def test_the_filter_box_restricts_the_results_and_shows_errors(page) -> None:  # noqa: ANN001
+    _upload(page, QUERY)
+    _wait_for_top(page, EXPECTED, count=len(SKUS))
+    where = page.locator("#where").locator("textarea, input").first
+    where.fill('title != "blue shell chair" and supplier == "ACME"')
+    where.press("Enter")
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('3 of 4 SKUs match the filter')",
+                           timeout=60_000)
+    deadline = time.monotonic() + 30    # the results are rendered just after the status line
+    while len(_hits(page)) != 3 and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    hits = _hits(page)
+    assert len(hits) == 3 and not any(EXPECTED in h for h in hits), hits
+    where.fill('brand == "x"')
+    where.press("Enter")
+    message = _toast(page, "brand")
+    assert "unknown column 'brand' at character 1" in message and "title" in message, message
+    where.fill('title == "sofa"')
+    where.press("Enter")
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('No SKU matches the filter')",
+                           timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#no-results')?.innerText === 'No SKU matches the filter.'",
+                           timeout=30_000)
+    assert _hits(page) == []
+    where.fill("")
+    where.press("Enter")
+    _wait_for_top(page, EXPECTED, count=len(SKUS))
+
+
 def _toast(page, text: str) -> str:  # noqa: ANN001
     toast = page.locator(".toast-body", has_text=text).first
     toast.wait_for(state="visible", timeout=60_000)
@@ -286,6 +347,16 @@ def test_search_app_in_process(index_dir: Path, tmp_path: Path) -> None:
     assert len(lamp["views"]) == 8 and "LAMP_0007" in lamp["views"][0][0]  # the safe id names the folder
     with pytest.raises(QueryError, match="fusion must be one of"):
         app.query(QUERY, fusion="best")
+    filtered = app.query(QUERY, k=5, where='title != "blue shell chair"')
+    assert filtered["matching"] == 3 and EXPECTED not in [h["sku"] for h in filtered["hits"]] and len(filtered["hits"]) == 3
+    with pytest.raises(QueryError, match=r"^Filter: unknown column 'brand' at character 1"):
+        app.query(QUERY, where='brand == "x"')
+    assert app.query(QUERY, where='title == "sofa"')["hits"] == []
+    for fusion in ("3d", "max"):
+        for hit in app.query(QUERY, k=5, fusion=fusion)["hits"]:
+            names = ["catalogue"] + [name for _, name in hit["views"]]
+            shown = "catalogue" if hit["matched"] == "cutout" else hit["matched"]
+            assert names[hit["highlight"] - 1] == shown, hit
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     with pytest.raises(QueryError, match=r"^empty.jpg: image file is empty \(0 bytes\): empty.jpg$"):

@@ -7,6 +7,10 @@ Fusions (seeds 000/003):
 - `mean`: cosine with normalise(2D vector + mean of the view vectors), one vector per SKU.
 - `max` (MaxCos): best cosine over the cutout and every view.
 A SKU whose renders failed keeps its 2D vector: `3d` and `max` fall back to it.
+
+Each hit says what gave its score (`matched`): a view's name (e.g. `az090`) or `cutout` for `3d`
+and `max`, `cutout` for `2d`, `fused` for `mean`. A search can be restricted to the rows that
+match a metadata filter (`where`, dam3d.search.filters) before it ranks them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dam3d.runtime import layout
 from dam3d.runtime.atomic import atomic_path, write_text
 from dam3d.runtime.chunk import has_result
 from dam3d.search.ann import ANN_MIN_SKUS, OVERFETCH, AnnCandidates, build_ann
+from dam3d.search.filters import Filter, parse_filter
 from dam3d.stages.embed import l2_normalise
 
 FUSIONS = ("2d", "3d", "mean", "max")
@@ -36,6 +41,12 @@ DEFAULT_FUSION = "mean"
 # `search.fusion: auto` takes the best top-1 on the user's labelled photos; ties go to the earlier
 # fusion here, so the views are used only where they beat the catalogue photo alone.
 CHOICE_ORDER = ("2d", "mean", "max", "3d")
+# What a hit's `matched` names besides a view: the catalogue cutout's vector, the fused `mean` vector.
+MATCHED_CUTOUT = "cutout"
+MATCHED_FUSED = "fused"
+# A view vector this close to its SKU's 2D vector (max abs difference) is the 2D vector a failed
+# render left in its place (build_index), so it matches as the cutout, not as that view.
+_FALLBACK_ATOL = 1e-6
 
 
 def choose_fusion(report: dict[str, dict]) -> str:
@@ -205,20 +216,67 @@ class Index:
                 out[s : s + chunk] = q @ vecmean.T
         return out
 
-    def search(self, query: np.ndarray, *, k: int = 5, fusion: str | None = None, exact: bool = False) -> list[dict]:
+    @property
+    def columns(self) -> list[str]:
+        """The columns of assets.parquet a filter may name: asset_id, sku, image, views_ok and the catalogue's metadata."""
+        return list(self.assets[0]) if self.assets else []
+
+    def select(self, where: str | Filter) -> np.ndarray:
+        """(M,) int64 rows, ascending, of the SKUs that match a metadata filter (dam3d.search.filters).
+
+        FilterError (a ValueError) for bad syntax or a column the index does not have.
+        """
+        if isinstance(where, str):
+            where = parse_filter(where, self.columns)
+        return np.flatnonzero(where.mask(self.assets)).astype(np.int64)
+
+    def matched(self, query: np.ndarray, fusion: str, rows: np.ndarray) -> list[str]:
+        """What gave each of `rows` (int, (R,)) its score for one L2-normalised (D,) query: R names.
+
+        `3d`: the best view's name (the manifest's `views`, e.g. 'az090'); `max`: that, or 'cutout' where
+        the 2D vector scores at least as high; `2d`: 'cutout'; `mean`: 'fused'. A view that holds the
+        2D vector (its render failed; a 2D-only index) is 'cutout'. Costs R x V dot products.
+        """
+        fusion = self.fusion(fusion)
+        rows = np.asarray(rows, dtype=np.int64)
+        if fusion in ("2d", "mean"):
+            return [MATCHED_CUTOUT if fusion == "2d" else MATCHED_FUSED] * len(rows)
+        query = np.asarray(query, dtype=np.float32)
+        vec2d, vec3d = np.asarray(self.vec2d[rows]), np.asarray(self.vec3d[rows])   # (R, D), (R, V, D)
+        view_scores = np.einsum("d,rvd->rv", query, vec3d)
+        best = view_scores.argmax(axis=1) if len(rows) else np.zeros(0, dtype=np.int64)
+        picked = np.arange(len(rows))
+        cutout = np.abs(vec3d[picked, best] - vec2d).max(axis=1, initial=0.0) <= _FALLBACK_ATOL
+        if fusion == "max":
+            cutout |= vec2d @ query >= view_scores[picked, best]
+        names = [str(v) for v in self.manifest.get("views", [])]
+        return [MATCHED_CUTOUT if c or b >= len(names) else names[b] for c, b in zip(cutout.tolist(), best.tolist(), strict=True)]
+
+    def search(self, query: np.ndarray, *, k: int = 5, fusion: str | None = None, exact: bool = False,
+               where: str | Filter | np.ndarray | None = None) -> list[dict]:
         """The top `k` SKUs for one L2-normalised (D,) query vector, best first (ties: index order).
 
-        An index built with ANN graphs (more than ANN_MIN_SKUS SKUs) scores only the candidates
-        its graphs give, exactly (dam3d.search.ann); `exact=True` scores every SKU.
+        Each hit: {"rank": int, "sku": str, "asset_id": str, "score": float, "image": str, "matched": str}
+        (`matched`: see `Index.matched`). Fewer than `k` hits when fewer SKUs are searched.
+
+        `where` restricts the search, before ranking, to the SKUs of a metadata filter (its text or a
+        parsed Filter: FilterError for a bad one), of an (N,) bool mask, or of an int array of rows;
+        those are scored exactly, ANN graphs or not, at a cost linear in the number of matching rows.
+        No match: an empty list. ValueError for k < 1 or an unknown fusion.
+
+        Unfiltered, an index built with ANN graphs (more than ANN_MIN_SKUS SKUs) scores only the
+        candidates its graphs give, exactly (dam3d.search.ann); `exact=True` scores every SKU.
         """
         fusion = self.fusion(fusion)
         if k < 1:
             raise ValueError(f"k must be at least 1, not {k}")
-        k = min(k, len(self.assets))
         query = np.asarray(query, dtype=np.float32)
-        rows = None
+        rows = None if where is None else self._rows(where)
+        if rows is not None and len(rows) == 0:
+            return []
+        k = min(k, len(self.assets))
         # The graphs help only when they are asked for fewer candidates than there are SKUs.
-        if not exact and OVERFETCH * k < len(self.assets) and AnnCandidates.available(self.directory):
+        if rows is None and not exact and OVERFETCH * k < len(self.assets) and AnnCandidates.available(self.directory):
             if self._ann is None:
                 self._ann = AnnCandidates(self.directory, views=int(np.shape(self.vec3d)[1]), size=len(self.assets))
             rows = self._ann.rows(query, fusion, k)   # sorted: positions keep the index order
@@ -227,6 +285,21 @@ class Index:
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.lexsort((top, -scores[top]))]
         found = top if rows is None else rows[top]
+        matched = self.matched(query, fusion, found)
         return [{"rank": r + 1, "sku": self.assets[i]["sku"], "asset_id": self.assets[i]["asset_id"],
-                 "score": float(scores[t]), "image": self.assets[i]["image"]}
-                for r, (i, t) in enumerate(zip(found.tolist(), top.tolist(), strict=True))]
+                 "score": float(scores[t]), "image": self.assets[i]["image"], "matched": m}
+                for r, (i, t, m) in enumerate(zip(found.tolist(), top.tolist(), matched, strict=True))]
+
+    def _rows(self, where: str | Filter | np.ndarray) -> np.ndarray:
+        """Ascending int64 rows of a filter, an (N,) bool mask or an array of rows (ValueError if out of range)."""
+        if isinstance(where, str | Filter):
+            return self.select(where)
+        where = np.asarray(where)
+        if where.dtype == bool:
+            if where.shape != (len(self.assets),):
+                raise ValueError(f"a row mask must have shape ({len(self.assets)},), not {where.shape}")
+            return np.flatnonzero(where).astype(np.int64)
+        rows = np.unique(where.astype(np.int64))
+        if len(rows) and (rows[0] < 0 or rows[-1] >= len(self.assets)):
+            raise ValueError(f"rows must be in 0..{len(self.assets) - 1}")
+        return rows

@@ -2,8 +2,11 @@
 
 The page shows the cutout that was searched with, then the top-k SKUs, each with its
 rank, score, catalogue metadata and a strip of its catalogue image and rendered views
-(a click on any image shows it larger). The cutout and embedding models are loaded
-once when the server starts; a query only cuts out, embeds and searches.
+(a click on any image shows it larger); in the strip, the view (or the catalogue image)
+that gave the SKU its score is outlined (fusions `3d` and `max`). A filter on the
+catalogue metadata (dam3d.search.filters) restricts the SKUs searched. The cutout and
+embedding models are loaded once when the server starts; a query only cuts out, embeds
+and searches.
 
 A file that is not an image, is larger than the upload cap, or has more pixels than
 `cutout.max_pixels` is refused with a message in the page; the server stays up.
@@ -31,7 +34,8 @@ from PIL import Image  # noqa: E402
 from dam3d.search.query import QueryEncoder  # noqa: E402
 from dam3d.errors import AssetError  # noqa: E402
 from dam3d.runtime import layout  # noqa: E402
-from dam3d.search.index import FUSIONS, Index  # noqa: E402
+from dam3d.search.filters import FilterError  # noqa: E402
+from dam3d.search.index import FUSIONS, MATCHED_CUTOUT, MATCHED_FUSED, Index  # noqa: E402
 from dam3d.runtime.chunk import has_result  # noqa: E402
 
 DEFAULT_MAX_UPLOAD_MB = 25.0
@@ -91,12 +95,23 @@ class SearchApp:
                 f"{self.max_upload_bytes / 1024 / 1024:.3g} MB (dam3d serve --max-upload-mb)"
             )
 
-    def query(self, photo: str | Path, *, k: int = 5, fusion: str | None = None) -> dict[str, Any]:
-        """Cut out, embed and search one photo (fusion: Index.fusion's rule); QueryError with a readable reason."""
+    def query(self, photo: str | Path, *, k: int = 5, fusion: str | None = None, where: str | None = None) -> dict[str, Any]:
+        """Cut out, embed and search one photo (fusion: Index.fusion's rule); QueryError with a readable reason.
+
+        `where`: a metadata filter (dam3d.search.filters; blank: none), checked before the photo is.
+        Returns {"cutout": PIL image, "vector": (D,) float32, "note": str | None, "hits": [hit + "metadata",
+        "thumbnail", "views", "highlight"], "matching": SKUs the filter let through, "seconds": float}.
+        """
         try:
             fusion = self.index.fusion(fusion)
         except ValueError as exc:
             raise QueryError(str(exc)) from None
+        rows = None
+        if where and where.strip():
+            try:
+                rows = self.index.select(where)
+            except FilterError as exc:
+                raise QueryError(f"Filter: {exc}") from None
         self.check_upload(photo)
         start = time.perf_counter()
         try:
@@ -104,14 +119,17 @@ class SearchApp:
         except AssetError as exc:
             # The reason names the server's temporary copy; the user knows the file by its name.
             raise QueryError(f"{Path(photo).name}: {exc.reason.replace(str(photo), Path(photo).name)}") from None
-        hits = self.index.search(vector, k=int(k), fusion=fusion)
+        hits = self.index.search(vector, k=int(k), fusion=fusion, where=rows)
         seconds = time.perf_counter() - start
-        return {"cutout": cutout, "vector": vector, "note": note, "hits": [self._describe(h) for h in hits], "seconds": seconds}
+        return {"cutout": cutout, "vector": vector, "note": note, "hits": [self._describe(h) for h in hits],
+                "matching": len(self.index.assets) if rows is None else len(rows), "seconds": seconds}
 
     def _describe(self, hit: dict) -> dict:
         row = self.rows[hit["asset_id"]]
         metadata = {k: v for k, v in row.items() if k not in INTERNAL_COLUMNS and v not in (None, "")}
-        return {**hit, "metadata": metadata, "thumbnail": self.thumbnail(hit["asset_id"]), "views": self.view_paths(hit["asset_id"])}
+        thumbnail, views = self.thumbnail(hit["asset_id"]), self.view_paths(hit["asset_id"])
+        return {**hit, "metadata": metadata, "thumbnail": thumbnail, "views": views,
+                "highlight": _highlight(hit["matched"], thumbnail is not None, [name for _, name in views])}
 
     def view_paths(self, asset_id: str) -> list[tuple[str, str]]:
         """(path, view name) of the asset's rendered views that exist (a failed render leaves an empty file)."""
@@ -149,8 +167,26 @@ class SearchApp:
                 f"cutout {m['backends']['cutout']}, {len(self.views)} views per SKU.")
 
 
+def _highlight(matched: str, has_thumbnail: bool, views: list[str]) -> int | None:
+    """1-based position in a result's strip (catalogue image, then the views shown) of what gave its score."""
+    if matched == MATCHED_CUTOUT:
+        return 1 if has_thumbnail else None
+    if matched in views:
+        return views.index(matched) + 1 + has_thumbnail
+    return None
+
+
+def _matched_text(matched: str) -> str:
+    if matched == MATCHED_CUTOUT:
+        return "matched: the catalogue photo"
+    if matched == MATCHED_FUSED:
+        return "matched: the fused vector (photo + views)"
+    return f"matched: view `{matched}`"
+
+
 def _caption(hit: dict) -> str:
-    lines = [f"### {hit['rank']}. {hit['sku']}", f"score **{hit['score']:.3f}** · image `{Path(hit['image']).name}`"]
+    lines = [f"### {hit['rank']}. {hit['sku']}",
+             f"score **{hit['score']:.3f}** · {_matched_text(hit['matched'])} · image `{Path(hit['image']).name}`"]
     if hit["metadata"]:
         lines.append(" · ".join(f"{k}: {v}" for k, v in hit["metadata"].items()))
     return "\n\n".join(lines)
@@ -179,18 +215,23 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
 
     defaults = app.index.manifest["config"].get("search", {})
 
-    def search(photo: str | None, k: int, fusion: str):  # noqa: ANN202
+    def search(photo: str | None, k: int, fusion: str, where: str | None):  # noqa: ANN202
+        where = where or ""
         if not photo:
-            return None, [], ""
+            return None, None, ""
         try:
-            result = app.query(photo, k=int(k), fusion=fusion)
+            result = app.query(photo, k=int(k), fusion=fusion, where=where)
         except QueryError as exc:
             print(f"dam3d serve: refused: {exc}", file=sys.stderr)
-            raise gr.Error(str(exc), title="Photo refused", print_exception=False) from None
+            title = "Filter refused" if str(exc).startswith("Filter:") else "Photo refused"
+            raise gr.Error(str(exc), title=title, print_exception=False) from None
         if result["note"]:
             gr.Warning(result["note"])
+        scope = f", {result['matching']} of {len(app.index.assets)} SKUs match the filter" if where.strip() else ""
+        if not result["hits"]:
+            return result["cutout"], [], f"No SKU matches the filter `{where.strip()}`."
         top = result["hits"][0]
-        status = (f"Top match **{top['sku']}** (score {top['score']:.3f}); {len(result['hits'])} SKUs shown, "
+        status = (f"Top match **{top['sku']}** (score {top['score']:.3f}); {len(result['hits'])} SKUs shown{scope}, "
                   f"fusion `{fusion}`, cutout + embedding + search in {result['seconds']:.2f} s.")
         return result["cutout"], result["hits"], status
 
@@ -198,7 +239,7 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
     with gr.Blocks(title="dam3d search", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# dam3d visual search\nDrop a customer photo: the catalogue SKUs that look most like it come first, "
                     "with their catalogue image and 3D views. " + app.summary())
-        hits = gr.State([])
+        hits = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 photo = photo_input(label="Photo", type="filepath", sources=["upload", "clipboard"], height=280, elem_id="photo")
@@ -206,6 +247,9 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
                               step=1, label="k (SKUs shown)", elem_id="k")
                 fusion = gr.Radio(list(FUSIONS), value=app.index.fusion(), label="Fusion",
                                   info="2d: cutout only · 3d: best view · mean: averaged · max: best of all", elem_id="fusion")
+                where = gr.Textbox(label="Filter (Enter searches)", placeholder='category == "chairs" and price < 100',
+                                   info=f"columns: {', '.join(app.index.columns)}; ==, !=, <, >, in (\"a\", \"b\"), and",
+                                   max_lines=1, elem_id="where")
                 button = gr.Button("Search", variant="primary", elem_id="search")
                 cutout = gr.Image(label="Your photo, cut out", type="pil", image_mode="RGBA", height=220,
                                   interactive=False, elem_id="cutout")
@@ -213,21 +257,24 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
                 status = gr.Markdown("", elem_id="status")
 
                 @gr.render(inputs=hits)
-                def show(results: list[dict]) -> None:
-                    if not results:
+                def show(results: list[dict] | None) -> None:
+                    if results is None:
                         gr.Markdown("No search yet: drop a photo on the left.", elem_id="no-results")
+                        return
+                    if not results:
+                        gr.Markdown("No SKU matches the filter.", elem_id="no-results")
                         return
                     for hit in results:
                         with gr.Group(elem_classes=["dam3d-hit"]):
                             gr.Markdown(_caption(hit), elem_id=f"hit-{hit['rank']}", elem_classes=["dam3d-hit-caption"])
                             strip = ([(hit["thumbnail"], "catalogue")] if hit["thumbnail"] else []) + hit["views"]
                             gr.Gallery(strip, columns=max(len(strip), 1), rows=1, height="auto", object_fit="contain",
-                                       allow_preview=True, show_label=False, elem_classes=["dam3d-views"],
+                                       allow_preview=True, show_label=False, elem_classes=_strip_classes(hit),
                                        key=f"gallery-{hit['rank']}")
 
-        # A new photo, k or fusion searches at once; while one search runs, only the latest change waits.
-        gr.on([button.click, photo.change, k.change, fusion.change], search, [photo, k, fusion], [cutout, hits, status],
-              trigger_mode="always_last")
+        # A new photo, k, fusion or filter (Enter) searches at once; while one search runs, only the latest change waits.
+        gr.on([button.click, photo.change, k.change, fusion.change, where.submit], search, [photo, k, fusion, where],
+              [cutout, hits, status], trigger_mode="always_last")
     return demo
 
 
@@ -239,6 +286,19 @@ CSS = """
 .dam3d-views:has(.preview) { height: 480px !important; }
 .dam3d-views .caption-label { max-width: 100% !important; }
 """
+
+
+def _strip_classes(hit: dict) -> list[str]:
+    """The strip's classes: `dam3d-match-N` outlines its N-th image (what gave the score; see css)."""
+    return ["dam3d-views"] + ([f"dam3d-match-{hit['highlight']}"] if hit.get("highlight") else [])
+
+
+def css(strip_length: int) -> str:
+    """The page's CSS, with an outline rule for each position of a strip of `strip_length` images."""
+    rules = [f'.dam3d-match-{n} button.thumbnail-item[aria-label^="Thumbnail {n} of "]'
+             for n in range(1, strip_length + 1)]
+    outline = " { outline: 4px solid var(--color-accent) !important; outline-offset: -4px; }\n"
+    return CSS + ",\n".join(rules) + outline if rules else CSS
 
 
 def theme():  # noqa: ANN201
@@ -258,7 +318,7 @@ def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 7860, m
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"dam3d serve: http://{host}:{port}/ (Ctrl-C stops it)", file=sys.stderr, flush=True)
     demo.launch(server_name=host, server_port=port, max_file_size=app.max_upload_bytes, allowed_paths=app.allowed_paths,
-                show_error=True, theme=theme(), css=CSS, ssr_mode=False, inbrowser=False, share=False, quiet=True)
+                show_error=True, theme=theme(), css=css(len(app.views) + 1), ssr_mode=False, inbrowser=False, share=False, quiet=True)
 
 
 # -- latency benchmark (python -m dam3d.benchmarks.speed --search N) -------------------------------------

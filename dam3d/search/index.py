@@ -205,6 +205,12 @@ class Index:
                 out[s : s + chunk] = q @ vecmean.T
         return out
 
+    def ann(self) -> AnnCandidates | None:
+        """The ANN candidates of this index (opened once), or None if it was built without graphs (<= ANN_MIN_SKUS)."""
+        if self._ann is None and AnnCandidates.available(self.directory):
+            self._ann = AnnCandidates(self.directory, views=int(np.shape(self.vec3d)[1]), size=len(self.assets))
+        return self._ann
+
     def search(self, query: np.ndarray, *, k: int = 5, fusion: str | None = None, exact: bool = False) -> list[dict]:
         """The top `k` SKUs for one L2-normalised (D,) query vector, best first (ties: index order).
 
@@ -218,10 +224,9 @@ class Index:
         query = np.asarray(query, dtype=np.float32)
         rows = None
         # The graphs help only when they are asked for fewer candidates than there are SKUs.
-        if not exact and OVERFETCH * k < len(self.assets) and AnnCandidates.available(self.directory):
-            if self._ann is None:
-                self._ann = AnnCandidates(self.directory, views=int(np.shape(self.vec3d)[1]), size=len(self.assets))
-            rows = self._ann.rows(query, fusion, k)   # sorted: positions keep the index order
+        ann = None if exact or OVERFETCH * k >= len(self.assets) else self.ann()
+        if ann is not None:
+            rows = ann.rows(query, fusion, k)   # sorted: positions keep the index order
         scores = self.scores(query, fusion, rows=rows)
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]

@@ -116,8 +116,15 @@ class _TopK:
         self.scores = np.full((n, k), -np.inf, dtype=np.float32)
         self.cols = np.full((n, k), -1, dtype=np.int64)
 
-    def add(self, rows: np.ndarray, cols: np.ndarray, scores: np.ndarray) -> None:
-        """Offer scores (len(rows), len(cols)) of index rows `rows` against `cols` (a SKU never against itself)."""
+    def add(self, rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, *, again: bool = False) -> None:
+        """Offer scores (len(rows), len(cols)) of index rows `rows` against `cols` (a SKU never against itself).
+
+        again: some of these pairs may have been offered before (ANN candidates: a pair is found from
+        both sides); those a row already lists are dropped, so no neighbour takes two of its k places.
+        """
+        if again:
+            listed = (self.cols[rows][:, :, None] == cols[None, None, :]).any(axis=1)
+            scores = np.where(listed, np.float32(-np.inf), scores)
         hit = (scores >= self.threshold).any(axis=1)
         if not hit.any():
             return
@@ -181,8 +188,8 @@ def _ann(index: Index, fusion: str, top: _TopK, progress: Callable[[str], None])
         cols = cols[cols != row]
         if len(cols):
             scores = similarity(index, fusion, np.array([row]), cols)
-            top.add(np.array([row]), cols, scores)
-            top.add(cols, np.array([row]), scores.T)   # b may list a even where b's own search missed it
+            top.add(np.array([row]), cols, scores, again=True)
+            top.add(cols, np.array([row]), scores.T, again=True)   # b lists a even where b's own search missed it
         if (row + 1) % 1000 == 0 or row + 1 == n:
             progress(f"audit {fusion}: {row + 1}/{n} SKUs through the ANN graphs, {time.monotonic() - started:.0f} s")
 

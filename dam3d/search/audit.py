@@ -132,8 +132,7 @@ class _TopK:
         scores = np.where(scores >= self.threshold, scores, np.float32(-np.inf))
         merged = np.concatenate([self.scores[rows], scores], axis=1)
         merged_cols = np.concatenate([self.cols[rows], np.broadcast_to(cols, scores.shape)], axis=1)
-        best = np.argpartition(-merged, self.k - 1, axis=1)[:, : self.k] if merged.shape[1] > self.k else \
-            np.broadcast_to(np.arange(merged.shape[1]), merged.shape)
+        best = np.argpartition(-merged, self.k - 1, axis=1)[:, : self.k]   # k listed + at least 1 offered
         kept = np.take_along_axis(merged, best, axis=1)
         self.scores[rows] = kept
         self.cols[rows] = np.where(kept > -np.inf, np.take_along_axis(merged_cols, best, axis=1), -1)

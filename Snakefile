@@ -20,6 +20,10 @@ include: "workflow/rules/embed.smk"
 include: "workflow/rules/index.smk"
 include: "workflow/rules/evaluate.smk"
 
+if config.get("audit") is not None:
+
+    include: "workflow/rules/audit.smk"
+
 
 if workflow.is_main_process:
     print(plan_summary(PLANS), file=sys.stderr)

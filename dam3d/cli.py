@@ -1,4 +1,4 @@
-"""The `dam3d` command: search an index, evaluate it on labelled queries, list failures, install offline weights."""
+"""The `dam3d` command: search an index, evaluate it on labelled queries, list its look-alikes, list failures, install offline weights."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from dam3d import __version__
 from dam3d.errors import AssetError
 from dam3d.runtime import layout
+from dam3d.search.audit import DEFAULT_K, DEFAULT_THRESHOLD
 from dam3d.search.filters import FilterError
 from dam3d.search.index import FUSIONS, Index, choose_fusion
 from dam3d.search.query import QueryEncoder
@@ -102,6 +103,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cosine(text: str) -> float:
+    """argparse type: a cosine, between -1 and 1."""
+    value = float(text)
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a cosine is between -1 and 1, not {value}")
+    return value
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from dam3d.search.audit import audit, summary
+    from dam3d.search.audit_page import write_audit
+
+    index = Index.load(find_index(args.index, args.results))
+    fusion, source = index.fusion_source(args.fusion)
+    result = audit(index, fusion, threshold=args.threshold, k=args.k, exact=args.exact,
+                   progress=lambda m: print(f"dam3d: {m}", file=sys.stderr))
+    table, page = write_audit(result, index, Path(args.out) if args.out else layout.audits(index.results))
+    report = {"index": str(index.directory), "fusion_source": source, **summary(result, top=args.top),
+              "csv": str(table), "html": str(page)}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['pairs_found']} look-alike pair(s) among {result.skus} SKUs (index {index.directory}, fusion "
+          f"{fusion}: {source}; similarity >= {result.threshold:g}, <= {result.k} per SKU, {result.method}, "
+          f"{result.seconds:.1f} s)")
+    if report["top_pairs"]:
+        print(f"{'score':>6}  {'sku_a':<24}  sku_b")
+        for p in report["top_pairs"]:
+            print(f"{p['score']:6.3f}  {p['sku_a']:<24}  {p['sku_b']}")
+    print(f"all pairs: {table}; page: {page}")
+    return 0
+
+
 def cmd_bench_make(args: argparse.Namespace) -> int:
     from dam3d.benchmarks.make import run  # a benchmark tool: imported by its command alone
 
@@ -179,6 +213,19 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--cache", help="query vector cache folder (default: RESULTS/cache/queries/{model} next to the index)")
     evaluate.add_argument("--no-cache", action="store_true", help="neither read nor write cached query vectors")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    audit = sub.add_parser("audit", help="the catalogue's look-alikes: SKU pairs whose similarity reaches a threshold")
+    audit.add_argument("--fusion", choices=("auto", *FUSIONS), default=None,
+                       help="similarity of two SKUs (README, Look-alikes); default: the index's search.fusion")
+    audit.add_argument("--threshold", type=_cosine, default=DEFAULT_THRESHOLD,
+                       help=f"cosine at or above which two SKUs are look-alikes (default {DEFAULT_THRESHOLD})")
+    audit.add_argument("--k", type=_positive, default=DEFAULT_K, help=f"neighbours per SKU at most (default {DEFAULT_K})")
+    audit.add_argument("--out", help="folder of {model}.csv and {model}.html (default: RESULTS/audit next to the index)")
+    audit.add_argument("--exact", action="store_true", help="score every pair (an index of more than 20,000 SKUs "
+                                                            "otherwise takes its candidates from its ANN graphs)")
+    audit.add_argument("--top", type=_positive, default=10, help="pairs printed (default 10; the CSV has all)")
+    with_index(audit)
+    audit.set_defaults(func=cmd_audit)
 
     bench = sub.add_parser("bench", help="benchmarks: `dam3d bench make OUT` builds a labelled catalogue + query set")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

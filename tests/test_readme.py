@@ -32,6 +32,9 @@ COMMANDS = {
     "dam3d serve": "test_serve.py::test_default_host_is_loopback",
     "dam3d evaluate queries.csv": "test_readme.py::test_main_command_on_the_sample",
     "dam3d failures": "test_readme.py::test_main_command_on_the_sample",
+    "dam3d audit": "test_readme.py::test_main_command_on_the_sample",
+    "dam3d audit [--index DIR] [--fusion F] [--threshold 0.9] [--k 10] [--out DIR] [--json]":
+        "test_audit.py::test_cli_writes_the_audit_beside_the_index_and_prints_a_summary",
     "python -m dam3d.benchmarks.speed [--assets 24] [--device auto|cpu|cuda] [--batch-size N] [--workers N] [--target]":
         "test_readme.py::test_speed_benchmarks_run",
     "dam3d serve [--index DIR] [--host 127.0.0.1] [--port 7860] [--max-upload-mb 25]":
@@ -121,6 +124,9 @@ def test_main_command_on_the_sample(tmp_path: Path) -> None:
     assert evaluate.returncode == 0 and "top-1" in evaluate.stdout.lower(), evaluate.stdout + evaluate.stderr
     failures = sh(root, BIN / "dam3d", "failures")
     assert failures.returncode == 0 and "0 failed asset(s)" in failures.stderr, failures.stdout + failures.stderr
+    audit = sh(root, BIN / "dam3d", "audit")
+    assert audit.returncode == 0 and "look-alike pair(s) among 16 SKUs" in audit.stdout, audit.stdout + audit.stderr
+    assert (root / "results" / "audit" / "mobilenetv2.csv").is_file() and (root / "results" / "audit" / "mobilenetv2.html").is_file()
     # The results section's commands: the same run with queries set, then its report.
     config = ["--config", "catalogue=sample/catalogue", "queries=sample/queries.csv", "results=results"]
     with_queries = sh(root, BIN / "snakemake", "--cores", "2", *config)

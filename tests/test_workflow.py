@@ -157,3 +157,32 @@ def test_dot_test_configs_run_as_the_community_workflows_run_them(tmp_path: Path
 
     records = [shape_record(p) for p in sorted((workdir / "results-3d" / "mesh").glob("*.glb"))]
     assert [r["shape"] for r in records] == ["inflate"] * 3, records
+
+
+def test_audit_rule_writes_the_look_alikes_and_the_report_shows_its_page(tmp_path: Path) -> None:
+    """`audit` set in a config file: results/audit/{model}.csv and .html, the page under "Look-alikes" in the report."""
+    import csv
+    import shutil
+
+    workdir = tmp_path / ".test"
+    shutil.copytree(REPO / ".test", workdir)
+    (workdir / "audit.yaml").write_text("audit: {threshold: -1.0, fusion: 2d}\n")   # -1: every pair is a look-alike
+    configs = ["--configfile", str(workdir / "config.yaml"), str(workdir / "audit.yaml")]
+    run = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", *configs], capture_output=True,
+                         text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "dam3d: audit mobilenetv2: 3 look-alike pair(s) among 3 SKUs (fusion 2d, similarity >= -1" in run.stderr
+    with (workdir / "results" / "audit" / "mobilenetv2.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {frozenset((r["sku_a"], r["sku_b"])) for r in rows} == {
+        frozenset(p) for p in (("CHAIR-0002", "FAN-0010"), ("CHAIR-0002", "LAMP 0007"), ("FAN-0010", "LAMP 0007"))}
+    assert {r["fusion"] for r in rows} == {"2d"}
+    page = (workdir / "results" / "audit" / "mobilenetv2.html").read_text()
+    assert "3 pairs found; all shown." in page and page.count("data:image/jpeg;base64,") == 6
+    report = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", *configs, "--report",
+                             str(workdir / "report.html")], capture_output=True, text=True, cwd=REPO)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "Look-alikes" in (workdir / "report.html").read_text()
+    (workdir / "audit.yaml").write_text("audit: {threshold: 2}\n")
+    bad = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "-n", *configs], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode != 0 and "threshold" in bad.stdout + bad.stderr

@@ -60,6 +60,21 @@ def fusion_choice(results: str | Path, model: str) -> Path:
     return Path(results) / "evaluate" / f"{model}.fusion.json"
 
 
+def audits(results: str | Path) -> Path:
+    """The default folder of `dam3d audit`'s look-alike tables and pages (the `audit` rule's)."""
+    return Path(results) / "audit"
+
+
+def audit_table(folder: str | Path, model: str) -> Path:
+    """CSV sku_a,sku_b,fusion,score of one model's look-alike pairs, in an audit folder (default `audits`)."""
+    return Path(folder) / f"{model}.csv"
+
+
+def audit_page(folder: str | Path, model: str) -> Path:
+    """HTML page of one model's best look-alike pairs, the two catalogue images side by side."""
+    return Path(folder) / f"{model}.html"
+
+
 def query_cache(results: str | Path, model: str) -> Path:
     """Cached query vectors of `dam3d evaluate` for one model."""
     return Path(results) / "cache" / "queries" / model

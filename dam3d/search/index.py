@@ -252,6 +252,12 @@ class Index:
         names = [str(v) for v in self.manifest.get("views", [])]
         return [MATCHED_CUTOUT if c or b >= len(names) else names[b] for c, b in zip(cutout.tolist(), best.tolist(), strict=True)]
 
+    def ann(self) -> AnnCandidates | None:
+        """The ANN candidates of this index (opened once), or None if it was built without graphs (<= ANN_MIN_SKUS)."""
+        if self._ann is None and AnnCandidates.available(self.directory):
+            self._ann = AnnCandidates(self.directory, views=int(np.shape(self.vec3d)[1]), size=len(self.assets))
+        return self._ann
+
     def search(self, query: np.ndarray, *, k: int = 5, fusion: str | None = None, exact: bool = False,
                where: str | Filter | np.ndarray | None = None) -> list[dict]:
         """The top `k` SKUs for one L2-normalised (D,) query vector, best first (ties: index order).
@@ -276,10 +282,9 @@ class Index:
             return []
         k = min(k, len(self.assets))
         # The graphs help only when they are asked for fewer candidates than there are SKUs.
-        if rows is None and not exact and OVERFETCH * k < len(self.assets) and AnnCandidates.available(self.directory):
-            if self._ann is None:
-                self._ann = AnnCandidates(self.directory, views=int(np.shape(self.vec3d)[1]), size=len(self.assets))
-            rows = self._ann.rows(query, fusion, k)   # sorted: positions keep the index order
+        ann = None if rows is not None or exact or OVERFETCH * k >= len(self.assets) else self.ann()
+        if ann is not None:
+            rows = ann.rows(query, fusion, k)   # sorted: positions keep the index order
         scores = self.scores(query, fusion, rows=rows)
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]

@@ -332,3 +332,12 @@ def test_scores_never_convert_more_than_a_block_of_skus(tmp_path: Path, monkeypa
     q = unit(np.ones(32, dtype=np.float32))
     np.testing.assert_allclose(index.scores(q, "3d"), index.scores(q, "3d", block=64), atol=0)
     assert read[: len(read) - 1] and max(read[:7]) == 10 and sum(read[:7]) == 64
+
+
+def test_float16_is_read_as_the_same_float32_values() -> None:
+    from dam3d.search.index import as_float32
+
+    every = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(256, 16, 16)
+    got = as_float32(every[::3])   # not contiguous, as a block of rows picked from an index may be
+    assert got.dtype == np.float32 and got.shape == (86, 16, 16)
+    np.testing.assert_array_equal(got, every[::3].astype(np.float32))   # NaNs included (equal_nan)

@@ -71,6 +71,18 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
+# float16 bit patterns -> float32 values: a table look-up converts a block about twice as fast as numpy 1.26's astype
+# (measured on this project's 2-core machine), with the same values.
+_HALF_TO_FLOAT = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def as_float32(vectors: np.ndarray) -> np.ndarray:
+    """Stored vectors (any shape; float16 or float32, possibly memory-mapped) as float32: the same values, read once."""
+    if vectors.dtype == np.float16:
+        return np.take(_HALF_TO_FLOAT, np.ascontiguousarray(vectors).view(np.uint16))
+    return np.asarray(vectors, dtype=np.float32)
+
+
 def fit_pca(vectors: np.ndarray, dim: int, *, sample: int = PCA_SAMPLE, seed: int = 0) -> tuple[np.ndarray, float]:
     """The first `dim` principal axes of `vectors` (M, D) about 0: (components (dim, D) float32, orthonormal rows;
     explained variance share in [0, 1]).
@@ -307,11 +319,11 @@ class Index:
         for b in range(0, count, block):
             pick = slice(b, min(b + block, count)) if rows is None else np.asarray(rows[b : b + block], dtype=np.int64)
             if fusion in ("2d", "max"):
-                vec2d = np.asarray(self.vec2d[pick], dtype=np.float32)
+                vec2d = as_float32(self.vec2d[pick])
             if fusion in ("3d", "max"):
-                vec3d = np.asarray(self.vec3d[pick], dtype=np.float32).reshape(-1, dim)   # (n V, d)
+                vec3d = as_float32(self.vec3d[pick]).reshape(-1, dim)   # (n V, d)
             if fusion == "mean":
-                vecmean = np.asarray(self.vecmean[pick], dtype=np.float32)
+                vecmean = as_float32(self.vecmean[pick])
             n = (pick.stop - pick.start) if isinstance(pick, slice) else len(pick)
             for s in range(0, len(queries), chunk):
                 q = queries[s : s + chunk]

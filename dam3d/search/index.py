@@ -71,16 +71,22 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
-# float16 bit patterns -> float32 values: a table look-up converts a block about twice as fast as numpy 1.26's astype
-# (measured on this project's 2-core machine), with the same values.
-_HALF_TO_FLOAT = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)
-
-
 def as_float32(vectors: np.ndarray) -> np.ndarray:
-    """Stored vectors (any shape; float16 or float32, possibly memory-mapped) as float32: the same values, read once."""
-    if vectors.dtype == np.float16:
-        return np.take(_HALF_TO_FLOAT, np.ascontiguousarray(vectors).view(np.uint16))
-    return np.asarray(vectors, dtype=np.float32)
+    """Stored vectors (any shape; float16 or float32, possibly memory-mapped) as float32: the same values, read once.
+
+    float16 goes through torch (a dependency already, for the models), whose vectorised conversion
+    took 6 ms where numpy 1.26's `astype` took 37 ms and a table look-up 26 ms (8.4M values, one
+    thread, best of 15, this project's 2-core machine); a float32 dot product over them takes ~2 ms.
+    """
+    if vectors.dtype != np.float16:
+        return np.asarray(vectors, dtype=np.float32)
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():   # a read-only memory map: torch only reads it here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(vectors)).float().numpy()
 
 
 def fit_pca(vectors: np.ndarray, dim: int, *, sample: int = PCA_SAMPLE, seed: int = 0) -> tuple[np.ndarray, float]:

@@ -35,6 +35,8 @@ manifest = build_index(
         "failures": failures,
         "warnings": warnings,
     },
+    dtype=config.get("index", {}).get("dtype", "float16"),
+    pca=int(config.get("index", {}).get("pca", 0)),
 )
 counts = manifest["counts"]
 summary = [

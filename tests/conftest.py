@@ -17,7 +17,7 @@ def u2net_home() -> Path:
     """The u2netp weights installed by setup.sh; tests use the real model, never a download."""
     home = Path(os.environ.get("U2NET_HOME", REPO / "models" / "u2net"))
     if not (home / "u2netp.onnx").exists():
-        pytest.fail(f"u2netp weights missing in {home}: run ./setup.sh (or `dam3d install-u2netp`)")
+        pytest.fail(f"u2netp weights missing in {home}: run ./setup.sh (or `dam3d install-weights u2netp`)")
     os.environ["U2NET_HOME"] = str(home)
     return home
 

@@ -71,6 +71,8 @@ COMMANDS = {
     "python -m dam3d.benchmarks.scale [--skus 20000] [--views 8] [--dim 1280] [--queries 200] [--threads 2] "
     "[--dtype float16] [--pca 0]":
         "test_readme.py::test_speed_benchmarks_run",
+    "dam3d install-weights u2netp|u2net|isnet [--dest DIR] [--from FILE]":
+        "test_cutout_weights.py::test_install_refuses_a_wrong_file_and_writes_nothing",
     "snakemake --profile profiles/local --use-conda":
         "not run: conda cannot run on this project's machines; test_envs.py checks the env files, "
         "test_profiles.py::test_local_profile_runs_gpu_jobs_one_at_a_time the profile",

@@ -137,11 +137,13 @@ def _raw_rate(net: BatchNet, image: Any, batch_size: int, *, seconds: float = 2.
 
 
 def _raw_rate_onnx(session: Any, *, seconds: float = 2.0) -> float:
-    """Images/s of rembg's ONNX session alone (one 320x320 image per call, as rembg runs it)."""
+    """Images/s of an ONNX session alone (one image per call at the model's input size: 320x320 for
+    rembg's u2netp/u2net, 1024x1024 for isnet)."""
     import numpy as np
 
     inner = session.inner_session
-    feed = {inner.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)}
+    shape = tuple(d if isinstance(d, int) else 1 for d in inner.get_inputs()[0].shape)
+    feed = {inner.get_inputs()[0].name: np.random.default_rng(0).random(shape, dtype=np.float32)}
     inner.run(None, feed)
     runs, start = 0, time.perf_counter()
     while runs == 0 or time.perf_counter() - start < seconds:

@@ -2,8 +2,12 @@
 
 A photo goes through the index's own cutout backend and embedding model (read from
 its manifest), so queries and catalogue vectors are comparable; `Index.search` then
-ranks SKUs with the fusion `Index.fusion` chooses. A photo in which the cutout finds
-no object is searched with the whole frame, and says so.
+ranks SKUs with the fusion `Index.fusion` chooses. A customer photo may hold more than
+the product (a table, a cup behind it): of the objects the cutout's mask finds, the
+query keeps one (`select_object`: the largest, weighted by closeness to the centre,
+specks dropped); a photo in which it finds none, or only a sliver, is searched with the
+whole frame. Every query says which (`Choice`: `cutout`, `largest object`, `whole photo`
+and why), in `dam3d search --json` too.
 
 Query vectors can be cached by content (`encode_many` with a cache folder): the key is
 the sha256 of the image bytes, the model spec, the cutout backend and settings and
@@ -16,6 +20,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +32,76 @@ from dam3d.runtime.backends import backend
 from dam3d.errors import AssetError
 from dam3d.search.index import Index
 
-CACHE_VERSION = 1  # bump when the query preprocessing changes meaning
+CACHE_VERSION = 2  # bump when the query preprocessing changes meaning (2: select_object)
+
+# select_object's thresholds. Shares are of the photo's pixels; alpha levels 0-255.
+OBJECT_ALPHA = 128  # a pixel the segmenter is sure of (cutout.SOLID_ALPHA)
+EDGE_ALPHA = 16  # pixels above this join their object's component (soft edges stay with it)
+SPECK_SHARE = 0.002  # a component with fewer sure pixels than this is a speck: dropped
+SLIVER_SHARE = 0.005  # the chosen object is smaller than this: a sliver, not a product
+SLIVER_SIDE = 0.03  # ... or its box's shorter side is under this share of the photo's shorter side
+CENTRE_WEIGHT = 0.5  # score = sure pixels x (1 - CENTRE_WEIGHT x distance of the centroid from the
+                     # centre / half the diagonal): an object in a corner counts half as much
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a query was searched with: `kind` is `cutout`, `largest object` or `whole photo`; `reason` says why."""
+
+    kind: str
+    reason: str
+
+    @property
+    def note(self) -> str | None:
+        """The line to show a user: None for a plain cutout."""
+        return None if self.kind == "cutout" else f"{self.kind}: {self.reason}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"choice": self.kind, "reason": self.reason}
+
+
+def select_object(mask: Image.Image) -> tuple[Image.Image | None, Choice]:
+    """Keep the salient object of a segmenter's L mask (0-255, the photo's size).
+
+    Components are 8-connected regions of pixels above EDGE_ALPHA; their size is their
+    count of sure pixels (>= OBJECT_ALPHA); those under SPECK_SHARE of the photo are
+    dropped. Of several, the one with the best size x closeness to the centre is kept
+    (the mask is zeroed outside it). Returns (mask, choice), or (None, whole-photo choice)
+    when nothing is left or the kept object is a sliver (SLIVER_SHARE, SLIVER_SIDE).
+    """
+    from scipy import ndimage
+
+    alpha = np.asarray(mask.convert("L"))
+    h, w = alpha.shape
+    labels, n = ndimage.label(alpha > EDGE_ALPHA, structure=np.ones((3, 3), dtype=bool))
+    sure = np.bincount(labels[alpha >= OBJECT_ALPHA], minlength=n + 1)[1:]  # sure pixels per component
+    objects = [i for i in range(n) if sure[i] >= SPECK_SHARE * h * w]
+    specks = n - len(objects)
+    if not objects:
+        why = "the cutout found nothing" if n == 0 else f"the cutout found only {n} speck(s)"
+        return None, Choice("whole photo", f"{why}; searching with the whole photo")
+    centres = ndimage.center_of_mass(alpha >= OBJECT_ALPHA, labels, [i + 1 for i in objects])
+    half_diagonal = float(np.hypot(h, w)) / 2
+    scores = [sure[i] * (1 - CENTRE_WEIGHT * min(1.0, float(np.hypot(cy - h / 2, cx - w / 2)) / half_diagonal))
+              for i, (cy, cx) in zip(objects, centres)]
+    best = objects[int(np.argmax(scores))]
+    rows, cols = ndimage.find_objects(labels, max_label=best + 1)[best]
+    short_side = min(rows.stop - rows.start, cols.stop - cols.start)
+    share = sure[best] / (h * w)
+    if share < SLIVER_SHARE or short_side < SLIVER_SIDE * min(h, w):
+        return None, Choice("whole photo", f"the cutout found only a sliver ({share:.1%} of the photo, "
+                                           f"{short_side} px across); searching with the whole photo")
+    dropped = f", {specks} speck(s) dropped" if specks else ""
+    if len(objects) == 1:
+        return (mask if not specks else _only(alpha, labels, best)), Choice("cutout", f"one object, {share:.0%} of the photo{dropped}")
+    return _only(alpha, labels, best), Choice(
+        "largest object", f"kept 1 of {len(objects)} objects ({share:.0%} of the photo; the largest, weighted by "
+                          f"closeness to the centre){dropped}")
+
+
+def _only(alpha: np.ndarray, labels: np.ndarray, component: int) -> Image.Image:
+    """`alpha` with every pixel outside `component` (0-based) set to 0, as an L image."""
+    return Image.fromarray(np.where(labels == component + 1, alpha, 0).astype(np.uint8), mode="L")
 
 
 class QueryEncoder:
@@ -70,35 +144,40 @@ class QueryEncoder:
             self._mask = mask_fn(self.cutout_backend, model=self.cutout_cfg["model"], device=self.device)
         return self._mask
 
-    def prepare(self, photo: str | Path) -> tuple[Image.Image, Image.Image, str | None]:
-        """(cutout or whole photo, the RGB image the model sees, a note when no object was found)."""
-        from dam3d.stages.cutout import cut_out
+    def prepare(self, photo: str | Path) -> tuple[Image.Image, Image.Image, Choice]:
+        """(cutout or whole photo, the RGB image the model sees, what was searched with and why)."""
+        from dam3d.stages.cutout import crop_square, has_own_alpha
         from dam3d.stages.images import flatten, load_image
 
         image = load_image(photo, str(photo), stage="query", max_pixels=self.cutout_cfg["max_pixels"])
-        note = None
-        try:
-            cutout = cut_out(image, str(photo), mask=self.mask, size=self.cutout_cfg["size"], margin=self.cutout_cfg["margin"])
-        except AssetError as exc:
-            # A query with no detectable object is still worth answering from the whole frame.
-            note = f"{exc}; searching with the whole photo"
-            cutout = image
-        return cutout, flatten(cutout, self.background), note
+        if has_own_alpha(image):
+            alpha: Image.Image | None = image.getchannel("A")
+            choice = Choice("cutout", "the photo's own transparency")
+        else:
+            alpha, choice = select_object(self.mask(image))
+        cutout = image  # a query with no detectable object is still worth answering from the whole frame
+        if alpha is not None:
+            try:
+                cutout = crop_square(image, alpha, size=self.cutout_cfg["size"], margin=self.cutout_cfg["margin"],
+                                     asset=str(photo))
+            except AssetError as exc:  # a transparent file with nothing opaque in it
+                choice = Choice("whole photo", f"{exc.reason}; searching with the whole photo")
+        return cutout, flatten(cutout, self.background), choice
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         from dam3d.stages.embed import embed_images
 
         return embed_images(self.spec, list(images), batch_size=self.batch_size, device=self.device)
 
-    def encode(self, photo: str | Path) -> tuple[Image.Image, np.ndarray, str | None]:
-        """The image searched with (the cutout, or the whole photo), its vector, and a note when no object was found."""
-        cutout, flat, note = self.prepare(photo)
-        return cutout, self.embed([flat])[0], note
+    def encode(self, photo: str | Path) -> tuple[Image.Image, np.ndarray, Choice]:
+        """The image searched with (the cutout, or the whole photo), its vector, and what was searched with and why."""
+        cutout, flat, choice = self.prepare(photo)
+        return cutout, self.embed([flat])[0], choice
 
     def __call__(self, photo: str | Path) -> np.ndarray:
-        _, vector, note = self.encode(photo)
-        if note:
-            print(f"dam3d: {note}", file=sys.stderr)
+        _, vector, choice = self.encode(photo)
+        if choice.note:
+            print(f"dam3d: {choice.note}", file=sys.stderr)
         return vector
 
     def cache_key(self, photo: str | Path) -> str:
@@ -121,9 +200,9 @@ class QueryEncoder:
             chunk = todo[start : start + self.batch_size]
             flats = []
             for i in chunk:
-                _, flat, note = self.prepare(photos[i])
-                if note and log:
-                    log(f"{photos[i]}: {note}")
+                _, flat, choice = self.prepare(photos[i])
+                if choice.note and log:
+                    log(f"{photos[i]}: {choice.note}")
                 flats.append(flat)
             for i, vector in zip(chunk, self.embed(flats), strict=True):
                 vectors[i] = vector

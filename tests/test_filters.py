@@ -13,6 +13,7 @@ from dam3d import cli
 from dam3d.catalogue import Asset
 from dam3d.search.filters import FilterError, parse_filter
 from dam3d.search.index import FUSIONS, Index, build_index
+from dam3d.search.query import Choice
 from conftest import REPO
 from test_index import clustered_index, unit
 
@@ -133,10 +134,10 @@ class FakeEncoder:
     def __init__(self, index: Index) -> None:
         self.index = index
 
-    def __call__(self, photo: str) -> np.ndarray:
+    def encode(self, photo: str) -> tuple[None, np.ndarray, Choice]:
         FakeEncoder.calls += 1
         row = [a["sku"] for a in self.index.assets].index("CH-2")
-        return np.asarray(self.index.vec2d[row])
+        return None, np.asarray(self.index.vec2d[row], dtype=np.float32), Choice("cutout", "stand-in encoder")
 
 
 @pytest.fixture

@@ -8,6 +8,12 @@ space, ranks SKUs exactly as the model's own cosine does), not retrieval quality
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,11 +21,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import only, product_photo
+from conftest import REPO, only, product_photo
 from dam3d import cli
 from dam3d.catalogue import Asset
 from dam3d.search.index import FUSIONS, Index, build_index
 from dam3d.stages.embed import ModelSpec, NoTextTower, embed_assets, embed_images, embed_texts, has_text_tower
+from test_serve import _free_port, _hits, _toast, browser  # noqa: F401 - browser: the headless Chromium fixture
 from tiny_models import make_tiny_clip
 
 KINDS = ("red-vase", "blue-box", "green-lamp", "stripes")
@@ -133,17 +140,22 @@ def test_cli_text_search_plain_output_and_pca_index(clip_dir: Path, tmp_path: Pa
     assert listed == [h["sku"] for h in expected]
 
 
-def test_text_search_of_an_index_without_a_text_tower_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def random_index(root: Path, spec: ModelSpec, *, dim: int = 8) -> Path:
+    """An index of 3 SKUs with random vectors, recorded as built with `spec` (no model runs)."""
     rng = np.random.default_rng(0)
     assets, paths = [], []
     for i in range(3):
-        vectors = rng.standard_normal((3, 8)).astype(np.float32)
-        paths.append(tmp_path / f"{i}.npz")
+        vectors = rng.standard_normal((3, dim)).astype(np.float32)
+        paths.append(root / f"{i}.npz")
         np.savez(paths[-1], vec2d=vectors[0], vec3d=vectors[1:], view_ok=np.ones(2, bool), views=np.array(["az000", "az180"]))
-        assets.append(Asset(f"A{i}", f"SKU-{i}", tmp_path / f"{i}.jpg"))
-    out = tmp_path / "index"
-    spec = ModelSpec("mobilenetv2", "mobilenetv2")
+        assets.append(Asset(f"A{i}", f"SKU-{i}", root / f"{i}.jpg"))
+    out = root / "results" / "index" / spec.name
     build_index(assets, paths, out, {"model": asdict(spec), "backends": {"cutout": "u2netp"}, "config": CONFIG})
+    return out
+
+
+def test_text_search_of_an_index_without_a_text_tower_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = random_index(tmp_path, ModelSpec("mobilenetv2", "mobilenetv2"))
     code = cli.main(["search", "--text", TEXT, "--index", str(out)])
     err = capsys.readouterr().err
     assert code == 2
@@ -161,3 +173,82 @@ def test_photo_and_text_are_mutually_exclusive(capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit) as neither:
         cli.main(["search"])
     assert neither.value.code == 2 and "one of the arguments photo --text is required" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the web page's text box
+
+
+@contextmanager
+def serving(index_dir: Path, log: Path) -> Iterator[str]:
+    """`dam3d serve` on `index_dir` in its own process; yields its URL once it answers."""
+    port = _free_port()
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dam3d.cli", "serve", "--index", str(index_dir), "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            assert proc.poll() is None, f"dam3d serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"dam3d serve did not answer on {url}:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _search_text(page, url: str, text: str) -> None:  # noqa: ANN001
+    page.goto(url)
+    box = page.locator("#text").locator("textarea, input").first
+    box.wait_for()
+    box.fill(text)
+    box.press("Enter")
+
+
+def test_page_text_box_searches_by_text(browser, clip_index: Path, clip_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    order = np.argsort(-own_scores(clip_index, own_text_vector(clip_dir, TEXT), "mean"), kind="stable")
+    expected = [KINDS[i].upper() for i in order]
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    with serving(clip_index, tmp_path / "serve.log") as url:
+        _search_text(page, url, TEXT)
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('text embedding + search')",
+                               timeout=60_000)
+        deadline = time.monotonic() + 30
+        while len(_hits(page)) != len(KINDS) and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+        hits = _hits(page)
+        assert [h.splitlines()[0] for h in hits] == [f"{rank}. {sku}" for rank, sku in enumerate(expected, 1)], hits
+        assert f"Top match {expected[0]}" in page.locator("#status").inner_text()
+        assert "text tower of tiny-clip" in page.locator("#text").inner_text()
+        # k searches the text again (the last query was the text, not a photo)
+        page.locator("#k input[type=number]").fill("2")
+        page.locator("#k input[type=number]").press("Enter")
+        deadline = time.monotonic() + 30
+        while len(_hits(page)) != 2 and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+        assert [h.splitlines()[0] for h in _hits(page)] == [f"1. {expected[0]}", f"2. {expected[1]}"]
+    context.close()
+
+
+def test_page_text_box_of_an_index_without_a_text_tower(browser, tmp_path: Path) -> None:  # noqa: ANN001
+    index_dir = random_index(tmp_path, ModelSpec("mobilenetv2", "mobilenetv2"), dim=1280)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    with serving(index_dir, tmp_path / "serve.log") as url:
+        _search_text(page, url, TEXT)
+        message = _toast(page, "text tower")
+        assert "model 'mobilenetv2' (backend mobilenetv2) has no text tower" in message, message
+        assert "has no text tower" in page.locator("#text").inner_text()   # the box says so before any search
+        assert _hits(page) == []
+    context.close()

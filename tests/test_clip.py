@@ -252,3 +252,20 @@ def test_page_text_box_of_an_index_without_a_text_tower(browser, tmp_path: Path)
         assert "has no text tower" in page.locator("#text").inner_text()   # the box says so before any search
         assert _hits(page) == []
     context.close()
+
+
+def test_search_app_text_query_in_process(clip_index: Path, clip_dir: Path, tmp_path: Path) -> None:
+    from dam3d.search.serve import QueryError, SearchApp
+
+    app = SearchApp(clip_index, warm_up=False)
+    result = app.query_text(TEXT, k=2, fusion="max", where='sku != "RED-VASE"')
+    scores = own_scores(clip_index, own_text_vector(clip_dir, TEXT), "max")
+    order = [KINDS[i].upper() for i in np.argsort(-scores, kind="stable") if KINDS[i] != "red-vase"]
+    assert result["cutout"] is None and result["matching"] == 3 and [h["sku"] for h in result["hits"]] == order[:2]
+    with pytest.raises(QueryError, match="^Text: the text to search for is empty"):
+        app.query_text("   ")
+    with pytest.raises(QueryError, match="^Filter: unknown column 'brand'"):
+        app.query_text(TEXT, where='brand == "x"')
+    other = SearchApp(random_index(tmp_path, ModelSpec("vit-large", "vit", "google/vit-large-patch16-224")), warm_up=False)
+    with pytest.raises(QueryError, match=r"^Text: model 'vit-large' \(backend vit\) has no text tower"):
+        other.query_text(TEXT)

@@ -98,6 +98,19 @@ class SearchApp:
                 f"{self.max_upload_bytes / 1024 / 1024:.3g} MB (dam3d serve --max-upload-mb)"
             )
 
+    def _scope(self, fusion: str | None, where: str | None) -> tuple[str, np.ndarray | None]:
+        """The fusion to search with and the rows the filter lets through (None: all); QueryError if refused."""
+        try:
+            fusion = self.index.fusion(fusion)
+        except ValueError as exc:
+            raise QueryError(str(exc)) from None
+        if not (where and where.strip()):
+            return fusion, None
+        try:
+            return fusion, self.index.select(where)
+        except FilterError as exc:
+            raise QueryError(f"Filter: {exc}") from None
+
     def query(self, photo: str | Path, *, k: int = 5, fusion: str | None = None, where: str | None = None) -> dict[str, Any]:
         """Cut out, embed and search one photo (fusion: Index.fusion's rule); QueryError with a readable reason.
 
@@ -105,16 +118,7 @@ class SearchApp:
         Returns {"cutout": PIL image, "vector": (D,) float32, "note": str | None, "hits": [hit + "metadata",
         "thumbnail", "views", "highlight"], "matching": SKUs the filter let through, "seconds": float}.
         """
-        try:
-            fusion = self.index.fusion(fusion)
-        except ValueError as exc:
-            raise QueryError(str(exc)) from None
-        rows = None
-        if where and where.strip():
-            try:
-                rows = self.index.select(where)
-            except FilterError as exc:
-                raise QueryError(f"Filter: {exc}") from None
+        fusion, rows = self._scope(fusion, where)
         self.check_upload(photo)
         start = time.perf_counter()
         try:
@@ -133,16 +137,7 @@ class SearchApp:
         QueryError when the model has no text tower (the message of NoTextTower), the text is empty,
         or the fusion or filter is refused. Returns `query`'s dict, with "cutout" None and "note" None.
         """
-        try:
-            fusion = self.index.fusion(fusion)
-        except ValueError as exc:
-            raise QueryError(str(exc)) from None
-        rows = None
-        if where and where.strip():
-            try:
-                rows = self.index.select(where)
-            except FilterError as exc:
-                raise QueryError(f"Filter: {exc}") from None
+        fusion, rows = self._scope(fusion, where)
         start = time.perf_counter()
         try:
             vector = self.encoder.encode_text(text)

@@ -48,23 +48,35 @@ def cmd_search(args: argparse.Namespace) -> int:
         except FilterError as exc:
             print(f"dam3d: --where: {exc}", file=sys.stderr)
             return 2
-    try:
-        _, query, choice = QueryEncoder(index).encode(args.photo)
-    except AssetError as exc:
-        print(f"dam3d: {exc}", file=sys.stderr)
-        return 2
-    if choice.note:
-        print(f"dam3d: {choice.note}", file=sys.stderr)
+    choice = None
+    if args.text is not None:
+        try:
+            query = QueryEncoder(index).encode_text(args.text)
+        except ValueError as exc:  # the index's model has no text tower (NoTextTower), or the text is empty
+            print(f"dam3d: --text: {exc}", file=sys.stderr)
+            return 2
+        kind, shown = "text", json.dumps(args.text)
+    else:
+        try:
+            _, query, choice = QueryEncoder(index).encode(args.photo)
+        except AssetError as exc:
+            print(f"dam3d: {exc}", file=sys.stderr)
+            return 2
+        if choice.note:
+            print(f"dam3d: {choice.note}", file=sys.stderr)
+        kind, shown = "photo", str(args.photo)
     hits = index.search(query, k=k, fusion=fusion, exact=args.exact, where=rows)
     if not hits:
         print(f"dam3d: no SKU of the index matches --where {args.where}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"query": str(args.photo), "index": str(index.directory), "cutout": choice.as_dict(),
+        print(json.dumps({"query": str(args.photo) if args.text is None else args.text, "query_type": kind,
+                          "index": str(index.directory), "cutout": choice.as_dict() if choice else None,
                           "fusion": fusion, "fusion_source": source, "where": args.where,
                           "matching": len(index.assets) if rows is None else len(rows), "results": hits}, indent=2))
     else:
         scope = "" if rows is None else f", {len(rows)} of {len(index.assets)} SKUs match --where"
-        print(f"query {args.photo}  (index {index.directory}, model {index.manifest['model']['name']}, "
+        print(f"query {'text ' if kind == 'text' else ''}{shown}  (index {index.directory}, "
+              f"model {index.manifest['model']['name']}, "
               f"fusion {fusion}: {source}{scope})")
         print(f"{'rank':>4}  {'score':>6}  {'sku':<24}  {'matched':<8}  image")
         for hit in hits:
@@ -181,8 +193,11 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--results", default="results", help="results directory of the pipeline (default: results)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    search = sub.add_parser("search", help="top SKUs for a photo")
-    search.add_argument("photo")
+    search = sub.add_parser("search", help="top SKUs for a photo, or for a text (an index of a model with a text tower)")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("photo", nargs="?", help="query photo")
+    query.add_argument("--text", metavar="TEXT", help='search by text instead of a photo, e.g. "red ceramic mug" '
+                                                     "(needs an index built with a model that has a text tower: backend clip)")
     search.add_argument("-k", type=_positive, default=None, help="how many SKUs (default: config search.k)")
     search.add_argument("--exact", action="store_true",
                         help="score every SKU (an index of more than 20,000 SKUs is otherwise searched through its ANN graphs)")

@@ -29,6 +29,7 @@ COMMANDS = {
     "dam3d search photo.jpg -k 5 --fusion mean": "test_readme.py::test_main_command_on_the_sample",
     "dam3d search photo.jpg --where 'category == \"chairs\" and price < 100'":
         "test_filters.py::test_cli_where_as_the_readme_writes_it",
+    "dam3d search --text \"red ceramic mug\"": "test_clip.py::test_cli_text_search_ranks_by_the_models_own_cosine",
     "dam3d serve": "test_serve.py::test_default_host_is_loopback",
     "dam3d evaluate queries.csv": "test_readme.py::test_main_command_on_the_sample",
     "dam3d failures": "test_readme.py::test_main_command_on_the_sample",

@@ -75,3 +75,29 @@ def make_tiny_vit(folder: Path) -> Path:
     ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+def make_tiny_clip(folder: Path) -> Path:
+    """A CLIP with openai/clip-vit-base-patch32's classes and files (CLIPModel, CLIPProcessor), shrunk and random.
+
+    The tokenizer is built offline: CLIP's byte-level BPE over the 256 byte symbols (each also as
+    an end of word), with a few merges, so "red" and "mug" are one token each.
+    """
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[char] = len(vocab)
+        vocab[char + "</w>"] = len(vocab)
+    merges = [("r", "e"), ("re", "d</w>"), ("m", "u"), ("mu", "g</w>")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = CLIPConfig(text_config={**tower, "vocab_size": len(vocab), "max_position_embeddings": 16,
+                                     "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+                        vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=16)
+    CLIPModel(config).save_pretrained(folder)
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  tokenizer=CLIPTokenizer(vocab=vocab, merges=merges)).save_pretrained(folder)
+    return folder

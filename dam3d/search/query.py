@@ -1,5 +1,8 @@
 """The one query path of `dam3d search`, `dam3d serve` and `dam3d evaluate`: decode, cut out, embed.
 
+A text query (`encode_text`, for an index built with a model that has a text tower, backend
+`clip`) is embedded by that model's text tower into the same space; there is no cutout.
+
 A photo goes through the index's own cutout backend and embedding model (read from
 its manifest), so queries and catalogue vectors are comparable; `Index.search` then
 ranks SKUs with the fusion `Index.fusion` chooses. A customer photo may hold more than
@@ -168,6 +171,23 @@ class QueryEncoder:
         from dam3d.stages.embed import embed_images
 
         return embed_images(self.spec, list(images), batch_size=self.batch_size, device=self.device)
+
+    @property
+    def has_text(self) -> bool:
+        """Whether the index's model has a text tower (`encode_text` works); loads no model."""
+        from dam3d.stages.embed import has_text_tower
+
+        return has_text_tower(self.spec)
+
+    def encode_text(self, text: str) -> np.ndarray:
+        """(D,) float32 L2-normalised vector of `text` from the index's model's text tower, in its image space.
+
+        Raises dam3d.stages.embed.NoTextTower (a ValueError) when the model has none, ValueError for
+        an empty text. Text vectors are not cached (one forward of the text tower is cheap).
+        """
+        from dam3d.stages.embed import embed_texts
+
+        return embed_texts(self.spec, [text], device=self.device)[0]
 
     def encode(self, photo: str | Path) -> tuple[Image.Image, np.ndarray, Choice]:
         """The image searched with (the cutout, or the whole photo), its vector, and what was searched with and why."""

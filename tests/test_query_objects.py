@@ -140,3 +140,66 @@ def test_encode_objects_embeds_in_one_batch(index_dir: Path, tmp_path: Path, mon
     one = encoder.encode_objects(tmp_path / "two.png", max_objects=1)
     cutout, _, choice = encoder.prepare(tmp_path / "two.png")
     assert len(one) == 1 and one[0].choice == choice and np.array_equal(np.asarray(one[0].cutout), np.asarray(cutout))
+
+
+def test_page_shows_each_objects_crop_with_its_own_results(index_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dam3d serve`'s page in headless Chromium: two products give two crops, each with its own top-k.
+
+    The app runs in this process (so the stand-in segmenter that finds both objects is used),
+    on loopback; the browser is test_serve's (Debian's chromium through playwright).
+    """
+    import time
+
+    import dam3d.stages.cutout
+    from dam3d.search.serve import SearchApp, build_ui, css, theme
+    from test_serve import CHROMIUM, CHROMIUM_ARGS, _free_port
+
+    monkeypatch.setattr(dam3d.stages.cutout, "mask_fn", lambda *a, **k: dark_pixels)
+    app = SearchApp(index_dir, warm_up=False)
+    result = app.query(_save(two_products(), tmp_path / "two.png"), k=3)
+    assert [o["hits"][0]["sku"] for o in result["objects"]] == ["BLUE-BOX", "RED-VASE"]
+    assert result["hits"] == result["objects"][0]["hits"] and result["note"] is None
+    one = app.query(_save(product_photo("red-vase", size=(640, 480)), tmp_path / "one.png"), k=3)
+    assert len(one["objects"]) == 1 and one["objects"][0]["hits"] == one["hits"]
+
+    from playwright.sync_api import sync_playwright
+
+    demo = build_ui(app)
+    demo.queue(default_concurrency_limit=1)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, allowed_paths=app.allowed_paths,
+                theme=theme(), css=css(1), ssr_mode=False, inbrowser=False, share=False, quiet=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#photo input[type=file]", state="attached")
+            page.locator("#photo input[type=file]").set_input_files(str(tmp_path / "two.png"))
+            page.wait_for_selector("#object-2-hit-3", timeout=60_000)
+            for i, sku in ((1, "BLUE-BOX"), (2, "RED-VASE")):
+                captions = page.locator(f"[id^='object-{i}-hit-']").all_inner_texts()
+                assert len(captions) == 3 and captions[0].startswith(f"1. {sku}"), (i, captions)
+                crop = page.locator(f"#object-{i}-crop img")
+                crop.wait_for()
+                size = crop.evaluate("i => i.decode().then(() => [i.naturalWidth, i.naturalHeight])")
+                assert size == [256, 256], size
+                assert str(result["objects"][i - 1]["box"]) in page.locator(f"#object-{i}-title").inner_text()
+            assert "2 objects in the photo" in page.locator("#status").inner_text()
+            assert page.locator("[id^='hit-']").count() == 0
+            # One object: the page as before, no object headings.
+            page.locator("#photo input[type=file]").set_input_files(str(tmp_path / "one.png"))
+            deadline = time.monotonic() + 60
+            while page.locator("[id^='hit-']").count() != 3 and time.monotonic() < deadline:
+                page.wait_for_timeout(200)
+            assert page.locator("[id^='hit-']").all_inner_texts()[0].startswith("1. RED-VASE")
+            assert page.locator("[id^='object-']").count() == 0
+            browser.close()
+    finally:
+        demo.close()
+
+
+def _save(image: Image.Image, path: Path) -> Path:
+    image.save(path)
+    return path

@@ -7,7 +7,9 @@ that gave the SKU its score is outlined (fusions `3d` and `max`). A filter on th
 catalogue metadata (dam3d.search.filters) restricts the SKUs searched. The cutout and
 embedding models are loaded once when the server starts; a query only cuts out, embeds
 and searches. A text box searches by text when the index's model has a text tower
-(backend `clip`); for any other index it answers why it cannot.
+(backend `clip`); for any other index it answers why it cannot. A photo of several
+products side by side (dam3d.search.query.split_objects) is searched once per object: the
+page shows each object's crop, its box, and its own top-k.
 
 A file that is not an image, is larger than the upload cap, or has more pixels than
 `cutout.max_pixels` is refused with a message in the page; the server stays up.
@@ -115,28 +117,36 @@ class SearchApp:
         """Cut out, embed and search one photo (fusion: Index.fusion's rule); QueryError with a readable reason.
 
         `where`: a metadata filter (dam3d.search.filters; blank: none), checked before the photo is.
-        Returns {"cutout": PIL image, "vector": (D,) float32, "note": str | None, "choice": the query's object choice (dam3d.search.query), "hits": [hit + "metadata",
-        "thumbnail", "views", "highlight"], "matching": SKUs the filter let through, "seconds": float}.
+        Each sizeable separate object of the photo is searched on its own (QueryEncoder.encode_objects,
+        one embedding batch). Returns {"cutout": PIL image, "vector": (D,) float32, "note": str | None,
+        "choice": the query's object choice (dam3d.search.query), "hits": [hit + "metadata", "thumbnail",
+        "views", "highlight"] (all of the first, most salient object), "objects": [{"cutout", "box":
+        [x0, y0, x1, y1] px, "choice", "note", "hits"}] (one entry for a photo of one object),
+        "matching": SKUs the filter let through, "seconds": float}.
         """
         fusion, rows = self._scope(fusion, where)
         self.check_upload(photo)
         start = time.perf_counter()
         try:
-            cutout, vector, choice = self.encoder.encode(photo)
+            objects = self.encoder.encode_objects(photo)
         except AssetError as exc:
             # The reason names the server's temporary copy; the user knows the file by its name.
             raise QueryError(f"{Path(photo).name}: {exc.reason.replace(str(photo), Path(photo).name)}") from None
-        hits = self.index.search(vector, k=int(k), fusion=fusion, where=rows)
+        found = [{"cutout": o.cutout, "box": list(o.box), "choice": o.choice.as_dict(), "note": o.choice.note,
+                  "hits": [self._describe(h) for h in self.index.search(o.vector, k=int(k), fusion=fusion, where=rows)]}
+                 for o in objects]
         seconds = time.perf_counter() - start
-        return {"cutout": cutout, "vector": vector, "note": choice.note, "choice": choice.as_dict(),
-                "hits": [self._describe(h) for h in hits],
+        first = objects[0]
+        return {"cutout": first.cutout, "vector": first.vector, "note": found[0]["note"] if len(found) == 1 else None,
+                "choice": found[0]["choice"], "hits": found[0]["hits"], "objects": found,
                 "matching": len(self.index.assets) if rows is None else len(rows), "seconds": seconds}
 
     def query_text(self, text: str, *, k: int = 5, fusion: str | None = None, where: str | None = None) -> dict[str, Any]:
         """Search by text with the index's model's text tower; QueryError with a readable reason.
 
         QueryError when the model has no text tower (the message of NoTextTower), the text is empty,
-        or the fusion or filter is refused. Returns `query`'s dict, with "cutout", "note" and "choice" None.
+        or the fusion or filter is refused. Returns `query`'s dict, with "cutout", "note" and "choice" None
+        and one entry in "objects".
         """
         fusion, rows = self._scope(fusion, where)
         start = time.perf_counter()
@@ -145,7 +155,9 @@ class SearchApp:
         except ValueError as exc:  # NoTextTower, or an empty text
             raise QueryError(f"Text: {exc}") from None
         hits = self.index.search(vector, k=int(k), fusion=fusion, where=rows)
-        return {"cutout": None, "vector": vector, "note": None, "choice": None, "hits": [self._describe(h) for h in hits],
+        described = [self._describe(h) for h in hits]
+        return {"cutout": None, "vector": vector, "note": None, "choice": None, "hits": described,
+                "objects": [{"cutout": None, "box": None, "choice": None, "note": None, "hits": described}],
                 "matching": len(self.index.assets) if rows is None else len(rows), "seconds": time.perf_counter() - start}
 
     def _describe(self, hit: dict) -> dict:
@@ -257,13 +269,20 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
         if result["note"]:
             gr.Warning(result["note"])
         scope = f", {result['matching']} of {len(app.index.assets)} SKUs match the filter" if where.strip() else ""
+        groups = _groups(result["objects"])
         if not result["hits"]:
             return result["cutout"], [], f"No SKU matches the filter `{where.strip()}`.", mode
-        top = result["hits"][0]
         what = "cutout + embedding + search" if mode == "photo" else f"text “{query}”: text embedding + search"
+        if len(groups) > 1:
+            tops = ", ".join(f"**{g['hits'][0]['sku']}** (object {i})" for i, g in enumerate(groups, start=1) if g["hits"])
+            status = (f"{len(groups)} objects in the photo, each searched on its own: top matches {tops}; "
+                      f"{len(result['hits'])} SKUs shown per object{scope}, fusion `{fusion}`, {what} in "
+                      f"{result['seconds']:.2f} s.")
+            return result["cutout"], groups, status, mode
+        top = result["hits"][0]
         status = (f"Top match **{top['sku']}** (score {top['score']:.3f}); {len(result['hits'])} SKUs shown{scope}, "
                   f"fusion `{fusion}`, {what} in {result['seconds']:.2f} s.")
-        return result["cutout"], result["hits"], status, mode
+        return result["cutout"], groups, status, mode
 
     def by_photo(photo: str | None, text: str | None, mode: str, k: int, fusion: str, where: str | None):  # noqa: ANN202
         return search(photo, text, "photo", k, fusion, where)
@@ -296,20 +315,31 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
                 status = gr.Markdown("", elem_id="status")
 
                 @gr.render(inputs=hits)
-                def show(results: list[dict] | None) -> None:
-                    if results is None:
+                def show(groups: list[dict] | None) -> None:
+                    if groups is None:
                         gr.Markdown("No search yet: drop a photo (or describe the product) on the left.", elem_id="no-results")
                         return
-                    if not results:
+                    if not any(group["hits"] for group in groups):
                         gr.Markdown("No SKU matches the filter.", elem_id="no-results")
                         return
-                    for hit in results:
-                        with gr.Group(elem_classes=["dam3d-hit"]):
-                            gr.Markdown(_caption(hit), elem_id=f"hit-{hit['rank']}", elem_classes=["dam3d-hit-caption"])
-                            strip = ([(hit["thumbnail"], "catalogue")] if hit["thumbnail"] else []) + hit["views"]
-                            gr.Gallery(strip, columns=max(len(strip), 1), rows=1, height="auto", object_fit="contain",
-                                       allow_preview=True, show_label=False, elem_classes=_strip_classes(hit),
-                                       key=f"gallery-{hit['rank']}")
+                    several = len(groups) > 1
+                    for i, group in enumerate(groups, start=1):
+                        prefix = f"object-{i}-" if several else ""
+                        if several:
+                            with gr.Row(elem_classes=["dam3d-object"], elem_id=f"object-{i}"):
+                                gr.Image(group["cutout"], type="pil", image_mode="RGBA", height=160, width=160,
+                                         interactive=False, show_label=False, elem_id=f"object-{i}-crop",
+                                         key=f"object-crop-{i}", scale=0, min_width=160)
+                                gr.Markdown(f"### Object {i} of {len(groups)}\n\nbox {group['box']} (x0, y0, x1, y1 "
+                                            f"in the photo's pixels)", elem_id=f"object-{i}-title")
+                        for hit in group["hits"]:
+                            with gr.Group(elem_classes=["dam3d-hit"]):
+                                gr.Markdown(_caption(hit), elem_id=f"{prefix}hit-{hit['rank']}",
+                                            elem_classes=["dam3d-hit-caption"])
+                                strip = ([(hit["thumbnail"], "catalogue")] if hit["thumbnail"] else []) + hit["views"]
+                                gr.Gallery(strip, columns=max(len(strip), 1), rows=1, height="auto", object_fit="contain",
+                                           allow_preview=True, show_label=False, elem_classes=_strip_classes(hit),
+                                           key=f"gallery-{prefix}{hit['rank']}")
 
         # A new photo or text (Enter) searches at once, and k, fusion or the filter (Enter) search the last of them
         # again; while one search runs, only the latest change waits.
@@ -318,6 +348,11 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
         gr.on([text.submit], by_text, inputs, outputs, trigger_mode="always_last")
         gr.on([k.change, fusion.change, where.submit], search, inputs, outputs, trigger_mode="always_last")
     return demo
+
+
+def _groups(objects: list[dict]) -> list[dict]:
+    """The page's result groups, one per object searched: {"cutout" (PIL or None), "box", "hits"}."""
+    return [{"cutout": o["cutout"], "box": o["box"], "hits": o["hits"]} for o in objects]
 
 
 def text_info(app: SearchApp) -> str:

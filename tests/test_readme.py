@@ -31,6 +31,7 @@ COMMANDS = {
         "test_filters.py::test_cli_where_as_the_readme_writes_it",
     "dam3d search --text \"red ceramic mug\"": "test_clip.py::test_cli_text_search_ranks_by_the_models_own_cosine",
     "dam3d serve": "test_serve.py::test_default_host_is_loopback",
+    "dam3d search two-products.jpg --json": "test_query_objects.py::test_cli_searches_each_object",
     "dam3d evaluate queries.csv": "test_readme.py::test_main_command_on_the_sample",
     "dam3d failures": "test_readme.py::test_main_command_on_the_sample",
     "dam3d audit": "test_readme.py::test_main_command_on_the_sample",

@@ -13,7 +13,7 @@ from dam3d import cli
 from dam3d.catalogue import Asset
 from dam3d.search.filters import FilterError, parse_filter
 from dam3d.search.index import FUSIONS, Index, build_index
-from dam3d.search.query import Choice
+from dam3d.search.query import Choice, QueryObject
 from conftest import REPO
 from test_index import clustered_index, unit
 
@@ -138,6 +138,11 @@ class FakeEncoder:
         FakeEncoder.calls += 1
         row = [a["sku"] for a in self.index.assets].index("CH-2")
         return None, np.asarray(self.index.vec2d[row], dtype=np.float32), Choice("cutout", "stand-in encoder")
+
+    def encode_objects(self, photo: str, *, max_objects: int = 4) -> list[QueryObject]:
+        """One object, the photo (what `dam3d search` asks for since it searches each object of a photo)."""
+        _, vector, choice = self.encode(photo)
+        return [QueryObject(None, None, choice, (0, 0, 1, 1), vector)]  # type: ignore[arg-type]
 
 
 @pytest.fixture

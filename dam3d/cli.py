@@ -44,6 +44,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _weight(text: str) -> float:
+    """argparse type: a weight of at least 0."""
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     index = Index.load(find_index(args.index, args.results))
     fusion, source = index.fusion_source(args.fusion)
@@ -56,11 +64,15 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"dam3d: --where: {exc}", file=sys.stderr)
             return 2
     try:
-        query = QueryEncoder(index)(args.photo)
+        cutout, query, note = QueryEncoder(index).encode(args.photo)
     except AssetError as exc:
         print(f"dam3d: {exc}", file=sys.stderr)
         return 2
-    hits = index.search(query, k=k, fusion=fusion, exact=args.exact, where=rows)
+    if note:
+        print(f"dam3d: {note}", file=sys.stderr)
+    colour = index.query_colour(cutout) if index.colour_weight(args.colour_weight) > 0 else None
+    hits = index.search(query, k=k, fusion=fusion, exact=args.exact, where=rows, colour=colour,
+                        colour_weight=args.colour_weight)
     if not hits:
         print(f"dam3d: no SKU of the index matches --where {args.where}", file=sys.stderr)
     if args.json:
@@ -84,7 +96,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     index = Index.load(find_index(args.index, args.results))
     cache = None if args.no_cache else Path(args.cache) if args.cache else default_cache_dir(index)
     try:
-        report, encoder = evaluate(index, args.queries, cache_dir=cache, log=lambda m: print(f"dam3d: {m}", file=sys.stderr))
+        report, encoder = evaluate(index, args.queries, cache_dir=cache, log=lambda m: print(f"dam3d: {m}", file=sys.stderr),
+                                   colour_weight=args.colour_weight)
     except ValueError as exc:
         raise SystemExit(f"dam3d: {exc}") from None
     if args.json:
@@ -94,6 +107,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{first['n']} queries, index {index.directory} ({len(index.assets)} SKUs, model {index.manifest['model']['name']}); "
           f"query vectors: {encoder.stats['cached']} cached, {encoder.stats['computed']} computed")
     print(format_table(report))
+    if "colour" in first:
+        print(f"colour re-ranking, weight {first['colour']['weight']:g}: top-1 with minus without (paired 95% CI): "
+              + ", ".join(f"{f} {r['colour']['top1_off']:.1%} -> {r['top1']:.1%} ({r['colour']['delta'] * 100:+.1f} pts, "
+                          f"{r['colour']['ci95'][0] * 100:+.1f} to {r['colour']['ci95'][1] * 100:+.1f})" for f, r in report.items()))
     if first["absent"]:
         print(f"{len(first['absent'])} expected SKU(s) not in the index, counted as misses: {', '.join(first['absent'])}")
     for fusion in report:
@@ -204,6 +221,8 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--where", metavar="FILTER", default=None,
                         help='search only the SKUs whose metadata match, e.g. \'category == "chairs" and price < 100\' '
                              '(==, !=, <, >, in ("a", "b"), and; see README, Search and fusions)')
+    search.add_argument("--colour-weight", type=_weight, default=None,
+                        help="colour re-ranking weight (0: off; default: the index's search.colour_weight; README, Colour re-ranking)")
     with_index(search)
     search.set_defaults(func=cmd_search)
 
@@ -212,6 +231,8 @@ def parser() -> argparse.ArgumentParser:
     with_index(evaluate)
     evaluate.add_argument("--cache", help="query vector cache folder (default: RESULTS/cache/queries/{model} next to the index)")
     evaluate.add_argument("--no-cache", action="store_true", help="neither read nor write cached query vectors")
+    evaluate.add_argument("--colour-weight", type=_weight, default=None,
+                          help="rank as a colour re-ranking search with this weight (0: off; default: the index's search.colour_weight)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     audit = sub.add_parser("audit", help="the catalogue's look-alikes: SKU pairs whose similarity reaches a threshold")

@@ -119,7 +119,8 @@ class SearchApp:
         except AssetError as exc:
             # The reason names the server's temporary copy; the user knows the file by its name.
             raise QueryError(f"{Path(photo).name}: {exc.reason.replace(str(photo), Path(photo).name)}") from None
-        hits = self.index.search(vector, k=int(k), fusion=fusion, where=rows)
+        colour = self.index.query_colour(cutout) if self.index.colour_weight() > 0 else None
+        hits = self.index.search(vector, k=int(k), fusion=fusion, where=rows, colour=colour)
         seconds = time.perf_counter() - start
         return {"cutout": cutout, "vector": vector, "note": note, "hits": [self._describe(h) for h in hits],
                 "matching": len(self.index.assets) if rows is None else len(rows), "seconds": seconds}

@@ -37,18 +37,31 @@ def test_descriptor_shape_dtype_and_normalisation() -> None:
     # the transparent background does not count: the same colour on a bigger canvas, same descriptor
     np.testing.assert_allclose(colour_descriptor(cutout(RED, 96)), d, atol=0.02)
     # nothing opaque: no colour evidence, all zeros, and similarity 0 with anything
+    assert colour_descriptor(cutout(RED), bins=(4, 8, 8)).shape == (256,)
     empty = colour_descriptor(Image.new("RGBA", (32, 32)))
     assert not empty.any() and similarity(empty, d[None])[0] == 0.0
     with pytest.raises(ValueError, match="bins"):
         colour_descriptor(cutout(RED), bins=(0, 8, 8))
 
 
-def test_grey_white_and_black_objects_get_distinct_meaningful_descriptors() -> None:
-    white, grey, black, red = (colour_descriptor(cutout(c)) for c in (WHITE, GREY, BLACK, RED))
+def test_grey_and_white_objects_get_a_meaningful_descriptor() -> None:
+    grey, white, red, blue = (colour_descriptor(cutout(c)) for c in (GREY, WHITE, RED, BLUE))
+    middle = slice(DEFAULT_BINS[1] // 2 - 1, DEFAULT_BINS[1] // 2 + 1)
+    for d in (grey, white):
+        # achromatic: all the mass in the a*, b* bins around 0 (the middle two each way)
+        assert d.sum() == pytest.approx(1.0, abs=1e-5)
+        assert d.reshape(DEFAULT_BINS).sum(axis=0)[middle, middle].sum() > 0.99
+        # ... so it matches an achromatic SKU, not a coloured one
+        assert similarity(d, np.stack([red, blue, grey])).argmax() == 2
+        assert similarity(d, np.stack([red, blue])).max() < 0.1
+
+
+def test_with_lightness_bins_grey_white_and_black_are_told_apart() -> None:
+    bins = (4, 8, 8)
+    white, grey, black, red = (colour_descriptor(cutout(c), bins=bins) for c in (WHITE, GREY, BLACK, RED))
     for d in (white, grey, black):
         assert d.sum() == pytest.approx(1.0, abs=1e-5)
-        # achromatic: the mass is in the a*, b* bins around 0 (the middle two of 8 each way)
-        mass_ab = d.reshape(DEFAULT_BINS).sum(axis=0)
+        mass_ab = d.reshape(bins).sum(axis=0)
         assert mass_ab[3:5, 3:5].sum() > 0.99
     # told apart by lightness: each is most like itself
     assert similarity(white, np.stack([white, grey, black])).argmax() == 0

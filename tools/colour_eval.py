@@ -24,19 +24,32 @@ from dam3d.evaluation.evaluate import bootstrap_interval, ranks_of, read_queries
 from dam3d.runtime import layout
 from dam3d.search.colour import colour_descriptor, rerank_depth, rerank_keys
 from dam3d.search.index import FUSIONS, Index
-from dam3d.search.query import QueryEncoder
+from dam3d.search.query import QueryEncoder, default_cache_dir
 
 
 def query_cutouts(encoder: QueryEncoder, photos: list[Path], work: Path) -> list[Image.Image]:
-    """The cutout of each query photo (cached as PNG under work/cutouts/, keyed like the vector cache)."""
+    """The cutout of each query photo (cached as PNG under work/cutouts/, keyed like the vector cache).
+
+    A photo whose vector is not cached yet is embedded from this same cutout (each photo is cut out once).
+    """
+    from dam3d.stages.images import flatten
+
     folder = work / "cutouts"
     folder.mkdir(parents=True, exist_ok=True)
-    out = []
+    out, todo = [], []
     for photo in photos:
-        path = folder / f"{encoder.cache_key(photo)}.png"
+        key = encoder.cache_key(photo)
+        path = folder / f"{key}.png"
         if not path.is_file():
             encoder.prepare(photo)[0].save(path)
         out.append(Image.open(path).copy())
+        if encoder._read_cache(key) is None:
+            todo.append((key, flatten(out[-1], encoder.background)))
+        if len(todo) == encoder.batch_size or (todo and photo == photos[-1]):
+            for (k, _), vector in zip(todo, encoder.embed([f for _, f in todo]), strict=True):
+                encoder._write_cache(k, vector)
+            todo = []
+        print(f"cut out {len(out)}/{len(photos)}", end="\r", file=sys.stderr)
     return out
 
 
@@ -55,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     for results in args.results:
         index = Index.load(next(layout.indexes(results).iterdir()))
-        encoder = QueryEncoder(index, cache_dir=work / "vectors")
-        vectors = encoder.encode_many([q.path for q in queries])
+        cache = default_cache_dir(index)
+        encoder = QueryEncoder(index, cache_dir=cache if cache.is_dir() else work / "vectors")
         cutouts = query_cutouts(encoder, [q.path for q in queries], work)
+        vectors = encoder.encode_many([q.path for q in queries])
         by_sku = {str(a["sku"]): i for i, a in enumerate(index.assets)}
         targets = [by_sku.get(q.sku) for q in queries]
         catalogue = [Image.open(layout.cutout(results, str(a["asset_id"]))) for a in index.assets]

@@ -4,8 +4,9 @@ The descriptor of a cutout is a normalised joint histogram of its foreground pix
 ALPHA_THRESHOLD) in CIELAB: L* in [0, 100] and a*, b* in [-AB_RANGE, AB_RANGE] (clipped), binned
 `bins` = (L, a, b) ways, soft-assigned (each pixel's weight is shared linearly between the two
 nearest bin centres on each axis, so a colour near a bin edge does not jump from bin to bin).
-A grey, white or black object has a* and b* near 0 and is told apart by L*; a red and a blue
-object of the same lightness by a* and b*. The same function makes the catalogue's descriptors
+A grey, white or black object has a* and b* near 0: its descriptor says "achromatic" (the middle
+a*b* bins), unlike any coloured SKU's; with more than one L* bin (`bins`) they are also told apart by
+L*, which the default leaves out (lighting moves it; README, Colour re-ranking). The same function makes the catalogue's descriptors
 (at index build, from RESULTS/cutout/) and the query's (from the cutout QueryEncoder.prepare makes).
 
 Re-ranking (`rerank_keys`, `Index.search`): the first `depth` candidates by embedding score are
@@ -19,8 +20,10 @@ from PIL import Image
 
 # Bump when the descriptor changes meaning: rebuilds the indexes (workflow/rules/index.smk), recomputes cached queries'.
 DESCRIPTOR_VERSION = 1
-# The histogram bins along L*, a*, b* (README, Search and fusions: chosen on the tuning seeds).
-DEFAULT_BINS = (4, 8, 8)
+# The histogram bins along L*, a*, b*: a joint a*b* (chroma) histogram, lightness not binned. Chosen on the
+# tuning benchmarks (README, Colour re-ranking): binning L* (4 x 8 x 8, 6 x 12 x 12, or an L* marginal
+# beside a*b*) did worse there, the queries' lighting moves L* more than it moves a* and b*.
+DEFAULT_BINS = (1, 12, 12)
 # a* and b* beyond +-AB_RANGE go into the outermost bins; product colours rarely exceed it.
 AB_RANGE = 80.0
 # A pixel is foreground when its alpha is above this (0-255): the cutout's own mask is 0/255 with soft edges.

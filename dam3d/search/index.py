@@ -65,7 +65,7 @@ PCA_SAMPLE = 50_000
 # Bytes of stored vectors `Index.scores` converts to float32 at a time (per block of SKUs).
 SCORE_BLOCK_BYTES = 32 * 2**20
 # `search.colour_weight` when the config names none (README, Search and fusions: Colour re-ranking).
-DEFAULT_COLOUR_WEIGHT = 0.0
+DEFAULT_COLOUR_WEIGHT = 0.15
 COLOUR_FILE = "colour.npy"
 
 

@@ -160,3 +160,45 @@ def test_a_negative_weight_is_refused(tmp_path: Path) -> None:
     index = two_equal_skus(tmp_path)
     with pytest.raises(ValueError, match="colour weight"):
         index.search(np.eye(4, dtype=np.float32)[0], colour=colour_descriptor(cutout(RED)), colour_weight=-1)
+
+
+def test_cli_evaluate_and_search_with_colour_weight(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--colour-weight` on `dam3d evaluate` and `dam3d search`, with the real cutout and model, on an index with colours."""
+    from dataclasses import asdict
+
+    from conftest import product_photo
+    from dam3d import cli
+    from dam3d.stages.cutout import cut_out, mask_fn
+    from dam3d.stages.embed import ModelSpec, embed_images
+    from dam3d.stages.images import flatten
+
+    spec, mask = ModelSpec("mobilenetv2", "mobilenetv2"), mask_fn("u2netp", model="u2netp")
+    assets, paths, cutouts, rows = [], [], [], [("query", "sku")]
+    for i, kind in enumerate(("red-vase", "blue-box", "green-lamp")):
+        cut = cut_out(product_photo(kind), kind, mask=mask, size=256, margin=0.08)
+        cut.save(tmp_path / f"{kind}.png")
+        flat = flatten(cut, (255, 255, 255))
+        vecs = embed_images(spec, [flat, flat.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], device="cpu")
+        np.savez(tmp_path / f"{kind}.npz", vec2d=vecs[0], vec3d=vecs[1:], view_ok=np.ones(1, bool), views=np.array(["az000"]))
+        assets.append(Asset(kind, kind.upper(), tmp_path / f"{kind}.jpg"))
+        paths.append(tmp_path / f"{kind}.npz")
+        cutouts.append(tmp_path / f"{kind}.png")
+        product_photo(kind, size=(420, 360), background=(190, 180, 160)).save(tmp_path / f"IMG_{i}.jpg", quality=85)
+        rows.append((f"IMG_{i}.jpg", kind.upper()))
+    (tmp_path / "queries.csv").write_text("\n".join(",".join(r) for r in rows) + "\n")
+    config = {"cutout": {"backend": "u2netp", "model": "briaai/RMBG-2.0", "size": 256, "margin": 0.08, "max_pixels": 50_000_000},
+              "background": [255, 255, 255], "device": "cpu", "embed": {"batch_size": 4}, "search": {"k": 5}}
+    out = tmp_path / "results" / "index" / "mobilenetv2"
+    build_index(assets, paths, out, {"model": asdict(spec), "backends": {"cutout": "u2netp"}, "config": config}, cutouts=cutouts)
+
+    assert cli.main(["evaluate", str(tmp_path / "queries.csv"), "--index", str(out), "--json", "--colour-weight", "0.15"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for fusion in FUSIONS:
+        assert report[fusion]["colour"]["weight"] == 0.15 and report[fusion]["top1"] == 1.0
+    assert list((tmp_path / "results" / "cache" / "queries" / "mobilenetv2").glob("*.colour1-1x12x12.npy"))
+    assert cli.main(["evaluate", str(tmp_path / "queries.csv"), "--index", str(out), "--json", "--colour-weight", "0"]) == 0
+    assert "colour" not in json.loads(capsys.readouterr().out)["2d"]
+
+    assert cli.main(["search", str(tmp_path / "IMG_1.jpg"), "--index", str(out), "--json", "--colour-weight", "0.15"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert hits[0]["sku"] == "BLUE-BOX" and hits[0]["colour"] > max(h["colour"] for h in hits[1:])

@@ -81,6 +81,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                           "matching": len(index.assets) if rows is None else len(rows), "results": hits}, indent=2))
     else:
         scope = "" if rows is None else f", {len(rows)} of {len(index.assets)} SKUs match --where"
+        if hits and "colour" in hits[0]:
+            scope += f", re-ranked by colour (weight {index.colour_weight(args.colour_weight):g})"
         print(f"query {args.photo}  (index {index.directory}, model {index.manifest['model']['name']}, "
               f"fusion {fusion}: {source}{scope})")
         print(f"{'rank':>4}  {'score':>6}  {'sku':<24}  {'matched':<8}  image")

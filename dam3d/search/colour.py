@@ -77,14 +77,14 @@ def colour_descriptor(image: Image.Image, *, bins: tuple[int, int, int] = DEFAUL
     Foreground: the pixels whose alpha exceeds `alpha_threshold` (0-255); an image without alpha
     (a query photo in which the cutout found no object) counts every pixel. Fewer than MIN_PIXELS
     foreground pixels give all zeros: no colour evidence. The image is first reduced to at most
-    MAX_SIDE pixels a side (bilinear; a histogram does not need more). ValueError for a bin count < 1.
+    MAX_SIDE pixels a side (nearest pixels: no colour is mixed with the background; a histogram needs no more). ValueError for a bin count < 1.
     """
     if min(bins) < 1:
         raise ValueError(f"colour bins must be at least 1 each, not {bins}")
     image = image.convert("RGBA")
     if max(image.size) > MAX_SIDE:
         scale = MAX_SIDE / max(image.size)
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.NEAREST)
     pixels = np.asarray(image)
     rgb = pixels[..., :3][pixels[..., 3] > alpha_threshold]
     out = np.zeros(int(np.prod(bins)), dtype=np.float64)

@@ -295,7 +295,7 @@ class Index:
             np.load(directory / "vectors_3d.npy", mmap_mode="r"),
             np.load(directory / "vectors_mean.npy", mmap_mode="r"),
             np.load(directory / "pca_components.npy") if with_pca else None,
-            np.load(directory / COLOUR_FILE) if manifest.get("colour") and (directory / COLOUR_FILE).is_file() else None,
+            np.load(directory / COLOUR_FILE, mmap_mode="r") if manifest.get("colour") and (directory / COLOUR_FILE).is_file() else None,
         )
 
     @property

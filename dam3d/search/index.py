@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +44,9 @@ from dam3d.search.ann import ANN_MIN_SKUS, OVERFETCH, AnnCandidates, build_ann
 from dam3d.search.colour import DEFAULT_BINS, colour_descriptor, rerank_depth, similarity
 from dam3d.search.filters import Filter, parse_filter
 from dam3d.stages.embed import l2_normalise
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 FUSIONS = ("2d", "3d", "mean", "max")
 # The fusion of an index whose manifest records none, or `auto` without an evaluation on labelled
@@ -314,10 +318,11 @@ class Index:
             raise ValueError(f"colour weight must be >= 0, not {weight}")
         return weight
 
-    def query_colour(self, cutout: object) -> np.ndarray | None:
-        """The colour descriptor (B,) float32 of a query's cutout (a PIL image), with this index's bins; None without descriptors."""
+    def query_colour(self, cutout: Image.Image) -> np.ndarray | None:
+        """The colour descriptor (B,) float32 of a query's cutout (RGBA, or RGB: every pixel), with this index's bins;
+        None for an index without descriptors."""
         bins = self.colour_bins
-        return None if bins is None else colour_descriptor(cutout, bins=bins)   # type: ignore[arg-type]
+        return None if bins is None else colour_descriptor(cutout, bins=bins)
 
     def project(self, queries: np.ndarray) -> np.ndarray:
         """L2-normalised query vectors at the model's dimension, (..., D), as this index stores its vectors: (..., d) float32.

@@ -202,3 +202,28 @@ def test_cli_evaluate_and_search_with_colour_weight(tmp_path: Path, capsys: pyte
     assert cli.main(["search", str(tmp_path / "IMG_1.jpg"), "--index", str(out), "--json", "--colour-weight", "0.15"]) == 0
     hits = json.loads(capsys.readouterr().out)["results"]
     assert hits[0]["sku"] == "BLUE-BOX" and hits[0]["colour"] > max(h["colour"] for h in hits[1:])
+
+
+def test_rerank_keys_order_equals_the_searched_order(tmp_path: Path) -> None:
+    """What evaluation ranks (rerank_keys) is what search returns, on random SKUs and colours."""
+    rng = np.random.default_rng(0)
+    assets, paths, cutouts = [], [], []
+    for i in range(60):
+        vec = rng.normal(size=8).astype(np.float32)
+        np.savez(tmp_path / f"{i}.npz", vec2d=vec, vec3d=rng.normal(size=(2, 8)).astype(np.float32),
+                 view_ok=np.array([True, True]), views=np.array(["az000", "az180"]))
+        cutout(tuple(int(c) for c in rng.integers(0, 256, 3)), 32).save(tmp_path / f"{i}.png")
+        assets.append(Asset(str(i), f"SKU{i}", Path(f"{i}.jpg")))
+        paths.append(tmp_path / f"{i}.npz")
+        cutouts.append(tmp_path / f"{i}.png")
+    build_index(assets, paths, tmp_path / "i", {}, cutouts=cutouts)
+    index = Index.load(tmp_path / "i")
+    queries = rng.normal(size=(10, 8)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    colours = index.colours[rng.integers(0, 60, 10)]
+    for fusion in FUSIONS:
+        keys = rerank_keys(index.scores(queries, fusion), colours, index.colours, 0.3, 50)
+        for q in range(10):
+            expected = [f"SKU{i}" for i in np.lexsort((np.arange(60), -keys[q]))[:5]]
+            found = [h["sku"] for h in index.search(queries[q], k=5, fusion=fusion, colour=colours[q], colour_weight=0.3)]
+            assert found == expected, (fusion, q)

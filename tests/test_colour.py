@@ -204,11 +204,11 @@ def test_cli_evaluate_and_search_with_colour_weight(tmp_path: Path, capsys: pyte
     assert hits[0]["sku"] == "BLUE-BOX" and hits[0]["colour"] > max(h["colour"] for h in hits[1:])
 
 
-def test_rerank_keys_order_equals_the_searched_order(tmp_path: Path) -> None:
-    """What evaluation ranks (rerank_keys) is what search returns, on random SKUs and colours."""
+def random_index(tmp_path: Path, n: int, *, ann_min_skus: int = 20_000) -> Index:
+    """n SKUs of random 8-d vectors (2 views) and random one-colour cutouts."""
     rng = np.random.default_rng(0)
     assets, paths, cutouts = [], [], []
-    for i in range(60):
+    for i in range(n):
         vec = rng.normal(size=8).astype(np.float32)
         np.savez(tmp_path / f"{i}.npz", vec2d=vec, vec3d=rng.normal(size=(2, 8)).astype(np.float32),
                  view_ok=np.array([True, True]), views=np.array(["az000", "az180"]))
@@ -216,8 +216,14 @@ def test_rerank_keys_order_equals_the_searched_order(tmp_path: Path) -> None:
         assets.append(Asset(str(i), f"SKU{i}", Path(f"{i}.jpg")))
         paths.append(tmp_path / f"{i}.npz")
         cutouts.append(tmp_path / f"{i}.png")
-    build_index(assets, paths, tmp_path / "i", {}, cutouts=cutouts)
-    index = Index.load(tmp_path / "i")
+    build_index(assets, paths, tmp_path / "i", {}, cutouts=cutouts, ann_min_skus=ann_min_skus)
+    return Index.load(tmp_path / "i")
+
+
+def test_rerank_keys_order_equals_the_searched_order(tmp_path: Path) -> None:
+    """What evaluation ranks (rerank_keys) is what search returns, on random SKUs and colours."""
+    index = random_index(tmp_path, 60)
+    rng = np.random.default_rng(1)
     queries = rng.normal(size=(10, 8)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     colours = index.colours[rng.integers(0, 60, 10)]
@@ -227,3 +233,18 @@ def test_rerank_keys_order_equals_the_searched_order(tmp_path: Path) -> None:
             expected = [f"SKU{i}" for i in np.lexsort((np.arange(60), -keys[q]))[:5]]
             found = [h["sku"] for h in index.search(queries[q], k=5, fusion=fusion, colour=colours[q], colour_weight=0.3)]
             assert found == expected, (fusion, q)
+
+
+def test_an_index_with_ann_graphs_re_ranks_as_exact_search(tmp_path: Path) -> None:
+    """Through the graphs, colour re-ranking asks for as many candidates as it re-orders."""
+    index = random_index(tmp_path, 400, ann_min_skus=100)
+    assert index.ann() is not None
+    rng = np.random.default_rng(2)
+    for q in range(5):
+        query = rng.normal(size=8).astype(np.float32)
+        query /= np.linalg.norm(query)
+        colour = index.colours[int(rng.integers(0, 400))]
+        for fusion in FUSIONS:
+            through = index.search(query, k=3, fusion=fusion, colour=colour, colour_weight=0.3)
+            exact = index.search(query, k=3, fusion=fusion, colour=colour, colour_weight=0.3, exact=True)
+            assert [h["sku"] for h in through] == [h["sku"] for h in exact], (fusion, q)

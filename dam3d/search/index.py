@@ -41,7 +41,7 @@ from dam3d.runtime import layout
 from dam3d.runtime.atomic import atomic_path, write_text
 from dam3d.runtime.chunk import has_result
 from dam3d.search.ann import ANN_MIN_SKUS, OVERFETCH, AnnCandidates, build_ann
-from dam3d.search.colour import DEFAULT_BINS, colour_descriptor, rerank_depth, similarity
+from dam3d.search.colour import DEFAULT_BINS, DESCRIPTOR_VERSION, colour_descriptor, rerank_depth, similarity
 from dam3d.search.filters import Filter, parse_filter
 from dam3d.stages.embed import l2_normalise
 
@@ -177,7 +177,7 @@ def write_colours(out_dir: Path, cutouts: Sequence[Path | None], bins: tuple[int
         else:
             rows.append(np.zeros(int(np.prod(bins)), dtype=np.float32))
     _save_npy(out_dir / COLOUR_FILE, np.stack(rows).astype(np.float32) if rows else np.zeros((0, int(np.prod(bins))), np.float32))
-    return {"space": "CIELAB D65", "bins": list(bins), "histogram": "soft, normalised", "similarity": "intersection",
+    return {"version": DESCRIPTOR_VERSION, "space": "CIELAB D65", "bins": list(bins), "histogram": "soft, normalised", "similarity": "intersection",
             "dtype": "float32", "missing": sum(1 for r in rows if not r.any())}
 
 
@@ -490,12 +490,14 @@ class Index:
             return []
         k = min(k, len(self.assets))
         query = self.project(model_query)   # the graphs and the stored vectors are in the index's space
-        # The graphs help only when they are asked for fewer candidates than there are SKUs.
-        ann = None if rows is not None or exact or OVERFETCH * k >= len(self.assets) else self.ann()
-        if ann is not None:
-            rows = ann.rows(query, fusion, k)   # sorted: positions keep the index order
-        scores = self._scores(query[None], fusion, chunk=1, rows=rows, block=None)[0]
         weight = self._use_colour(colour, colour_weight)
+        # Colour re-ranking asks the graphs for as many candidates as it re-orders.
+        wanted = k if weight == 0 else rerank_depth(k, len(self.assets))
+        # The graphs help only when they are asked for fewer candidates than there are SKUs.
+        ann = None if rows is not None or exact or OVERFETCH * wanted >= len(self.assets) else self.ann()
+        if ann is not None:
+            rows = ann.rows(query, fusion, wanted)   # sorted: positions keep the index order
+        scores = self._scores(query[None], fusion, chunk=1, rows=rows, block=None)[0]
         depth = min(k, len(scores)) if weight == 0 else rerank_depth(k, len(scores))
         k = min(k, len(scores))
         top = np.argpartition(-scores, depth - 1)[:depth]

@@ -63,14 +63,21 @@ def cmd_search(args: argparse.Namespace) -> int:
         except FilterError as exc:
             print(f"dam3d: --where: {exc}", file=sys.stderr)
             return 2
+    encoder, colour = QueryEncoder(index), None
     try:
-        cutout, query, note = QueryEncoder(index).encode(args.photo)
+        if index.colour_bins is not None and index.colour_weight(args.colour_weight) > 0:
+            cutout, query, note = encoder.encode(args.photo)   # the cutout gives the query's colour
+            if note:
+                print(f"dam3d: {note}", file=sys.stderr)
+            colour = index.query_colour(cutout)
+        else:
+            query = encoder(args.photo)
+            if index.colour_weight(args.colour_weight) > 0:
+                print(f"dam3d: the index {index.directory} has no colour descriptors (built before them): "
+                      "searching without colour re-ranking", file=sys.stderr)
     except AssetError as exc:
         print(f"dam3d: {exc}", file=sys.stderr)
         return 2
-    if note:
-        print(f"dam3d: {note}", file=sys.stderr)
-    colour = index.query_colour(cutout) if index.colour_weight(args.colour_weight) > 0 else None
     hits = index.search(query, k=k, fusion=fusion, exact=args.exact, where=rows, colour=colour,
                         colour_weight=args.colour_weight)
     if not hits:

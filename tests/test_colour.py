@@ -96,7 +96,8 @@ def two_equal_skus(tmp_path: Path, *, with_colours: bool = True) -> Index:
         paths.append(tmp_path / f"{name}.npz")
         cutouts.append(tmp_path / f"{name}.png")
     out = tmp_path / "results" / "index" / "m"
-    build_index(assets, paths, out, {"model": {"name": "m"}}, cutouts=cutouts if with_colours else None)
+    build_index(assets, paths, out, {"model": {"name": "m"}, "config": {"search": {"k": 5}}},
+                cutouts=cutouts if with_colours else None)
     return Index.load(out)
 
 
@@ -248,3 +249,25 @@ def test_an_index_with_ann_graphs_re_ranks_as_exact_search(tmp_path: Path) -> No
             through = index.search(query, k=3, fusion=fusion, colour=colour, colour_weight=0.3)
             exact = index.search(query, k=3, fusion=fusion, colour=colour, colour_weight=0.3, exact=True)
             assert [h["sku"] for h in through] == [h["sku"] for h in exact], (fusion, q)
+
+
+def test_cli_search_on_an_index_without_colours_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from dam3d import cli
+
+    index = two_equal_skus(tmp_path, with_colours=False)
+
+    class FakeEncoder:   # no model: the query is A's (and B's) vector
+        def __init__(self, index: Index) -> None:
+            pass
+
+        def __call__(self, photo: str) -> np.ndarray:
+            return np.eye(4, dtype=np.float32)[0]
+
+    monkeypatch.setattr(cli, "QueryEncoder", FakeEncoder)
+    assert cli.main(["search", "photo.jpg", "--index", str(index.directory), "--json", "--colour-weight", "0.5"]) == 0
+    out, err = capsys.readouterr()
+    assert [h["sku"] for h in json.loads(out)["results"]][:2] == ["SKU A", "SKU B"]
+    assert err.count("no colour descriptors") == 1
+    assert cli.main(["search", "photo.jpg", "--index", str(index.directory), "--colour-weight", "0"]) == 0
+    assert "colour" not in capsys.readouterr().err

@@ -37,6 +37,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _weight(text: str) -> float:
+    """argparse type: a weight of at least 0."""
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     """Print the top-k SKUs of a photo or text; exit 0, or 2 for a refused filter, text or photo.
 
@@ -57,7 +65,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         except FilterError as exc:
             print(f"dam3d: --where: {exc}", file=sys.stderr)
             return 2
-    choice, objects = None, []
+    choice, objects, colours = None, [], []
+    weight = index.colour_weight(args.colour_weight)
     if args.text is not None:
         try:
             query = QueryEncoder(index).encode_text(args.text)
@@ -78,8 +87,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         elif choice.note:
             print(f"dam3d: {choice.note}", file=sys.stderr)
         kind, shown = "photo", str(args.photo)
-    hits = index.search(query, k=k, fusion=fusion, exact=args.exact, where=rows)
-    several = [index.search(o.vector, k=k, fusion=fusion, exact=args.exact, where=rows) for o in objects[1:]]
+        if weight > 0 and index.colour_bins is not None:
+            colours = [index.query_colour(o.cutout) for o in objects]   # each object's cutout gives its colour
+        elif weight > 0:
+            print(f"dam3d: the index {index.directory} has no colour descriptors (built before them): "
+                  "searching without colour re-ranking", file=sys.stderr)
+    colours = colours or [None] * max(len(objects), 1)
+    hits = index.search(query, k=k, fusion=fusion, exact=args.exact, where=rows, colour=colours[0],
+                        colour_weight=args.colour_weight)
+    several = [index.search(o.vector, k=k, fusion=fusion, exact=args.exact, where=rows, colour=c,
+                            colour_weight=args.colour_weight) for o, c in zip(objects[1:], colours[1:], strict=True)]
     if not hits:
         print(f"dam3d: no SKU of the index matches --where {args.where}", file=sys.stderr)
     if args.json:
@@ -93,6 +110,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         scope = "" if rows is None else f", {len(rows)} of {len(index.assets)} SKUs match --where"
+        if hits and "colour" in hits[0]:
+            scope += f", re-ranked by colour (weight {weight:g})"
         print(f"query {'text ' if kind == 'text' else ''}{shown}  (index {index.directory}, "
               f"model {index.manifest['model']['name']}, "
               f"fusion {fusion}: {source}{scope})")
@@ -121,7 +140,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     index = Index.load(find_index(args.index, args.results))
     cache = None if args.no_cache else Path(args.cache) if args.cache else default_cache_dir(index)
     try:
-        report, encoder = evaluate(index, args.queries, cache_dir=cache, log=lambda m: print(f"dam3d: {m}", file=sys.stderr))
+        report, encoder = evaluate(index, args.queries, cache_dir=cache, log=lambda m: print(f"dam3d: {m}", file=sys.stderr),
+                                   colour_weight=args.colour_weight)
     except ValueError as exc:
         raise SystemExit(f"dam3d: {exc}") from None
     if args.json:
@@ -131,6 +151,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{first['n']} queries, index {index.directory} ({len(index.assets)} SKUs, model {index.manifest['model']['name']}); "
           f"query vectors: {encoder.stats['cached']} cached, {encoder.stats['computed']} computed")
     print(format_table(report))
+    if "colour" in first:
+        print(f"colour re-ranking, weight {first['colour']['weight']:g}: top-1 with minus without (paired 95% CI): "
+              + ", ".join(f"{f} {r['colour']['top1_off']:.1%} -> {r['top1']:.1%} ({r['colour']['delta'] * 100:+.1f} pts, "
+                          f"{r['colour']['ci95'][0] * 100:+.1f} to {r['colour']['ci95'][1] * 100:+.1f})" for f, r in report.items()))
     if first["absent"]:
         print(f"{len(first['absent'])} expected SKU(s) not in the index, counted as misses: {', '.join(first['absent'])}")
     for fusion in report:
@@ -238,6 +262,8 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--single", action="store_true",
                         help=f"search only the most salient object of the photo (default: each of up to {MAX_OBJECTS} "
                              "sizeable separate objects is searched on its own; see README, Several products in one photo)")
+    search.add_argument("--colour-weight", type=_weight, default=None,
+                        help="colour re-ranking weight (0: off; default: the index's search.colour_weight; README, Colour re-ranking)")
     with_index(search)
     search.set_defaults(func=cmd_search)
 
@@ -246,6 +272,8 @@ def parser() -> argparse.ArgumentParser:
     with_index(evaluate)
     evaluate.add_argument("--cache", help="query vector cache folder (default: RESULTS/cache/queries/{model} next to the index)")
     evaluate.add_argument("--no-cache", action="store_true", help="neither read nor write cached query vectors")
+    evaluate.add_argument("--colour-weight", type=_weight, default=None,
+                          help="rank as a colour re-ranking search with this weight (0: off; default: the index's search.colour_weight)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     audit = sub.add_parser("audit", help="the catalogue's look-alikes: SKU pairs whose similarity reaches a threshold")

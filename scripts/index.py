@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from dam3d.catalogue import load_catalogue
+from dam3d.runtime import layout
 from dam3d.search.index import build_index
 from dam3d.runtime.plan import read_stamp
 from dam3d.runtime.chunk import read_failures
@@ -37,6 +38,8 @@ manifest = build_index(
     },
     dtype=config.get("index", {}).get("dtype", "float16"),
     pca=int(config.get("index", {}).get("pca", 0)),
+    # the colour descriptors are made here, from the cutouts, once for every model's index (dam3d.search.colour)
+    cutouts=[layout.cutout(config["results"], a.asset_id) for a in assets],
 )
 counts = manifest["counts"]
 summary = [

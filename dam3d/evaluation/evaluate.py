@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dam3d.search.colour import rerank_depth, rerank_keys
 from dam3d.search.index import FUSIONS, Index
 from dam3d.search.query import QueryEncoder
 
@@ -101,8 +102,16 @@ def evaluate_vectors(
     fusions: Sequence[str] = FUSIONS,
     confusions: int = 5,
     bootstrap_seed: int = BOOTSTRAP_SEED,
+    colours: np.ndarray | None = None,
+    colour_weight: float = 0.0,
+    k: int = 5,
 ) -> dict[str, dict]:
     """Per fusion: top1/top3/top5, n, the top-1 95 % interval, absent SKUs, worst confusions and queries.
+
+    With the queries' colour descriptors `colours` (Q, B) float32, an index with descriptors and
+    `colour_weight` > 0, the ranks are those of a search re-ranked by colour (dam3d.search.colour,
+    the first max(50, 4k) candidates), and each fusion also gets `colour`: {"weight", "top1_off",
+    "delta", "ci95"}: top-1 with minus without re-ranking, paired bootstrap 95 % interval.
 
     Each fusion other than `2d` also gets `top1_vs_2d`: its top-1 minus the 2D top-1, with a paired
     bootstrap 95 % interval (the same resampled queries for both): does the 3D augmentation pay off?
@@ -117,16 +126,23 @@ def evaluate_vectors(
     skus = [str(a["sku"]) for a in index.assets]
     report: dict[str, dict] = {}
     hits: dict[str, np.ndarray] = {}
+    rerank = colours is not None and colour_weight > 0 and index.colours is not None
     for fusion in fusions:
         scores = index.scores(vectors, fusion)
+        result: dict = {}
+        if rerank:
+            off = np.array([1.0 if r == 1 else 0.0 for r in ranks_of(scores, targets)])
+            scores = rerank_keys(scores, colours, index.colours, colour_weight, rerank_depth(k, len(index.assets)))
         ranks = ranks_of(scores, targets)
         top1 = scores.argmax(axis=1)  # first maximum: the SKU search prints first
-        result: dict = {}
         for k in TOPK:
             result[f"top{k}"] = sum(1 for r in ranks if r is not None and r <= k) / len(queries)
         result["n"] = len(queries)
         hits1 = hits[fusion] = np.array([1.0 if r == 1 else 0.0 for r in ranks])
         result["top1_ci95"] = list(bootstrap_interval(hits1, seed=bootstrap_seed))
+        if rerank:
+            result["colour"] = {"weight": colour_weight, "top1_off": float(off.mean()), "delta": float((hits1 - off).mean()),
+                                "ci95": list(bootstrap_interval(hits1 - off, seed=bootstrap_seed))}
         result["absent"] = absent
         pairs: Counter[tuple[str, str]] = Counter()
         examples: dict[tuple[str, str], list[str]] = {}
@@ -139,10 +155,11 @@ def evaluate_vectors(
             {"expected": e, "predicted": p, "count": c, "queries": examples[(e, p)]}
             for (e, p), c in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:confusions]
         ]
+        plain = index.scores(vectors, fusion) if rerank else scores   # the fusion's score, not a re-ranking key
         order = sorted(range(len(queries)), key=lambda i: (-(ranks[i] or len(skus) + 1), queries[i].query))
         result["worst"] = [
             {"query": queries[i].query, "expected": queries[i].sku, "rank": ranks[i],
-             "predicted": skus[int(top1[i])], "score": float(scores[i, top1[i]])}
+             "predicted": skus[int(top1[i])], "score": float(plain[i, top1[i]])}
             for i in order[:confusions] if ranks[i] != 1
         ]
         report[fusion] = result
@@ -162,15 +179,27 @@ def evaluate(
     cache_dir: str | Path | None = None,
     encoder: QueryEncoder | None = None,
     log: Callable[[str], None] | None = None,
+    colour_weight: float | None = None,
 ) -> tuple[dict[str, dict], QueryEncoder]:
-    """Read the query CSV, encode (through the cache), score every fusion. Returns (report, encoder)."""
+    """Read the query CSV, encode (through the cache), score every fusion. Returns (report, encoder).
+
+    `colour_weight` (default: the index's search.colour_weight, Index.colour_weight): > 0 with an
+    index that has colour descriptors ranks as a colour re-ranking search does (evaluate_vectors).
+    """
     queries = read_queries(queries_csv)
     if log:
         for sku in sorted({q.sku for q in queries} - {str(a["sku"]) for a in index.assets} - {str(a["asset_id"]) for a in index.assets}):
             log(f"SKU {sku!r} is not in the index {index.directory}; its queries count as misses")
     encoder = encoder or QueryEncoder(index, cache_dir=cache_dir)
     vectors = encoder.encode_many([q.path for q in queries], log=log)
-    return evaluate_vectors(index, queries, vectors), encoder
+    weight = index.colour_weight(colour_weight)
+    colours = None
+    if weight > 0 and index.colour_bins is not None:
+        colours = encoder.colours_many([q.path for q in queries], index.colour_bins, log=log)
+    elif weight > 0 and log:
+        log(f"the index {index.directory} has no colour descriptors (built before them): evaluating without colour re-ranking")
+    k = int(index.manifest.get("config", {}).get("search", {}).get("k", 5))
+    return evaluate_vectors(index, queries, vectors, colours=colours, colour_weight=weight, k=k), encoder
 
 
 # --------------------------------------------------------------------------- output

@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -40,8 +41,12 @@ from dam3d.runtime import layout
 from dam3d.runtime.atomic import atomic_path, write_text
 from dam3d.runtime.chunk import has_result
 from dam3d.search.ann import ANN_MIN_SKUS, OVERFETCH, AnnCandidates, build_ann
+from dam3d.search.colour import DEFAULT_BINS, DESCRIPTOR_VERSION, colour_descriptor, rerank_depth, similarity
 from dam3d.search.filters import Filter, parse_filter
 from dam3d.stages.embed import l2_normalise
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 FUSIONS = ("2d", "3d", "mean", "max")
 # The fusion of an index whose manifest records none, or `auto` without an evaluation on labelled
@@ -63,6 +68,9 @@ DEFAULT_DTYPE = "float16"
 PCA_SAMPLE = 50_000
 # Bytes of stored vectors `Index.scores` converts to float32 at a time (per block of SKUs).
 SCORE_BLOCK_BYTES = 32 * 2**20
+# `search.colour_weight` when the config names none (README, Search and fusions: Colour re-ranking).
+DEFAULT_COLOUR_WEIGHT = 0.15
+COLOUR_FILE = "colour.npy"
 
 
 def choose_fusion(report: dict[str, dict]) -> str:
@@ -156,9 +164,31 @@ def write_vectors(out_dir: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: 
     return {"dtype": dtype, "dim": int(vec2d.shape[1]), "input_dim": dim, "pca": pca_record, "bytes_per_sku": sizes}
 
 
+def write_colours(out_dir: Path, cutouts: Sequence[Path | None], bins: tuple[int, int, int] = DEFAULT_BINS) -> dict:
+    """Write colour.npy, (N, B) float32, the colour descriptor (dam3d.search.colour) of each indexed row's cutout
+    (RGBA PNG; a missing one gives all zeros: no colour evidence); return the manifest's `colour`."""
+    from PIL import Image
+
+    rows = []
+    for path in cutouts:
+        if path is not None and Path(path).is_file():
+            with Image.open(path) as image:
+                rows.append(colour_descriptor(image, bins=bins))
+        else:
+            rows.append(np.zeros(int(np.prod(bins)), dtype=np.float32))
+    _save_npy(out_dir / COLOUR_FILE, np.stack(rows).astype(np.float32) if rows else np.zeros((0, int(np.prod(bins))), np.float32))
+    return {"version": DESCRIPTOR_VERSION, "space": "CIELAB D65", "bins": list(bins), "histogram": "soft, normalised", "similarity": "intersection",
+            "dtype": "float32", "missing": sum(1 for r in rows if not r.any())}
+
+
 def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Path, manifest: dict, *,
-                ann_min_skus: int = ANN_MIN_SKUS, dtype: str = DEFAULT_DTYPE, pca: int = 0) -> dict:
+                ann_min_skus: int = ANN_MIN_SKUS, dtype: str = DEFAULT_DTYPE, pca: int = 0,
+                cutouts: Sequence[Path] | None = None) -> dict:
     """Write the index for the assets whose embedding exists (non-empty); return the manifest.
+
+    With `cutouts` (one RGBA PNG per asset, as `assets`) it also writes the colour descriptors of the
+    indexed ones, colour.npy (`write_colours`; the manifest's `colour` records how), which search
+    re-ranks with; without, the index has none (`colour`: null) and searches without colour.
 
     The vectors are stored as `dtype`, projected onto `pca` principal components if `pca` > 0
     (`write_vectors`; the manifest's `vectors` records how).
@@ -168,8 +198,11 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
     manifest.json last: a reader that finds the manifest finds a complete index.
     """
     rows, vec2d, vec3d, view_ok, skipped = [], [], [], [], []
+    indexed_cutouts: list[Path | None] = []
+    if cutouts is not None and len(cutouts) != len(assets):
+        raise ValueError(f"build_index: {len(cutouts)} cutouts for {len(assets)} assets")
     views: list[str] = []
-    for asset, path in zip(assets, embeddings, strict=True):
+    for position, (asset, path) in enumerate(zip(assets, embeddings, strict=True)):
         if not has_result(path):
             skipped.append(asset.asset_id)
             continue
@@ -180,6 +213,7 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
             views = [str(v) for v in data["views"]]
         rows.append({"asset_id": asset.asset_id, "sku": asset.sku, "image": str(asset.image),
                      "views_ok": int(view_ok[-1].sum()), **asset.metadata})
+        indexed_cutouts.append(None if cutouts is None else cutouts[position])
     if not rows:
         raise RuntimeError("index: no asset has an embedding; every asset failed (see results/failures/)")
     v2 = l2_normalise(np.stack(vec2d))
@@ -199,6 +233,8 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
         pq.write_table(pa.Table.from_pylist(rows), tmp)
     v3 = l2_normalise(v3)
     stored = write_vectors(out_dir, v2, v3, fused, dtype=dtype, pca=pca)
+    (out_dir / COLOUR_FILE).unlink(missing_ok=True)
+    colour = None if cutouts is None else write_colours(out_dir, indexed_cutouts)
     for stale in AnnCandidates.files(out_dir):   # graphs of an earlier build would not match these rows
         stale.unlink(missing_ok=True)
     ann = None
@@ -218,6 +254,7 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
         "views": views,
         "dim": int(v2.shape[1]),
         "vectors": stored,
+        "colour": colour,
         "failed_assets": skipped,
         "ann": ann,
     }
@@ -241,7 +278,9 @@ class Index:
     vec3d: np.ndarray  # (N, V, d)
     vecmean: np.ndarray  # (N, d)
     pca_components: np.ndarray | None = None  # (d, D)
+    colours: np.ndarray | None = None  # (N, B) float32, colour descriptors (dam3d.search.colour); None: built without
     _ann: AnnCandidates | None = field(default=None, repr=False, compare=False)
+    _said_no_colour: bool = field(default=False, repr=False, compare=False)
 
     @classmethod
     def load(cls, directory: str | Path) -> Index:
@@ -260,7 +299,30 @@ class Index:
             np.load(directory / "vectors_3d.npy", mmap_mode="r"),
             np.load(directory / "vectors_mean.npy", mmap_mode="r"),
             np.load(directory / "pca_components.npy") if with_pca else None,
+            np.load(directory / COLOUR_FILE, mmap_mode="r") if manifest.get("colour") and (directory / COLOUR_FILE).is_file() else None,
         )
+
+    @property
+    def colour_bins(self) -> tuple[int, int, int] | None:
+        """The (L, a, b) bins of this index's colour descriptors (a query's must match), or None without descriptors."""
+        if self.colours is None:
+            return None
+        return tuple((self.manifest.get("colour") or {}).get("bins", DEFAULT_BINS))
+
+    def colour_weight(self, flag: float | None = None) -> float:
+        """The colour re-ranking weight a search uses: `flag`, else the index's config search.colour_weight,
+        else DEFAULT_COLOUR_WEIGHT. 0: off. ValueError if negative."""
+        weight = flag if flag is not None else self.manifest.get("config", {}).get("search", {}).get("colour_weight")
+        weight = DEFAULT_COLOUR_WEIGHT if weight is None else float(weight)
+        if weight < 0:
+            raise ValueError(f"colour weight must be >= 0, not {weight}")
+        return weight
+
+    def query_colour(self, cutout: Image.Image) -> np.ndarray | None:
+        """The colour descriptor (B,) float32 of a query's cutout (RGBA, or RGB: every pixel), with this index's bins;
+        None for an index without descriptors."""
+        bins = self.colour_bins
+        return None if bins is None else colour_descriptor(cutout, bins=bins)
 
     def project(self, queries: np.ndarray) -> np.ndarray:
         """L2-normalised query vectors at the model's dimension, (..., D), as this index stores its vectors: (..., d) float32.
@@ -398,7 +460,8 @@ class Index:
         return self._ann
 
     def search(self, query: np.ndarray, *, k: int = 5, fusion: str | None = None, exact: bool = False,
-               where: str | Filter | np.ndarray | None = None) -> list[dict]:
+               where: str | Filter | np.ndarray | None = None, colour: np.ndarray | None = None,
+               colour_weight: float | None = None) -> list[dict]:
         """The top `k` SKUs for one L2-normalised (D,) query vector, best first (ties: index order).
 
         Each hit: {"rank": int, "sku": str, "asset_id": str, "score": float, "image": str, "matched": str}
@@ -411,6 +474,12 @@ class Index:
 
         Unfiltered, an index built with ANN graphs (more than ANN_MIN_SKUS SKUs) scores only the
         candidates its graphs give, exactly (dam3d.search.ann); `exact=True` scores every SKU.
+
+        Colour re-ranking: with the query cutout's descriptor `colour` ((B,) float32, `query_colour`)
+        and a weight > 0 (`colour_weight`), the first max(50, 4k) SKUs by score are re-ordered by
+        score + weight * histogram intersection (dam3d.search.colour); each hit then also has
+        "colour" (the intersection, in [0, 1]) and "score" stays the fusion's score. An index built
+        without descriptors searches without, and says so once on stderr.
         """
         fusion = self.fusion(fusion)
         if k < 1:
@@ -421,19 +490,52 @@ class Index:
             return []
         k = min(k, len(self.assets))
         query = self.project(model_query)   # the graphs and the stored vectors are in the index's space
+        weight = self._use_colour(colour, colour_weight)
+        # Colour re-ranking asks the graphs for as many candidates as it re-orders.
+        wanted = k if weight == 0 else rerank_depth(k, len(self.assets))
         # The graphs help only when they are asked for fewer candidates than there are SKUs.
-        ann = None if rows is not None or exact or OVERFETCH * k >= len(self.assets) else self.ann()
+        ann = None if rows is not None or exact or OVERFETCH * wanted >= len(self.assets) else self.ann()
         if ann is not None:
-            rows = ann.rows(query, fusion, k)   # sorted: positions keep the index order
+            rows = ann.rows(query, fusion, wanted)   # sorted: positions keep the index order
         scores = self._scores(query[None], fusion, chunk=1, rows=rows, block=None)[0]
+        depth = min(k, len(scores)) if weight == 0 else rerank_depth(k, len(scores))
         k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
+        top = np.argpartition(-scores, depth - 1)[:depth]
         top = top[np.lexsort((top, -scores[top]))]
+        sims = None
+        if weight:
+            rows_top = top if rows is None else rows[top]
+            sims = similarity(colour, self.colours[rows_top])
+            order = np.lexsort((np.arange(len(top)), -(scores[top] + weight * sims)))[:k]
+            top, sims = top[order], sims[order]
+        top = top[:k]
         found = top if rows is None else rows[top]
         matched = self.matched(model_query, fusion, found)
-        return [{"rank": r + 1, "sku": self.assets[i]["sku"], "asset_id": self.assets[i]["asset_id"],
+        hits = [{"rank": r + 1, "sku": self.assets[i]["sku"], "asset_id": self.assets[i]["asset_id"],
                  "score": float(scores[t]), "image": self.assets[i]["image"], "matched": m}
                 for r, (i, t, m) in enumerate(zip(found.tolist(), top.tolist(), matched, strict=True))]
+        if sims is not None:
+            for hit, sim in zip(hits, sims.tolist(), strict=False):
+                hit["colour"] = float(sim)
+        return hits
+
+    def _use_colour(self, colour: np.ndarray | None, flag: float | None) -> float:
+        """The weight a search re-ranks with: 0 without a query descriptor or index descriptors (said once)."""
+        weight = self.colour_weight(flag)
+        if weight == 0 or colour is None:
+            return 0.0
+        if self.colours is None:
+            if not self._said_no_colour:
+                import sys
+
+                print(f"dam3d: the index {self.directory} has no colour descriptors (built before them): "
+                      "searching without colour re-ranking", file=sys.stderr)
+                self._said_no_colour = True
+            return 0.0
+        colour = np.asarray(colour)
+        if colour.shape != self.colours.shape[1:]:
+            raise ValueError(f"a query colour descriptor of shape {colour.shape}; this index's are {self.colours.shape[1:]}")
+        return weight
 
     def _rows(self, where: str | Filter | np.ndarray) -> np.ndarray:
         """Ascending int64 rows of a filter, an (N,) bool mask or an array of rows (ValueError if out of range)."""

@@ -383,6 +383,36 @@ class QueryEncoder:
                 log(f"encoded {min(start + self.batch_size, len(todo))}/{len(todo)} new query photos")
         return np.stack(vectors).astype(np.float32)
 
+    def colours_many(self, photos: Sequence[str | Path], bins: tuple[int, int, int],
+                     *, log: Callable[[str], None] | None = None) -> np.ndarray:
+        """(N, B) float32 colour descriptors (dam3d.search.colour) of the photos' cutouts, as `prepare` cuts them out.
+
+        Cached beside the vectors ({key}.colour{DESCRIPTOR_VERSION}-{L}x{a}x{b}.npy) when there is a cache folder.
+        """
+        from dam3d.search.colour import DESCRIPTOR_VERSION, colour_descriptor
+
+        suffix = f"colour{DESCRIPTOR_VERSION}-{'x'.join(str(b) for b in bins)}"
+        out = []
+        computed = 0
+        for photo in photos:
+            path = self._cache_file(f"{self.cache_key(photo)}.{suffix}")
+            descriptor = None
+            if path is not None and path.is_file():
+                try:
+                    descriptor = np.load(path)
+                except (OSError, ValueError):
+                    descriptor = None
+            if descriptor is None or descriptor.shape != (int(np.prod(bins)),):
+                descriptor = colour_descriptor(self.prepare(photo)[0], bins=bins)
+                computed += 1
+                if path is not None:
+                    with atomic_path(path) as tmp:
+                        np.save(tmp, descriptor)
+            out.append(descriptor)
+        if log and computed:
+            log(f"colour descriptors: {computed} computed, {len(photos) - computed} cached")
+        return np.stack(out).astype(np.float32) if out else np.zeros((0, int(np.prod(bins))), np.float32)
+
     def _cache_file(self, key: str) -> Path | None:
         return self.cache_dir / f"{key}.npy" if self.cache_dir else None
 

@@ -132,8 +132,11 @@ class SearchApp:
         except AssetError as exc:
             # The reason names the server's temporary copy; the user knows the file by its name.
             raise QueryError(f"{Path(photo).name}: {exc.reason.replace(str(photo), Path(photo).name)}") from None
+        weight = self.index.colour_weight()
         found = [{"cutout": o.cutout, "box": list(o.box), "choice": o.choice.as_dict(), "note": o.choice.note,
-                  "hits": [self._describe(h) for h in self.index.search(o.vector, k=int(k), fusion=fusion, where=rows)]}
+                  "hits": [self._describe(h) for h in self.index.search(
+                      o.vector, k=int(k), fusion=fusion, where=rows,
+                      colour=self.index.query_colour(o.cutout) if weight > 0 else None)]}
                  for o in objects]
         seconds = time.perf_counter() - start
         first = objects[0]

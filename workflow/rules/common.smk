@@ -21,6 +21,7 @@ os.environ.update(
 
 from dam3d.catalogue import file_digests, read_catalogue
 from dam3d.runtime import layout
+from dam3d.search.colour import DESCRIPTOR_VERSION as COLOUR_DESCRIPTOR_VERSION
 from dam3d.runtime.backends import backend
 from dam3d.stages.cutout import resolve_backend
 from dam3d.stages.embed import resolve_models

@@ -11,6 +11,8 @@ rule index:
         catalogue=CATALOGUE_DIGEST,
         # How the vectors are stored: a change rebuilds the index (params are a rerun trigger).
         vectors=config["index"],
+        # The colour descriptors (dam3d.search.colour) made from the cutouts: a new kind rebuilds the index.
+        colour=f"colour-{COLOUR_DESCRIPTOR_VERSION}",
         spec=lambda wildcards: asdict(EMBED_MODELS[wildcards.model]),
         backends={
             "cutout": CUTOUT.name,

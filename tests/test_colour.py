@@ -254,6 +254,7 @@ def test_an_index_with_ann_graphs_re_ranks_as_exact_search(tmp_path: Path) -> No
 def test_cli_search_on_an_index_without_colours_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     from dam3d import cli
+    from dam3d.search.query import Choice, QueryObject
 
     index = two_equal_skus(tmp_path, with_colours=False)
 
@@ -261,8 +262,9 @@ def test_cli_search_on_an_index_without_colours_says_so(tmp_path: Path, monkeypa
         def __init__(self, index: Index) -> None:
             pass
 
-        def __call__(self, photo: str) -> np.ndarray:
-            return np.eye(4, dtype=np.float32)[0]
+        def encode_objects(self, photo: str, *, max_objects: int = 4) -> list[QueryObject]:
+            return [QueryObject(None, None, Choice("cutout", "stand-in encoder"), (0, 0, 1, 1),  # type: ignore[arg-type]
+                                np.eye(4, dtype=np.float32)[0])]
 
     monkeypatch.setattr(cli, "QueryEncoder", FakeEncoder)
     assert cli.main(["search", "photo.jpg", "--index", str(index.directory), "--json", "--colour-weight", "0.5"]) == 0

@@ -25,6 +25,7 @@ kept far less of the full-dimension ranking at the same dimension. An index writ
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,9 +39,10 @@ from dam3d import __version__
 from dam3d.catalogue import Asset
 from dam3d.runtime import layout
 from dam3d.runtime.atomic import atomic_path, write_text
-from dam3d.runtime.chunk import has_result
 from dam3d.search.ann import ANN_MIN_SKUS, OVERFETCH, AnnCandidates, build_ann
 from dam3d.search.filters import Filter, parse_filter
+from dam3d.search.update import (ROWS_FILE, PreviousRows, current_data_dir, embedding_source, load_previous,
+                                 new_data_dir, remove_stale)
 from dam3d.stages.embed import l2_normalise
 
 FUSIONS = ("2d", "3d", "mean", "max")
@@ -156,35 +158,22 @@ def write_vectors(out_dir: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: 
     return {"dtype": dtype, "dim": int(vec2d.shape[1]), "input_dim": dim, "pca": pca_record, "bytes_per_sku": sizes}
 
 
-def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Path, manifest: dict, *,
-                ann_min_skus: int = ANN_MIN_SKUS, dtype: str = DEFAULT_DTYPE, pca: int = 0) -> dict:
-    """Write the index for the assets whose embedding exists (non-empty); return the manifest.
-
-    The vectors are stored as `dtype`, projected onto `pca` principal components if `pca` > 0
-    (`write_vectors`; the manifest's `vectors` records how).
-
-    With more than `ann_min_skus` SKUs it also writes the HNSW graphs that `Index.search`
-    takes its candidates from (dam3d.search.ann). Files are written atomically, and
-    manifest.json last: a reader that finds the manifest finds a complete index.
-    """
-    rows, vec2d, vec3d, view_ok, skipped = [], [], [], [], []
+def _read_embeddings(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """The stored-to-be vectors of SKUs from their embedding .npz (each opened once):
+    (vec2d (n, D), vec3d (n, V, D) or (n, 1, D) for a 2D-only index, fused (n, D): float32, L2-normalised;
+    view_ok (n, V) bool; the view names). Every row depends on its own .npz only, so a row computed
+    here equals the same SKU's row of any other build (what lets an update reuse rows)."""
+    vec2d, vec3d, view_ok = [], [], []
     views: list[str] = []
-    for asset, path in zip(assets, embeddings, strict=True):
-        if not has_result(path):
-            skipped.append(asset.asset_id)
-            continue
+    for path in paths:
         with np.load(path) as data:
             vec2d.append(data["vec2d"])
             vec3d.append(data["vec3d"])
             view_ok.append(data["view_ok"])
             views = [str(v) for v in data["views"]]
-        rows.append({"asset_id": asset.asset_id, "sku": asset.sku, "image": str(asset.image),
-                     "views_ok": int(view_ok[-1].sum()), **asset.metadata})
-    if not rows:
-        raise RuntimeError("index: no asset has an embedding; every asset failed (see results/failures/)")
     v2 = l2_normalise(np.stack(vec2d))
     v3 = np.stack(vec3d).astype(np.float32)
-    ok = np.stack(view_ok)
+    ok = np.stack(view_ok).astype(bool)
     # Views that failed to render take the 2D vector, so `max` and `3d` degrade to `2d` for that SKU.
     v3 = np.where(ok[..., None], v3, v2[:, None, :])
     counts = np.maximum(ok.sum(axis=1, keepdims=True), 1)
@@ -193,36 +182,148 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
     fused = l2_normalise(v2 + l2_normalise(mean3d))
     if v3.shape[1] == 0:  # a 2D-only index (render.views: 0): every fusion is the 2D one
         v3 = v2[:, None, :]
+    return v2, l2_normalise(v3), fused, ok, views
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "assets.parquet") as tmp:
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-    v3 = l2_normalise(v3)
-    stored = write_vectors(out_dir, v2, v3, fused, dtype=dtype, pca=pca)
-    for stale in AnnCandidates.files(out_dir):   # graphs of an earlier build would not match these rows
-        stale.unlink(missing_ok=True)
+
+# Rows copied from the previous index's memory-mapped vectors at a time (bounded memory at any N).
+COPY_BLOCK = 4096
+
+
+def _write_rows(folder: Path, previous_rows: np.ndarray, previous: PreviousRows | None,
+                new_rows: np.ndarray, new: tuple[np.ndarray, np.ndarray, np.ndarray] | None, dtype: str) -> dict:
+    """Write vectors_{2d,3d,mean}.npy of N rows into `folder`, `dtype`, without PCA; return the manifest's `vectors`.
+
+    previous_rows (N,) int64: the previous index's row each row copies, -1 where it is new; new_rows (M,) int64:
+    the rows (ascending) that take `new` (vec2d (M, D), vec3d (M, V, D), fused (M, D) float32) in order
+    (None when M = 0; then `previous` gives the shapes).
+    Copies go COPY_BLOCK rows at a time from the memory-mapped previous vectors (sequential for the
+    unchanged rows, which keep their order): O(N) bytes read and written, no .npz opened.
+    """
+    n = len(previous_rows)
+    sizes = {}
+    source = new if new is not None else (previous.vec2d, previous.vec3d, previous.vecmean)
+    shapes = dict(zip(("2d", "3d", "mean"), (v.shape[1:] for v in source), strict=True))
+    for k, name in enumerate(("2d", "3d", "mean")):
+        out = np.lib.format.open_memmap(folder / f"vectors_{name}.npy", mode="w+", dtype=dtype, shape=(n, *shapes[name]))
+        if len(new_rows):
+            out[new_rows] = new[k]
+        if previous is not None:
+            old = (previous.vec2d, previous.vec3d, previous.vecmean)[k]
+            for s in range(0, n, COPY_BLOCK):
+                rows = previous_rows[s : s + COPY_BLOCK]
+                keep = rows >= 0
+                if keep.all() and (np.diff(rows) == 1).all():
+                    out[s : s + len(rows)] = old[rows[0] : rows[-1] + 1]   # a run of unchanged rows: one slice
+                elif keep.any():
+                    out[s + np.flatnonzero(keep)] = old[rows[keep]]
+        out.flush()
+        sizes[name] = out.nbytes // max(n, 1)
+        del out
+    dim = int(shapes["2d"][0])
+    return {"dtype": dtype, "dim": dim, "input_dim": dim, "pca": None, "bytes_per_sku": sizes}
+
+
+def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Path, manifest: dict, *,
+                ann_min_skus: int = ANN_MIN_SKUS, dtype: str = DEFAULT_DTYPE, pca: int = 0,
+                incremental: bool = True) -> dict:
+    """Write the index for the assets whose embedding exists (non-empty); return the manifest.
+
+    The vectors are stored as `dtype`, projected onto `pca` principal components if `pca` > 0
+    (`write_vectors`; the manifest's `vectors` records how).
+
+    Update (dam3d.search.update): each SKU's row records the version of the .npz it was made from
+    (`embedding_source`: one stat). If the previous index in `out_dir` has the same dtype and model and
+    neither has PCA (and `incremental`), the rows of SKUs whose .npz is unchanged are copied from its
+    memory-mapped vectors and only new or changed SKUs' .npz are opened; deleted SKUs are dropped.
+    Otherwise every .npz is read (a full rebuild); the manifest's `update` says which, and why.
+
+    With more than `ann_min_skus` SKUs it also writes the HNSW graphs that `Index.search`
+    takes its candidates from (dam3d.search.ann), rebuilt over all rows.
+
+    Everything goes into a new data folder, then manifest.json is replaced (atomic rename): a build
+    killed or failing at any point leaves the previous index as it was, searchable. RuntimeError if
+    no asset has an embedding; ValueError for an unknown dtype or a bad `pca`.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"index.dtype must be one of {DTYPES}, not {dtype!r}")
+    sources = [embedding_source(p) for p in embeddings]
+    if len(sources) != len(assets):
+        raise ValueError(f"{len(assets)} assets but {len(sources)} embeddings")
+    indexed = [(a, p, s) for a, p, s in zip(assets, embeddings, sources, strict=True) if s is not None]
+    skipped = [a.asset_id for a, s in zip(assets, sources, strict=True) if s is None]
+    if not indexed:
+        raise RuntimeError("index: no asset has an embedding; every asset failed (see results/failures/)")
+    previous, reason = load_previous(out_dir, manifest, dtype=dtype, pca=pca) if incremental else (None, "asked for")
+    keep = current_data_dir(out_dir)
+    folder = new_data_dir(out_dir)
+    try:
+        manifest = _build_into(folder, indexed, previous, reason, manifest, len(assets), skipped,
+                               ann_min_skus=ann_min_skus, dtype=dtype, pca=pca)
+        write_text(folder / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")   # the switch
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    remove_stale(out_dir, folder, keep)
+    return manifest
+
+
+def _build_into(folder: Path, indexed: list[tuple[Asset, Path, str]], previous: PreviousRows | None, reason: str,
+                manifest: dict, total: int, skipped: list[str], *, ann_min_skus: int, dtype: str, pca: int) -> dict:
+    """Write the rows, vectors and graphs of `indexed` (asset, .npz, source) into `folder`; return the manifest."""
+    reusable = [None if previous is None else previous.reusable(a.asset_id, s) for a, _, s in indexed]
+    previous_rows = np.array([-1 if r is None else r for r in reusable], dtype=np.int64)
+    new_rows = np.flatnonzero(previous_rows < 0)
+    new = None
+    if previous is not None and len(new_rows):
+        new = _read_embeddings([indexed[i][1] for i in new_rows])
+        if new[4] != previous.views:   # other views: no row of the previous index fits
+            previous, reason, new = None, f"the views changed ({previous.views} -> {new[4]})", None
+            previous_rows[:] = -1
+            new_rows = np.arange(len(indexed))
+    if previous is None:
+        new = _read_embeddings([p for _, p, _ in indexed])
+    views = new[4] if new is not None else previous.views
+    ok_new = new[3].sum(axis=1) if new is not None else np.zeros(0, dtype=np.int64)
+    views_ok = np.zeros(len(indexed), dtype=np.int64)
+    views_ok[new_rows] = ok_new
+    if previous is not None:
+        reused = previous_rows >= 0
+        views_ok[reused] = previous.views_ok[previous_rows[reused]]
+    if pca:
+        stored = write_vectors(folder, *new[:3], dtype=dtype, pca=pca)
+    else:
+        stored = _write_rows(folder, previous_rows, previous, new_rows, None if new is None else new[:3], dtype)
+    rows = [{"asset_id": a.asset_id, "sku": a.sku, "image": str(a.image), "views_ok": int(v), **a.metadata}
+            for (a, _, _), v in zip(indexed, views_ok.tolist(), strict=True)]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "assets.parquet")
+    pq.write_table(pa.table({"asset_id": [a.asset_id for a, _, _ in indexed], "source": [s for _, _, s in indexed],
+                             "views_ok": views_ok}), folder / ROWS_FILE)
     ann = None
     if len(rows) > ann_min_skus:
         import usearch
 
         # the graphs hold the vectors as stored (projected, if PCA), so candidates and exact scores agree
-        build_ann(out_dir, *(np.load(out_dir / f"vectors_{n}.npy", mmap_mode="r") for n in ("2d", "3d", "mean")))
+        build_ann(folder, *(np.load(folder / f"vectors_{n}.npy", mmap_mode="r") for n in ("2d", "3d", "mean")))
         ann = {"library": f"usearch {usearch.__version__}", "graph": "HNSW", "vectors": "float16",
                "min_skus": ann_min_skus}
-    manifest = {
+    dropped = 0 if previous is None else len(previous.row_of.keys() - {a.asset_id for a, _, _ in indexed})
+    update = {"mode": "incremental" if previous is not None else "full", "reason": reason,
+              "reused": int((previous_rows >= 0).sum()), "read": int(len(new_rows)), "dropped": dropped}
+    return {
         **manifest,
         "dam3d_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "counts": {"assets": len(assets), "indexed": len(rows), "failed": len(skipped),
-                   "with_views": int(ok.any(axis=1).sum()), "views_per_asset": len(views)},
+        "counts": {"assets": total, "indexed": len(rows), "failed": len(skipped),
+                   "with_views": int((views_ok > 0).sum()), "views_per_asset": len(views)},
         "views": views,
-        "dim": int(v2.shape[1]),
+        "dim": int(stored["input_dim"]),
         "vectors": stored,
         "failed_assets": skipped,
         "ann": ann,
+        "data": folder.name,
+        "update": update,
     }
-    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
 
 
 @dataclass
@@ -241,6 +342,7 @@ class Index:
     vec3d: np.ndarray  # (N, V, d)
     vecmean: np.ndarray  # (N, d)
     pca_components: np.ndarray | None = None  # (d, D)
+    data_dir: Path | None = None   # the folder of its files (manifest `data`); None: `directory` itself (older indexes)
     _ann: AnnCandidates | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -252,15 +354,22 @@ class Index:
             raise FileNotFoundError(f"no index at {directory} (manifest.json missing): build it with `snakemake --cores 8`")
         manifest = json.loads(manifest_path.read_text())
         with_pca = bool((manifest.get("vectors") or {}).get("pca"))
+        data = directory / manifest["data"] if manifest.get("data") else directory   # older indexes: files at the top
         return cls(
             directory,
             manifest,
-            pq.read_table(directory / "assets.parquet").to_pylist(),
-            np.load(directory / "vectors_2d.npy", mmap_mode="r"),
-            np.load(directory / "vectors_3d.npy", mmap_mode="r"),
-            np.load(directory / "vectors_mean.npy", mmap_mode="r"),
-            np.load(directory / "pca_components.npy") if with_pca else None,
+            pq.read_table(data / "assets.parquet").to_pylist(),
+            np.load(data / "vectors_2d.npy", mmap_mode="r"),
+            np.load(data / "vectors_3d.npy", mmap_mode="r"),
+            np.load(data / "vectors_mean.npy", mmap_mode="r"),
+            np.load(data / "pca_components.npy") if with_pca else None,
+            data_dir=data,
         )
+
+    @property
+    def files(self) -> Path:
+        """The folder holding this index's vectors, assets.parquet and graphs (a data folder, dam3d.search.update)."""
+        return self.data_dir or self.directory
 
     def project(self, queries: np.ndarray) -> np.ndarray:
         """L2-normalised query vectors at the model's dimension, (..., D), as this index stores its vectors: (..., d) float32.
@@ -393,8 +502,8 @@ class Index:
 
     def ann(self) -> AnnCandidates | None:
         """The ANN candidates of this index (opened once), or None if it was built without graphs (<= ANN_MIN_SKUS)."""
-        if self._ann is None and AnnCandidates.available(self.directory):
-            self._ann = AnnCandidates(self.directory, views=int(np.shape(self.vec3d)[1]), size=len(self.assets))
+        if self._ann is None and AnnCandidates.available(self.files):
+            self._ann = AnnCandidates(self.files, views=int(np.shape(self.vec3d)[1]), size=len(self.assets))
         return self._ann
 
     def search(self, query: np.ndarray, *, k: int = 5, fusion: str | None = None, exact: bool = False,

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import product_photo
 from test_workflow import SNAKEMAKE, snakemake
+from dam3d.search.update import index_files
 
 CONFIG = {"render": {"resolution": 48, "aa": 1}}
 KINDS = ("red-vase", "blue-box", "green-lamp")
@@ -74,7 +75,7 @@ def run(workdir: Path, catalogue: Path, *args: str, **extra: dict) -> subprocess
 
 
 def indexed_skus(workdir: Path) -> list[str]:
-    return sorted(pq.read_table(workdir / "results" / "index" / "mobilenetv2" / "assets.parquet").column("sku").to_pylist())
+    return sorted(pq.read_table(index_files(workdir / "results" / "index" / "mobilenetv2") / "assets.parquet").column("sku").to_pylist())
 
 
 @pytest.fixture

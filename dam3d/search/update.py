@@ -132,3 +132,12 @@ def load_previous(out_dir: Path, manifest: dict, *, dtype: str, pca: int) -> tup
     vectors = [np.load(folder / f"vectors_{n}.npy", mmap_mode="r") for n in ("2d", "3d", "mean")]
     return PreviousRows(folder, row_of, np.asarray(table["views_ok"], dtype=np.int64),
                         [str(v) for v in previous.get("views", [])], *vectors), f"previous index {folder.name}"
+
+
+def index_files(out_dir: str | os.PathLike[str]) -> Path:
+    """The folder holding the files (assets.parquet, vectors_*.npy, graphs) of the index in `out_dir`: the data
+    folder its manifest.json names, or `out_dir` itself for an index written before data folders.
+    FileNotFoundError if there is no manifest.json."""
+    out_dir = Path(out_dir)
+    name = json.loads((out_dir / "manifest.json").read_text()).get("data")
+    return out_dir / name if name else out_dir

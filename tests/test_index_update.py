@@ -68,7 +68,12 @@ def change(embed: Path) -> list[int]:
     return [i for i in range(42) if i != 7]
 
 
-def test_add_change_delete_gives_what_a_full_rebuild_gives(tmp_path: Path, embed: Path) -> None:
+@pytest.mark.parametrize("block", [4096, 7])   # one block, and blocks mixing copied and read rows
+def test_add_change_delete_gives_what_a_full_rebuild_gives(tmp_path: Path, embed: Path, block: int,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import dam3d.search.index as index_module
+
+    monkeypatch.setattr(index_module, "COPY_BLOCK", block)
     out = tmp_path / "index" / "m"
     first = build_index(*catalogue(embed, list(range(40))), out, {"model": {"name": "m"}})
     assert first["update"]["mode"] == "full" and first["update"]["read"] == 40
@@ -176,3 +181,17 @@ def test_an_update_finds_the_previous_rows_when_snakemake_removed_the_manifest(t
     m = build_index(*catalogue(embed, change(embed)), out, {"model": {"name": "m"}})
     assert m["update"]["mode"] == "incremental" and m["update"]["read"] == 3
     assert json.loads((out / "manifest.json").read_text())["data"] == m["data"]
+
+
+def test_an_embedding_with_other_views_rebuilds_in_full(tmp_path: Path, embed: Path) -> None:
+    out = tmp_path / "index" / "m"
+    assets, paths = catalogue(embed, list(range(40)))
+    build_index(assets, paths, out, {"model": {"name": "m"}})
+    for i in range(40):   # render.views changed: every embedding is recomputed with 2 views
+        np.savez(embed / f".S{i}.tmp.npz", vec2d=unit(np.ones(DIM)), vec3d=unit(np.ones((2, DIM))), view_ok=np.ones(2, bool),
+                 views=np.array(["a", "b"]), model=np.array("m"))
+        os.replace(embed / f".S{i}.tmp.npz", embed / f"S{i}.npz")
+    m = build_index(assets, paths, out, {"model": {"name": "m"}})
+    assert m["update"]["mode"] == "full" and "views" in m["update"]["reason"] and m["update"]["read"] == 40
+    assert m["views"] == ["a", "b"] and m["counts"]["views_per_asset"] == 2
+    assert Index.load(out).vec3d.shape == (40, 2, DIM)

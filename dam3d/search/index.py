@@ -185,42 +185,62 @@ def _read_embeddings(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.
     return v2, l2_normalise(v3), fused, ok, views
 
 
-# Rows copied from the previous index's memory-mapped vectors at a time (bounded memory at any N).
+# Rows read or copied at a time: a full rebuild or an update holds COPY_BLOCK SKUs' float32 vectors, at any N.
 COPY_BLOCK = 4096
 
 
-def _write_rows(folder: Path, previous_rows: np.ndarray, previous: PreviousRows | None,
-                new_rows: np.ndarray, new: tuple[np.ndarray, np.ndarray, np.ndarray] | None, dtype: str) -> dict:
-    """Write vectors_{2d,3d,mean}.npy of N rows into `folder`, `dtype`, without PCA; return the manifest's `vectors`.
+class _ViewsChanged(Exception):
+    """A new embedding has other views than the previous index: none of its rows fits (full rebuild)."""
 
-    previous_rows (N,) int64: the previous index's row each row copies, -1 where it is new; new_rows (M,) int64:
-    the rows (ascending) that take `new` (vec2d (M, D), vec3d (M, V, D), fused (M, D) float32) in order
-    (None when M = 0; then `previous` gives the shapes).
-    Copies go COPY_BLOCK rows at a time from the memory-mapped previous vectors (sequential for the
-    unchanged rows, which keep their order): O(N) bytes read and written, no .npz opened.
+
+def _write_rows(folder: Path, paths: Sequence[Path], previous_rows: np.ndarray, previous: PreviousRows | None,
+                dtype: str) -> tuple[dict, np.ndarray, list[str]]:
+    """Write vectors_{2d,3d,mean}.npy of N rows into `folder` as `dtype`, without PCA, COPY_BLOCK rows at a time.
+
+    paths (N,): each row's embedding .npz; previous_rows (N,) int64: the previous index's row a row copies
+    from its memory-mapped vectors, -1 where the row is new (its .npz is opened; only those are).
+    Unchanged rows keep their order, so the copy reads the previous files sequentially: O(N) bytes,
+    no .npz opened for them. Returns (the manifest's `vectors`, views_ok (N,) int64, the view names).
+    _ViewsChanged if a new .npz has other views than `previous`.
     """
-    n = len(previous_rows)
+    n = len(paths)
+    views_ok = np.zeros(n, dtype=np.int64)
+    reused = previous_rows >= 0
+    views = list(previous.views) if previous is not None else []
+    if previous is not None:
+        views_ok[reused] = previous.views_ok[previous_rows[reused]]
+    outs: list[np.ndarray] = []
+    for s in range(0, n, COPY_BLOCK):
+        block = np.arange(s, min(s + COPY_BLOCK, n))
+        fresh = block[previous_rows[block] < 0]
+        new = _read_embeddings([paths[i] for i in fresh]) if len(fresh) else None
+        if new is not None:
+            if previous is not None and new[4] != previous.views:
+                raise _ViewsChanged(f"the views changed ({previous.views} -> {new[4]})")
+            views = new[4]
+            views_ok[fresh] = new[3].sum(axis=1)
+        if not outs:
+            shapes = [v.shape[1:] for v in (new[:3] if new is not None else (previous.vec2d, previous.vec3d, previous.vecmean))]
+            outs = [np.lib.format.open_memmap(folder / f"vectors_{name}.npy", mode="w+", dtype=dtype, shape=(n, *shape))
+                    for name, shape in zip(("2d", "3d", "mean"), shapes, strict=True)]
+        kept = block[previous_rows[block] >= 0]
+        for k, out in enumerate(outs):
+            if new is not None:
+                out[fresh] = new[k]
+            if len(kept):
+                old = (previous.vec2d, previous.vec3d, previous.vecmean)[k]
+                rows = previous_rows[kept]
+                if len(kept) == len(block) and (np.diff(rows) == 1).all():
+                    out[s : s + len(block)] = old[rows[0] : rows[-1] + 1]   # a run of unchanged rows: one slice
+                else:
+                    out[kept] = old[rows]
     sizes = {}
-    source = new if new is not None else (previous.vec2d, previous.vec3d, previous.vecmean)
-    shapes = dict(zip(("2d", "3d", "mean"), (v.shape[1:] for v in source), strict=True))
-    for k, name in enumerate(("2d", "3d", "mean")):
-        out = np.lib.format.open_memmap(folder / f"vectors_{name}.npy", mode="w+", dtype=dtype, shape=(n, *shapes[name]))
-        if len(new_rows):
-            out[new_rows] = new[k]
-        if previous is not None:
-            old = (previous.vec2d, previous.vec3d, previous.vecmean)[k]
-            for s in range(0, n, COPY_BLOCK):
-                rows = previous_rows[s : s + COPY_BLOCK]
-                keep = rows >= 0
-                if keep.all() and (np.diff(rows) == 1).all():
-                    out[s : s + len(rows)] = old[rows[0] : rows[-1] + 1]   # a run of unchanged rows: one slice
-                elif keep.any():
-                    out[s + np.flatnonzero(keep)] = old[rows[keep]]
+    for name, out in zip(("2d", "3d", "mean"), outs, strict=True):
         out.flush()
         sizes[name] = out.nbytes // max(n, 1)
-        del out
-    dim = int(shapes["2d"][0])
-    return {"dtype": dtype, "dim": dim, "input_dim": dim, "pca": None, "bytes_per_sku": sizes}
+    dim = int(outs[0].shape[1])
+    del outs
+    return {"dtype": dtype, "dim": dim, "input_dim": dim, "pca": None, "bytes_per_sku": sizes}, views_ok, views
 
 
 def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Path, manifest: dict, *,
@@ -271,29 +291,21 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
 def _build_into(folder: Path, indexed: list[tuple[Asset, Path, str]], previous: PreviousRows | None, reason: str,
                 manifest: dict, total: int, skipped: list[str], *, ann_min_skus: int, dtype: str, pca: int) -> dict:
     """Write the rows, vectors and graphs of `indexed` (asset, .npz, source) into `folder`; return the manifest."""
-    reusable = [None if previous is None else previous.reusable(a.asset_id, s) for a, _, s in indexed]
-    previous_rows = np.array([-1 if r is None else r for r in reusable], dtype=np.int64)
-    new_rows = np.flatnonzero(previous_rows < 0)
-    new = None
-    if previous is not None and len(new_rows):
-        new = _read_embeddings([indexed[i][1] for i in new_rows])
-        if new[4] != previous.views:   # other views: no row of the previous index fits
-            previous, reason, new = None, f"the views changed ({previous.views} -> {new[4]})", None
-            previous_rows[:] = -1
-            new_rows = np.arange(len(indexed))
-    if previous is None:
-        new = _read_embeddings([p for _, p, _ in indexed])
-    views = new[4] if new is not None else previous.views
-    ok_new = new[3].sum(axis=1) if new is not None else np.zeros(0, dtype=np.int64)
-    views_ok = np.zeros(len(indexed), dtype=np.int64)
-    views_ok[new_rows] = ok_new
-    if previous is not None:
-        reused = previous_rows >= 0
-        views_ok[reused] = previous.views_ok[previous_rows[reused]]
-    if pca:
+    paths = [p for _, p, _ in indexed]
+    if pca:   # the axes are fitted on every row: all embeddings are read at once (no previous index, see load_previous)
+        new = _read_embeddings(paths)
         stored = write_vectors(folder, *new[:3], dtype=dtype, pca=pca)
+        previous_rows, views_ok, views = np.full(len(indexed), -1, dtype=np.int64), new[3].sum(axis=1), new[4]
     else:
-        stored = _write_rows(folder, previous_rows, previous, new_rows, None if new is None else new[:3], dtype)
+        reusable = [None if previous is None else previous.reusable(a.asset_id, s) for a, _, s in indexed]
+        previous_rows = np.array([-1 if r is None else r for r in reusable], dtype=np.int64)
+        try:
+            stored, views_ok, views = _write_rows(folder, paths, previous_rows, previous, dtype)
+        except _ViewsChanged as changed:   # no row of the previous index fits: read them all
+            previous, reason = None, str(changed)
+            previous_rows[:] = -1
+            stored, views_ok, views = _write_rows(folder, paths, previous_rows, None, dtype)
+    new_rows = np.flatnonzero(previous_rows < 0)
     rows = [{"asset_id": a.asset_id, "sku": a.sku, "image": str(a.image), "views_ok": int(v), **a.metadata}
             for (a, _, _), v in zip(indexed, views_ok.tolist(), strict=True)]
     pq.write_table(pa.Table.from_pylist(rows), folder / "assets.parquet")

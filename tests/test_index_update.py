@@ -195,3 +195,11 @@ def test_an_embedding_with_other_views_rebuilds_in_full(tmp_path: Path, embed: P
     assert m["update"]["mode"] == "full" and "views" in m["update"]["reason"] and m["update"]["read"] == 40
     assert m["views"] == ["a", "b"] and m["counts"]["views_per_asset"] == 2
     assert Index.load(out).vec3d.shape == (40, 2, DIM)
+
+
+def test_the_update_benchmark_reads_one_embedding_for_one_added_sku(tmp_path: Path) -> None:
+    from dam3d.benchmarks.scale import index_update
+
+    t = index_update(tmp_path, 30, 2, 8)
+    assert (t["full_read"], t["add_one_read"], t["unchanged_read"]) == (30, 1, 0)
+    assert all(t[k] > 0 for k in ("full", "add_one", "unchanged", "write_npz"))

@@ -20,6 +20,11 @@ projected the same way and re-normalised). The axes are those of the vectors abo
 their mean: cosine scores are dot products about 0, and on a real index (README) centred axes
 kept far less of the full-dimension ranking at the same dimension. An index written before this
 (float32 files, no `vectors` in its manifest) loads and searches as it did.
+
+Files (dam3d.search.update): an index's files are in a data folder that its manifest.json names;
+a rebuild copies the rows of SKUs whose embedding is unchanged from the previous data folder and
+switches to the new one by replacing manifest.json. An index written before data folders (its
+files beside manifest.json) loads as it did.
 """
 
 from __future__ import annotations

@@ -203,3 +203,42 @@ def test_the_update_benchmark_reads_one_embedding_for_one_added_sku(tmp_path: Pa
     t = index_update(tmp_path, 30, 2, 8)
     assert (t["full_read"], t["add_one_read"], t["unchanged_read"]) == (30, 1, 0)
     assert all(t[k] > 0 for k in ("full", "add_one", "unchanged", "write_npz"))
+
+
+def same_hits(index: Index, query: np.ndarray, fusion: str) -> bool:
+    """The graphs' top 5 are exact search's (scores equal to float rounding: scored over other blocks)."""
+    ann, exact = index.search(query, k=5, fusion=fusion), index.search(query, k=5, fusion=fusion, exact=True)
+    return [(h["asset_id"], h["matched"]) for h in ann] == [(h["asset_id"], h["matched"]) for h in exact] and \
+        np.allclose([h["score"] for h in ann], [h["score"] for h in exact], atol=1e-6)
+
+
+def test_ann_graphs_are_updated_in_place_and_compacted_when_removals_pile_up(tmp_path: Path) -> None:
+    embed = tmp_path / "embed"
+    embed.mkdir()
+    for i in range(300):
+        write_embedding(embed, i, seed=0)
+    out = tmp_path / "index" / "m"
+    build_index(*catalogue(embed, list(range(300))), out, {"model": {"name": "m"}}, ann_min_skus=100)
+    for i in range(300, 305):
+        write_embedding(embed, i, seed=0)
+    for i in range(10, 15):   # changed: removed from the graphs, added again under a new key
+        write_embedding(embed, i, seed=1)
+    ids = [i for i in range(305) if not 20 <= i < 25]
+    m = build_index(*catalogue(embed, ids), out, {"model": {"name": "m"}}, ann_min_skus=100)
+    assert m["ann"]["built"] == "updated" and m["ann"]["removed"] == 10 and m["update"]["read"] == 10
+    index = Index.load(out)
+    assert index.ann() is not None
+    rng = np.random.default_rng(5)
+    picks = rng.choice(len(index.assets), 15, replace=False)
+    for q in unit(np.asarray(index.vec2d, dtype=np.float32)[picks] + 0.05 * rng.normal(size=(15, DIM))):
+        for fusion in FUSIONS:
+            assert same_hits(index, q, fusion), fusion
+    changed = Index.load(out).search(np.asarray(index.vec2d, dtype=np.float32)[ids.index(12)], k=1, fusion="2d")
+    assert changed[0]["asset_id"] == "S12"   # found by its new vector, through the graphs
+    # Deleting a fifth more of the catalogue: more than ANN_COMPACT_SHARE removed since the last full build.
+    m = build_index(*catalogue(embed, ids[:230]), out, {"model": {"name": "m"}}, ann_min_skus=100)
+    assert m["ann"]["built"] == "full" and m["ann"]["removed"] == 0 and m["update"]["mode"] == "incremental"
+    index = Index.load(out)
+    for q in unit(np.asarray(index.vec2d, dtype=np.float32)[:10] + 0.05):
+        for fusion in FUSIONS:
+            assert same_hits(index, q, fusion), fusion

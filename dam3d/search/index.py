@@ -44,9 +44,9 @@ from dam3d import __version__
 from dam3d.catalogue import Asset
 from dam3d.runtime import layout
 from dam3d.runtime.atomic import atomic_path, write_text
-from dam3d.search.ann import ANN_MIN_SKUS, OVERFETCH, AnnCandidates, build_ann
+from dam3d.search.ann import ANN_MIN_SKUS, OVERFETCH, AnnCandidates, build_ann, update_ann
 from dam3d.search.filters import Filter, parse_filter
-from dam3d.search.update import (ROWS_FILE, PreviousRows, current_data_dir, embedding_source, load_previous,
+from dam3d.search.update import (ANN_COMPACT_SHARE, ROWS_FILE, PreviousRows, current_data_dir, embedding_source, load_previous,
                                  new_data_dir, remove_stale)
 from dam3d.stages.embed import l2_normalise
 
@@ -293,6 +293,36 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
     return manifest
 
 
+def _write_ann(folder: Path, previous: PreviousRows | None, previous_rows: np.ndarray, keys: np.ndarray,
+               ann_min_skus: int) -> dict:
+    """Write the ANN graphs of the N rows in `folder` (vectors already written there); return the manifest's `ann`.
+
+    previous_rows (N,) int64: the previous index's row each row was copied from (-1: new); keys (N,) int64: the
+    rows' graph keys. If the previous index has graphs, they are updated (dam3d.search.ann.update_ann: the
+    previous SKUs that are gone or changed removed, the new rows added) unless the SKUs removed since their
+    last full build would exceed ANN_COMPACT_SHARE of N; otherwise the graphs are built over every row.
+    `ann.removed` counts the removed SKUs still marked in the graphs; `ann.built` says how they were made.
+    """
+    import usearch
+
+    record = {"library": f"usearch {usearch.__version__}", "graph": "HNSW", "vectors": "float16", "min_skus": ann_min_skus}
+    stored = [np.load(folder / f"vectors_{n}.npy", mmap_mode="r") for n in ("2d", "3d", "mean")]
+    previous_ann = previous.ann if previous is not None else None
+    if previous_ann is not None and AnnCandidates.available(previous.folder):
+        used = np.zeros(len(previous.keys), dtype=bool)
+        used[previous_rows[previous_rows >= 0]] = True
+        gone = previous.keys[~used]
+        removed = int(previous_ann.get("removed", 0)) + len(gone)
+        if removed <= ANN_COMPACT_SHARE * len(keys):
+            new_rows = np.flatnonzero(previous_rows < 0)
+            # graphs hold the vectors as stored, so candidates and exact scores agree
+            update_ann(previous.folder, folder, gone, keys[new_rows], *(v[new_rows] for v in stored))
+            return {**record, "removed": removed, "built": "updated"}
+    # the graphs hold the vectors as stored (projected, if PCA), so candidates and exact scores agree
+    build_ann(folder, *stored, keys=keys)
+    return {**record, "removed": 0, "built": "full"}
+
+
 def _build_into(folder: Path, indexed: list[tuple[Asset, Path, str]], previous: PreviousRows | None, reason: str,
                 manifest: dict, total: int, skipped: list[str], *, ann_min_skus: int, dtype: str, pca: int) -> dict:
     """Write the rows, vectors and graphs of `indexed` (asset, .npz, source) into `folder`; return the manifest."""
@@ -311,19 +341,17 @@ def _build_into(folder: Path, indexed: list[tuple[Asset, Path, str]], previous: 
             previous_rows[:] = -1
             stored, views_ok, views = _write_rows(folder, paths, previous_rows, None, dtype)
     new_rows = np.flatnonzero(previous_rows < 0)
+    reused = previous_rows >= 0
+    keys = np.arange(len(indexed), dtype=np.int64)   # each row's key in the ANN graphs: kept while its SKU is unchanged
+    if previous is not None:
+        keys[reused] = previous.keys[previous_rows[reused]]
+        keys[new_rows] = (int(previous.keys.max()) + 1 if len(previous.keys) else 0) + np.arange(len(new_rows))
     rows = [{"asset_id": a.asset_id, "sku": a.sku, "image": str(a.image), "views_ok": int(v), **a.metadata}
             for (a, _, _), v in zip(indexed, views_ok.tolist(), strict=True)]
     pq.write_table(pa.Table.from_pylist(rows), folder / "assets.parquet")
     pq.write_table(pa.table({"asset_id": [a.asset_id for a, _, _ in indexed], "source": [s for _, _, s in indexed],
-                             "views_ok": views_ok}), folder / ROWS_FILE)
-    ann = None
-    if len(rows) > ann_min_skus:
-        import usearch
-
-        # the graphs hold the vectors as stored (projected, if PCA), so candidates and exact scores agree
-        build_ann(folder, *(np.load(folder / f"vectors_{n}.npy", mmap_mode="r") for n in ("2d", "3d", "mean")))
-        ann = {"library": f"usearch {usearch.__version__}", "graph": "HNSW", "vectors": "float16",
-               "min_skus": ann_min_skus}
+                             "views_ok": views_ok, "key": keys}), folder / ROWS_FILE)
+    ann = _write_ann(folder, previous, previous_rows, keys, ann_min_skus) if len(rows) > ann_min_skus else None
     dropped = 0 if previous is None else len(previous.row_of.keys() - {a.asset_id for a, _, _ in indexed})
     update = {"mode": "incremental" if previous is not None else "full", "reason": reason,
               "reused": int((previous_rows >= 0).sum()), "read": int(len(new_rows)), "dropped": dropped}
@@ -520,7 +548,10 @@ class Index:
     def ann(self) -> AnnCandidates | None:
         """The ANN candidates of this index (opened once), or None if it was built without graphs (<= ANN_MIN_SKUS)."""
         if self._ann is None and AnnCandidates.available(self.files):
-            self._ann = AnnCandidates(self.files, views=int(np.shape(self.vec3d)[1]), size=len(self.assets))
+            keys = None   # the graphs' key of each row (an updated index's); older indexes: the row number
+            if (self.files / ROWS_FILE).is_file():
+                keys = pq.read_table(self.files / ROWS_FILE, columns=["key"]).column("key").to_numpy()
+            self._ann = AnnCandidates(self.files, views=int(np.shape(self.vec3d)[1]), size=len(self.assets), keys=keys)
         return self._ann
 
     def search(self, query: np.ndarray, *, k: int = 5, fusion: str | None = None, exact: bool = False,

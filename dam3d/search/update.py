@@ -29,6 +29,10 @@ import pyarrow.parquet as pq
 
 DATA_PREFIX = "data-"
 ROWS_FILE = "rows.parquet"
+# An updated index's graphs are rebuilt from scratch (compacted) once the SKUs removed from them since
+# their last full build (deleted or changed) exceed this share of the index: removed nodes stay in a
+# usearch graph, marked deleted, and still cost memory and search time.
+ANN_COMPACT_SHARE = 0.2
 _DATA_RE = re.compile(rf"^{DATA_PREFIX}(\d+)$")
 
 
@@ -90,7 +94,8 @@ class PreviousRows:
     """The rows of a previous index that a rebuild may copy instead of reading their .npz.
 
     row_of: asset_id -> (row, source) in the previous index; vec2d (N, D), vec3d (N, V, D), vecmean (N, D):
-    its stored vectors, memory-mapped; views_ok (N,) int; views: the view names; folder: its data folder.
+    its stored vectors, memory-mapped; views_ok (N,) int; views: the view names; folder: its data folder;
+    keys (N,) int64: each row's key in its ANN graphs; ann: its manifest's `ann` (None: no graphs).
     """
 
     folder: Path
@@ -100,6 +105,8 @@ class PreviousRows:
     vec2d: np.ndarray
     vec3d: np.ndarray
     vecmean: np.ndarray
+    keys: np.ndarray
+    ann: dict | None
 
     def reusable(self, asset_id: str, source: str) -> int | None:
         """The previous row of `asset_id` if its embedding is the one that row was made from, else None."""
@@ -130,8 +137,10 @@ def load_previous(out_dir: Path, manifest: dict, *, dtype: str, pca: int) -> tup
     table = pq.read_table(folder / ROWS_FILE).to_pydict()
     row_of = {a: (i, s) for i, (a, s) in enumerate(zip(table["asset_id"], table["source"], strict=True))}
     vectors = [np.load(folder / f"vectors_{n}.npy", mmap_mode="r") for n in ("2d", "3d", "mean")]
+    keys = np.asarray(table["key"], dtype=np.int64) if "key" in table else np.arange(len(row_of), dtype=np.int64)
     return PreviousRows(folder, row_of, np.asarray(table["views_ok"], dtype=np.int64),
-                        [str(v) for v in previous.get("views", [])], *vectors), f"previous index {folder.name}"
+                        [str(v) for v in previous.get("views", [])], *vectors, keys, previous.get("ann")), \
+        f"previous index {folder.name}"
 
 
 def index_files(out_dir: str | os.PathLike[str]) -> Path:

@@ -71,7 +71,7 @@ COMMANDS = {
     "python -m dam3d.benchmarks.scale [--skus 20000] [--views 8] [--dim 1280] [--queries 200] [--threads 2] "
     "[--dtype float16] [--pca 0]":
         "test_readme.py::test_speed_benchmarks_run",
-    "python -m dam3d.benchmarks.scale --update [--skus 10000] [--views 8] [--dim 1280]":
+    "python -m dam3d.benchmarks.scale --update [--skus 10000] [--views 8] [--dim 1280] [--ann]":
         "test_readme.py::test_speed_benchmarks_run",
     "snakemake --profile profiles/local --use-conda":
         "not run: conda cannot run on this project's machines; test_envs.py checks the env files, "
@@ -155,6 +155,7 @@ def test_main_command_on_the_sample(tmp_path: Path) -> None:
     ["dam3d.benchmarks.scale", "--skus", "400", "--dim", "32", "--queries", "5"],
     ["dam3d.benchmarks.scale", "--skus", "400", "--dim", "32", "--queries", "5", "--dtype", "float32", "--pca", "16"],
     ["dam3d.benchmarks.scale", "--update", "--skus", "50", "--dim", "16"],
+    ["dam3d.benchmarks.scale", "--update", "--skus", "50", "--dim", "16", "--ann"],
 ], ids=lambda a: " ".join(a))
 def test_speed_benchmarks_run(tmp_path: Path, args: list[str]) -> None:
     """The README's benchmark commands, at a small size: they run and print their figures."""

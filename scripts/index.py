@@ -44,7 +44,10 @@ manifest = build_index(
 counts = manifest["counts"]
 summary = [
     f"dam3d: index {out_dir}: {counts['indexed']}/{counts['assets']} assets, "
-    f"{counts['with_views']} with views, {counts['failed']} failed"
+    f"{counts['with_views']} with views, {counts['failed']} failed",
+    # incremental: unchanged SKUs' rows copied from the previous index; full: why every embedding was read
+    "dam3d: index update {mode}: {reused} rows reused, {read} embeddings read, {dropped} dropped ({reason})".format(
+        **manifest["update"]),
 ]
 summary += [f"dam3d: failed {f['asset']} at {f['stage']}: {f['reason']}" for f in failures]
 summary += [f"dam3d: warning {w['asset']} at {w['stage']}: {w['warning']}" for w in warnings]

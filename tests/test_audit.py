@@ -141,7 +141,7 @@ def test_above_the_ann_threshold_the_graphs_give_the_candidates_and_the_same_pai
     vec2d, vec3d = unit(base + 0.3 * rng.normal(size=(n, DIM))), unit(base[:, None] + 0.3 * rng.normal(size=(n, VIEWS, DIM)))
     vec2d[200], vec3d[200] = unit(vec2d[17] + 0.01 * rng.normal(size=DIM)), unit(vec3d[17] + 0.01 * rng.normal(size=(VIEWS, DIM)))
     index = make_index(tmp_path, vec2d, vec3d, ann_min_skus=100)
-    assert AnnCandidates.available(index.directory)
+    assert AnnCandidates.available(index.files)
     for fusion in FUSIONS:
         ann, exact = audit(index, fusion, threshold=0.8, k=5), audit(index, fusion, threshold=0.8, k=5, exact=True)
         assert ann.method == "ann" and exact.method == "exact"

@@ -143,7 +143,7 @@ def test_ann_search_returns_what_exact_search_returns_for_every_fusion(tmp_path:
     from dam3d.search.ann import AnnCandidates
 
     index = clustered_index(tmp_path, 1500, 4, 48, ann_min_skus=1000)   # past the threshold: graphs are built
-    assert AnnCandidates.available(index.directory) and index.manifest["ann"]["vectors"] == "float16"
+    assert AnnCandidates.available(index.files) and index.manifest["ann"]["vectors"] == "float16"
     rng = np.random.default_rng(1)
     # a customer photo of a catalogued product: one of its views plus noise of norm ~0.7 (cosine ~0.8)
     queries = unit(np.asarray(index.vec3d)[rng.integers(0, 1500, 40), 1] + 0.1 * rng.normal(size=(40, 48)))
@@ -158,9 +158,9 @@ def test_small_indexes_are_searched_exactly_and_a_rebuild_drops_stale_graphs(tmp
     from dam3d.search.ann import AnnCandidates
 
     big = clustered_index(tmp_path, 120, 2, 16, ann_min_skus=100)
-    assert AnnCandidates.available(big.directory)
+    assert AnnCandidates.available(big.files)
     small = clustered_index(tmp_path, 120, 2, 16, ann_min_skus=120)   # at the threshold: exact only
-    assert not AnnCandidates.available(small.directory) and small.manifest["ann"] is None
+    assert not AnnCandidates.available(small.files) and small.manifest["ann"] is None
 
 
 def test_ann_index_with_k_near_or_past_its_size_is_exact_and_bad_k_is_refused(tmp_path: Path) -> None:
@@ -298,7 +298,7 @@ def test_float16_is_the_default_and_ranks_as_float32_for_every_fusion(tmp_path: 
     assert {v.dtype for v in (f16.vec2d, f16.vec3d, f16.vecmean)} == {np.dtype(np.float16)}
     assert isinstance(f16.vec3d, np.memmap)
     for name in ("2d", "3d", "mean"):
-        assert (tmp_path / "f16" / f"vectors_{name}.npy").stat().st_size < 0.52 * (tmp_path / "f32" / f"vectors_{name}.npy").stat().st_size
+        assert (f16.files / f"vectors_{name}.npy").stat().st_size < 0.52 * (f32.files / f"vectors_{name}.npy").stat().st_size
     assert f16.manifest["vectors"]["bytes_per_sku"] == {"2d": 64 * 2, "3d": 4 * 64 * 2, "mean": 64 * 2}
     rng = np.random.default_rng(3)
     queries = unit(np.asarray(f32.vec3d)[rng.integers(0, 300, 60), 1] + 0.1 * rng.normal(size=(60, 64)))
@@ -323,7 +323,7 @@ def test_pca_index_projects_the_queries_and_scores_as_brute_force_in_the_reduced
     record = index.manifest["vectors"]
     assert record["dim"] == 6 and record["input_dim"] == 32 and record["pca"]["dim"] == 6
     assert record["pca"]["explained_variance"] == pytest.approx(1.0, abs=1e-5) and record["pca"]["fitted_on"] == 150 * 4
-    components = np.load(tmp_path / "pca" / "pca_components.npy")
+    components = np.load(index.files / "pca_components.npy")
     assert components.shape == (6, 32)
     np.testing.assert_allclose(components @ components.T, np.eye(6), atol=1e-5)
     assert index.vec2d.shape == (150, 6) and index.vec3d.shape == (150, 3, 6) and index.vecmean.shape == (150, 6)
@@ -349,7 +349,7 @@ def test_pca_index_projects_the_queries_and_scores_as_brute_force_in_the_reduced
 def test_pca_off_by_default_and_a_bad_setting_is_refused(tmp_path: Path) -> None:
     assets, paths = clustered_embeddings(tmp_path, 20, 2, 8)
     manifest = build_index(assets, paths, tmp_path / "i", {})
-    assert manifest["vectors"]["pca"] is None and not (tmp_path / "i" / "pca_components.npy").exists()
+    assert manifest["vectors"]["pca"] is None and not (Index.load(tmp_path / "i").files / "pca_components.npy").exists()
     with pytest.raises(ValueError, match="index.pca"):
         build_index(assets, paths, tmp_path / "i", {}, pca=8)
     with pytest.raises(ValueError, match="index.dtype"):
@@ -365,9 +365,9 @@ def test_an_index_built_before_compact_vectors_loads_and_searches(tmp_path: Path
     old = tmp_path / "old"
     old.mkdir()
     for name in ("assets.parquet", "vectors_2d.npy", "vectors_3d.npy", "vectors_mean.npy"):
-        (old / name).write_bytes((tmp_path / "new" / name).read_bytes())
+        (old / name).write_bytes((Index.load(tmp_path / "new").files / name).read_bytes())
     manifest = json.loads((tmp_path / "new" / "manifest.json").read_text())
-    del manifest["vectors"]
+    del manifest["vectors"], manifest["data"]   # files at the top of the folder, as before data folders
     (old / "manifest.json").write_text(json.dumps(manifest))
     index, new = Index.load(old), Index.load(tmp_path / "new")
     assert index.vec3d.dtype == np.float32 and index.pca_components is None

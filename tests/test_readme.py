@@ -75,6 +75,8 @@ COMMANDS = {
         "test_readme.py::test_speed_benchmarks_run",
     "dam3d install-weights u2netp|u2net|isnet [--dest DIR] [--from FILE]":
         "test_cutout_weights.py::test_install_refuses_a_wrong_file_and_writes_nothing",
+    "python -m dam3d.benchmarks.scale --update [--skus 10000] [--views 8] [--dim 1280] [--ann]":
+        "test_readme.py::test_speed_benchmarks_run",
     "snakemake --profile profiles/local --use-conda":
         "not run: conda cannot run on this project's machines; test_envs.py checks the env files, "
         "test_profiles.py::test_local_profile_runs_gpu_jobs_one_at_a_time the profile",
@@ -156,6 +158,8 @@ def test_main_command_on_the_sample(tmp_path: Path) -> None:
     ["dam3d.benchmarks.refresh", "--assets", "4"],
     ["dam3d.benchmarks.scale", "--skus", "400", "--dim", "32", "--queries", "5"],
     ["dam3d.benchmarks.scale", "--skus", "400", "--dim", "32", "--queries", "5", "--dtype", "float32", "--pca", "16"],
+    ["dam3d.benchmarks.scale", "--update", "--skus", "50", "--dim", "16"],
+    ["dam3d.benchmarks.scale", "--update", "--skus", "50", "--dim", "16", "--ann"],
 ], ids=lambda a: " ".join(a))
 def test_speed_benchmarks_run(tmp_path: Path, args: list[str]) -> None:
     """The README's benchmark commands, at a small size: they run and print their figures."""

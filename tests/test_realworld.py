@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from test_workflow import snakemake
+from dam3d.search.update import index_files
 
 CASES = Path(__file__).parent / "data" / "realworld"
 GOOD = {"CHAIR-0002", "FAN-0010", "SOFA-0006"}
@@ -31,7 +32,7 @@ def run(tmp_path: Path, catalogue: Path, config: dict | None = None) -> tuple[st
     assert result.returncode == 0, output[-4000:]
     assert "Traceback" not in output, output[-4000:]
     index = tmp_path / "results" / "index" / "mobilenetv2"
-    skus = set(pq.read_table(index / "assets.parquet").column("sku").to_pylist())
+    skus = set(pq.read_table(index_files(index) / "assets.parquet").column("sku").to_pylist())
     with open(tmp_path / "results" / "failures.tsv", newline="") as fh:
         failures = {row["sku"]: (row["stage"], row["reason"]) for row in csv.DictReader(fh, delimiter="\t")}
     return output, skus, failures, json.loads((index / "manifest.json").read_text())
@@ -79,7 +80,7 @@ def test_braces_in_a_file_name_are_just_characters(tmp_path: Path) -> None:
 def test_semicolon_manifest_as_excel_writes_it(tmp_path: Path) -> None:
     _, skus, failures, _ = run(tmp_path, CASES / "14-csv-semicolon" / "catalogue.csv")
     assert skus == GOOD | {"CHAIR-0003"} and failures == {}
-    rows = {r["sku"]: r for r in pq.read_table(tmp_path / "results" / "index" / "mobilenetv2" / "assets.parquet").to_pylist()}
+    rows = {r["sku"]: r for r in pq.read_table(index_files(tmp_path / "results" / "index" / "mobilenetv2") / "assets.parquet").to_pylist()}
     assert rows["CHAIR-0002"]["Preis"] == "49,90" and rows["SOFA-0006"]["Bezeichnung"] == "Sofa Größe L"
 
 

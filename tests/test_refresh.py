@@ -15,6 +15,7 @@ import pytest
 
 from conftest import product_photo
 from test_workflow import SNAKEMAKE, snakemake
+from dam3d.search.update import index_files
 
 CONFIG = {"render": {"resolution": 48, "aa": 1}}
 KINDS = ("red-vase", "blue-box", "green-lamp")
@@ -74,7 +75,7 @@ def run(workdir: Path, catalogue: Path, *args: str, **extra: dict) -> subprocess
 
 
 def indexed_skus(workdir: Path) -> list[str]:
-    return sorted(pq.read_table(workdir / "results" / "index" / "mobilenetv2" / "assets.parquet").column("sku").to_pylist())
+    return sorted(pq.read_table(index_files(workdir / "results" / "index" / "mobilenetv2") / "assets.parquet").column("sku").to_pylist())
 
 
 @pytest.fixture
@@ -104,6 +105,10 @@ def test_refresh_computes_only_what_changed(tmp_path: Path, catalogue: Path) -> 
     assert refresh.returncode == 0, refresh.stderr[-3000:]
     assert job_counts(refresh) == after_assets(2)
     assert indexed_skus(tmp_path) == ["blue-box", "red-vase", "stripes"]
+    # The index was updated, not rebuilt: red-vase's row copied, the new and changed SKUs' embeddings read.
+    update = json.loads((tmp_path / "results" / "index" / "mobilenetv2" / "manifest.json").read_text())["update"]
+    assert {k: update[k] for k in ("mode", "reused", "read", "dropped")} == \
+        {"mode": "incremental", "reused": 1, "read": 2, "dropped": 1}, update
     # Chunk files that no asset was made by any more are gone; those left are each some asset's.
     stamps = [json.loads(p.read_text()) for p in (tmp_path / "results" / "stamps").glob("*/*.json")]
     manifests = {p.stem for p in (tmp_path / "results" / "chunks").glob("*/*.json") if not p.name.endswith(".members.json")}

@@ -32,6 +32,7 @@ import yaml
 from conftest import REPO, product_photo
 from local_slurm import LocalSlurm, SlurmUnavailable
 from tiny_models import make_tiny_vit
+from dam3d.search.update import index_files
 
 pytestmark = pytest.mark.slow
 
@@ -184,10 +185,10 @@ def test_pipeline_on_slurm_with_gpu_profile(slurm: LocalSlurm, tmp_path: Path) -
 
     # The same index as the local run.
     for name in ("vectors_2d.npy", "vectors_3d.npy", "vectors_mean.npy"):
-        a = np.load(results / "index" / "tiny" / name)
-        b = np.load(local_dir / "results" / "index" / "tiny" / name)
+        a = np.load(index_files(results / "index" / "tiny") / name)
+        b = np.load(index_files(local_dir / "results" / "index" / "tiny") / name)
         assert a.shape == b.shape and a.shape[0] == len(KINDS), name
         np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
-    skus = pq.read_table(results / "index" / "tiny" / "assets.parquet").column("sku").to_pylist()
-    assert skus == pq.read_table(local_dir / "results" / "index" / "tiny" / "assets.parquet").column("sku").to_pylist()
+    skus = pq.read_table(index_files(results / "index" / "tiny") / "assets.parquet").column("sku").to_pylist()
+    assert skus == pq.read_table(index_files(local_dir / "results" / "index" / "tiny") / "assets.parquet").column("sku").to_pylist()
     assert sorted(skus) == sorted(KINDS)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import REPO, bad_files, product_photo
 from dam3d.cli import main as dam3d
+from dam3d.search.update import index_files
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
@@ -150,7 +151,7 @@ def test_dot_test_configs_run_as_the_community_workflows_run_them(tmp_path: Path
         index = workdir / results / "index" / "mobilenetv2"
         manifest = json.loads((index / "manifest.json").read_text())
         assert manifest["counts"]["indexed"] == 3 and manifest["counts"]["views_per_asset"] == views, manifest["counts"]
-        assert sorted(pq.read_table(index / "assets.parquet").column("sku").to_pylist()) == [
+        assert sorted(pq.read_table(index_files(index) / "assets.parquet").column("sku").to_pylist()) == [
             "CHAIR-0002", "FAN-0010", "LAMP 0007"]
     # config-3d.yaml's mesh backend `prior` records, per SKU, the shape it chose (none fits a chair, a fan, a lamp)
     from dam3d.stages.shapes import shape_record

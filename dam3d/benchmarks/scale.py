@@ -1,6 +1,10 @@
 """`python -m dam3d.benchmarks.scale`: search at catalogue scale on a synthetic index (no model runs).
 
     python -m dam3d.benchmarks.scale [--skus 20000] [--views 8] [--dim 1280] [--queries 200] [--threads 2] [--dtype float16] [--pca 0]
+    python -m dam3d.benchmarks.scale --update [--skus 10000] [--views 8] [--dim 1280] [--ann]
+
+`--update` times the index build instead (`index_update`): a full rebuild from N embedding .npz
+files against the incremental update after one SKU is added, without ANN graphs.
 
 Draws vectors in clusters, as real embeddings come (look-alike products; each SKU's views
 near its 2D vector), stores them as an index does (`--dtype`, `--pca`: dam3d.search.index.write_vectors),
@@ -78,6 +82,41 @@ def top10(index: Index, query: np.ndarray, fusion: str, *, exact: bool) -> set[s
     return {h["sku"] for h in index.search(query, k=10, fusion=fusion, exact=exact)}
 
 
+def index_update(folder: Path, skus: int, views: int, dim: int, *, seed: int = 0, dtype: str = DEFAULT_DTYPE,
+                 ann: bool = False) -> dict[str, float]:
+    """Seconds of an index build (dam3d.search.index.build_index) over `skus` synthetic SKUs in `folder`; with `ann`,
+    with its ANN graphs whatever the size (built in full, then updated in place), else without.
+
+    Writes one float32 .npz per SKU (vec2d (D,), vec3d (V, D), view_ok, views: as the embed stage does, each
+    ~(V + 1) x D x 4 bytes), then times: `full`, a rebuild reading every .npz; `add_one`, the update after
+    one SKU is added (one .npz opened, the other rows copied from the previous index); `unchanged`, an
+    update with nothing changed; `write_npz`, writing the .npz files. The page cache is not dropped.
+    """
+    from dam3d.catalogue import Asset
+    from dam3d.search.index import build_index
+
+    rng = np.random.default_rng(seed)
+    embed, out = folder / "embed", folder / "index"
+    embed.mkdir(parents=True, exist_ok=True)
+    names = np.array([f"v{j}" for j in range(views)])
+    t = time.perf_counter()
+    for s in range(0, skus + 1, 4096):   # one SKU more than indexed at first: the one added
+        vec2d, vec3d, _ = clustered(rng, min(4096, skus + 1 - s), views, dim)
+        for i in range(len(vec2d)):
+            np.savez(embed / f"S{s + i}.npz", vec2d=vec2d[i], vec3d=vec3d[i], view_ok=np.ones(views, bool), views=names)
+    timings = {"write_npz": time.perf_counter() - t}
+    assets = [Asset(f"S{i}", f"SKU {i}", Path(f"{i}.jpg")) for i in range(skus + 1)]
+    paths = [embed / f"S{i}.npz" for i in range(skus + 1)]
+    no_ann = {"ann_min_skus": 0 if ann else 2**62, "dtype": dtype}
+    for name, n, incremental in (("full", skus, False), ("add_one", skus + 1, True), ("unchanged", skus + 1, True)):
+        t = time.perf_counter()
+        manifest = build_index(assets[:n], paths[:n], out, {"model": {"name": "synthetic"}}, incremental=incremental, **no_ann)
+        timings[name] = time.perf_counter() - t
+        timings[f"{name}_read"] = manifest["update"]["read"]
+        timings[f"{name}_ann"] = (manifest["ann"] or {}).get("built", "none")
+    return timings
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dam3d.benchmarks.scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--skus", type=int, default=20_000)
@@ -88,9 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE, help="stored vectors (config index.dtype)")
     p.add_argument("--pca", type=int, default=0, help="PCA dimension (config index.pca; 0: off)")
+    p.add_argument("--update", action="store_true", help="time a full index rebuild against a one-SKU update instead")
+    p.add_argument("--ann", action="store_true", help="with --update: with ANN graphs at any size")
     a = p.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(a.threads))
+    if a.update:
+        with tempfile.TemporaryDirectory(prefix="dam3d-update-") as tmp:
+            t = index_update(Path(tmp), a.skus, a.views, a.dim, seed=a.seed, dtype=a.dtype, ann=a.ann)
+        graphs = f"ANN graphs: {t['full_ann']}, then {t['add_one_ann']}, {t['unchanged_ann']}" if a.ann else "no ANN graphs"
+        print(f"dam3d scale --update: {a.skus:,} SKUs x (1 + {a.views} views) x {a.dim}-d, {a.dtype}, {graphs} "
+              f"(load average {os.getloadavg()[0]:.1f}):\n"
+              f"  wrote the .npz files in {t['write_npz']:.1f} s\n"
+              f"  full rebuild   {t['full']:7.2f} s ({t['full_read']:,} .npz read)\n"
+              f"  one SKU added  {t['add_one']:7.2f} s ({t['add_one_read']:,} .npz read, the other rows copied)\n"
+              f"  nothing changed {t['unchanged']:6.2f} s ({t['unchanged_read']:,} .npz read)")
+        return 0
     rng = np.random.default_rng(a.seed)
 
     t = time.perf_counter()

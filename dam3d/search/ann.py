@@ -44,23 +44,61 @@ def _graph(ndim: int):  # noqa: ANN202 - usearch.index.Index, imported lazily (o
 ADD_BLOCK = 65_536
 
 
-def build_ann(out_dir: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np.ndarray) -> list[Path]:
+def build_ann(out_dir: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np.ndarray,
+              keys: np.ndarray | None = None) -> list[Path]:
     """Write the HNSW graphs of an index: vec2d (N, D), vec3d (N, V, D), vecmean (N, D), L2-normalised, float16 or float32
-    (may be memory-mapped).
+    (may be memory-mapped); keys (N,) int64: each row's key in the graphs (default: the row number; views:
+    key * V + view), see AnnCandidates.
 
     Returns the files written (atomically, each under its final name only when complete).
     """
     from dam3d.runtime.atomic import atomic_path
 
     n, views, dim = vec3d.shape
+    keys = np.arange(n, dtype=np.uint64) if keys is None else np.asarray(keys, dtype=np.uint64)
+    view_keys = (keys[:, None] * np.uint64(views) + np.arange(views, dtype=np.uint64)).reshape(-1)
     written = []
-    for name, vectors in (("2d", vec2d), ("mean", vecmean), ("views", vec3d.reshape(n * views, dim))):
+    for name, vectors, graph_keys in (("2d", vec2d, keys), ("mean", vecmean, keys),
+                                      ("views", vec3d.reshape(n * views, dim), view_keys)):
         graph = _graph(dim)
         # One thread: the same vectors give the same graph. Built on several, the insertion order
         # varies and a few nodes of a clustered catalogue could end up unreachable (seen in tests).
         for s in range(0, len(vectors), ADD_BLOCK):   # in order, one thread: the same graph as one call
             block = np.ascontiguousarray(vectors[s : s + ADD_BLOCK], dtype=np.float32)
-            graph.add(np.arange(s, s + len(block), dtype=np.uint64), block, threads=1)
+            graph.add(graph_keys[s : s + len(block)], block, threads=1)
+        path = out_dir / FILES[name]
+        with atomic_path(path) as tmp:
+            graph.save(str(tmp))
+        written.append(path)
+    return written
+
+
+def update_ann(previous_dir: Path, out_dir: Path, remove: np.ndarray, add: np.ndarray,
+               vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np.ndarray) -> list[Path]:
+    """Write into `out_dir` the graphs of `previous_dir` with the SKUs of keys `remove` (R,) taken out and those of
+    keys `add` (M,) put in: vec2d (M, D), vec3d (M, V, D), vecmean (M, D), L2-normalised, float16 or float32.
+
+    usearch removes in place (the node is marked deleted, its links stay until a full rebuild) and adds
+    as a build does, one thread: the cost grows with R and M, plus loading and saving the graphs
+    (their bytes). The previous graphs are not modified. Returns the files written.
+    """
+    from usearch.index import Index as Graph
+
+    from dam3d.runtime.atomic import atomic_path
+
+    m, views, dim = vec3d.shape
+    remove, add = np.asarray(remove, dtype=np.uint64), np.asarray(add, dtype=np.uint64)
+    def per_view(k: np.ndarray) -> np.ndarray:
+        return (k[:, None] * np.uint64(views) + np.arange(views, dtype=np.uint64)).reshape(-1)
+
+    written = []
+    for name, vectors, gone, keys in (("2d", vec2d, remove, add), ("mean", vecmean, remove, add),
+                                      ("views", vec3d.reshape(m * views, dim), per_view(remove), per_view(add))):
+        graph = Graph.restore(str(previous_dir / FILES[name]))
+        if len(gone):
+            graph.remove(gone)
+        for s in range(0, len(vectors), ADD_BLOCK):
+            graph.add(keys[s : s + ADD_BLOCK], np.ascontiguousarray(vectors[s : s + ADD_BLOCK], dtype=np.float32), threads=1)
         path = out_dir / FILES[name]
         with atomic_path(path) as tmp:
             graph.save(str(tmp))
@@ -71,11 +109,14 @@ def build_ann(out_dir: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np.n
 class AnnCandidates:
     """Candidate rows of an index for a query, from its saved graphs (memory-mapped, loaded once)."""
 
-    def __init__(self, directory: Path, views: int, size: int) -> None:
+    def __init__(self, directory: Path, views: int, size: int, keys: np.ndarray | None = None) -> None:
+        """keys (size,) int64: each row's key in the graphs (an updated index's; build_ann); None: the row numbers."""
         self.directory = Path(directory)
         self.views = views
         self.size = size   # SKUs in the index
         self._graphs: dict[str, object] = {}
+        self._order = None if keys is None else np.argsort(keys, kind="stable")
+        self._sorted = None if keys is None else np.asarray(keys, dtype=np.int64)[self._order]
 
     @staticmethod
     def files(directory: Path) -> list[Path]:
@@ -109,5 +150,10 @@ class AnnCandidates:
             graph.expansion_search = max(EXPANSION_SEARCH, 2 * count)   # a long answer needs a wider search
             keys = np.asarray(graph.search(query, count).keys, dtype=np.int64)
             found.append(keys // self.views)
-        rows = np.unique(np.concatenate(found))
+        keys = np.concatenate(found)
+        if self._sorted is not None:   # keys -> rows
+            pos = np.clip(np.searchsorted(self._sorted, keys), 0, max(len(self._sorted) - 1, 0))
+            hit = (keys >= 0) & (self._sorted[pos] == keys) if len(self._sorted) else np.zeros(len(keys), bool)
+            keys = self._order[pos[hit]]
+        rows = np.unique(keys)
         return rows[(rows >= 0) & (rows < self.size)]   # a graph asked for more than it holds pads its answer

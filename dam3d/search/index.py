@@ -20,11 +20,17 @@ projected the same way and re-normalised). The axes are those of the vectors abo
 their mean: cosine scores are dot products about 0, and on a real index (README) centred axes
 kept far less of the full-dimension ranking at the same dimension. An index written before this
 (float32 files, no `vectors` in its manifest) loads and searches as it did.
+
+Files (dam3d.search.update): an index's files are in a data folder that its manifest.json names;
+a rebuild copies the rows of SKUs whose embedding is unchanged from the previous data folder and
+switches to the new one by replacing manifest.json. An index written before data folders (its
+files beside manifest.json) loads as it did.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,10 +45,11 @@ from dam3d import __version__
 from dam3d.catalogue import Asset
 from dam3d.runtime import layout
 from dam3d.runtime.atomic import atomic_path, write_text
-from dam3d.runtime.chunk import has_result
-from dam3d.search.ann import ANN_MIN_SKUS, OVERFETCH, AnnCandidates, build_ann
+from dam3d.search.ann import ANN_MIN_SKUS, OVERFETCH, AnnCandidates, build_ann, update_ann
 from dam3d.search.colour import DEFAULT_BINS, DESCRIPTOR_VERSION, colour_descriptor, rerank_depth, similarity
 from dam3d.search.filters import Filter, parse_filter
+from dam3d.search.update import (ANN_COMPACT_SHARE, ROWS_FILE, PreviousRows, current_data_dir, embedding_source, load_previous,
+                                 new_data_dir, remove_stale)
 from dam3d.stages.embed import l2_normalise
 
 if TYPE_CHECKING:
@@ -164,14 +171,21 @@ def write_vectors(out_dir: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: 
     return {"dtype": dtype, "dim": int(vec2d.shape[1]), "input_dim": dim, "pca": pca_record, "bytes_per_sku": sizes}
 
 
-def write_colours(out_dir: Path, cutouts: Sequence[Path | None], bins: tuple[int, int, int] = DEFAULT_BINS) -> dict:
+def write_colours(out_dir: Path, cutouts: Sequence[Path | None], bins: tuple[int, int, int] = DEFAULT_BINS, *,
+                  previous: np.ndarray | None = None, previous_rows: np.ndarray | None = None) -> dict:
     """Write colour.npy, (N, B) float32, the colour descriptor (dam3d.search.colour) of each indexed row's cutout
-    (RGBA PNG; a missing one gives all zeros: no colour evidence); return the manifest's `colour`."""
+    (RGBA PNG; a missing one gives all zeros: no colour evidence); return the manifest's `colour`.
+
+    previous (M, B) and previous_rows (N,) int64 (-1: new): rows of an update copy the previous index's
+    descriptor instead of opening their cutout (a changed cutout changes the embedding, so the row is new).
+    """
     from PIL import Image
 
     rows = []
-    for path in cutouts:
-        if path is not None and Path(path).is_file():
+    for i, path in enumerate(cutouts):
+        if previous is not None and previous_rows is not None and previous_rows[i] >= 0:
+            rows.append(np.asarray(previous[previous_rows[i]], dtype=np.float32))
+        elif path is not None and Path(path).is_file():
             with Image.open(path) as image:
                 rows.append(colour_descriptor(image, bins=bins))
         else:
@@ -181,44 +195,22 @@ def write_colours(out_dir: Path, cutouts: Sequence[Path | None], bins: tuple[int
             "dtype": "float32", "missing": sum(1 for r in rows if not r.any())}
 
 
-def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Path, manifest: dict, *,
-                ann_min_skus: int = ANN_MIN_SKUS, dtype: str = DEFAULT_DTYPE, pca: int = 0,
-                cutouts: Sequence[Path] | None = None) -> dict:
-    """Write the index for the assets whose embedding exists (non-empty); return the manifest.
-
-    With `cutouts` (one RGBA PNG per asset, as `assets`) it also writes the colour descriptors of the
-    indexed ones, colour.npy (`write_colours`; the manifest's `colour` records how), which search
-    re-ranks with; without, the index has none (`colour`: null) and searches without colour.
-
-    The vectors are stored as `dtype`, projected onto `pca` principal components if `pca` > 0
-    (`write_vectors`; the manifest's `vectors` records how).
-
-    With more than `ann_min_skus` SKUs it also writes the HNSW graphs that `Index.search`
-    takes its candidates from (dam3d.search.ann). Files are written atomically, and
-    manifest.json last: a reader that finds the manifest finds a complete index.
-    """
-    rows, vec2d, vec3d, view_ok, skipped = [], [], [], [], []
-    indexed_cutouts: list[Path | None] = []
-    if cutouts is not None and len(cutouts) != len(assets):
-        raise ValueError(f"build_index: {len(cutouts)} cutouts for {len(assets)} assets")
+def _read_embeddings(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """The stored-to-be vectors of SKUs from their embedding .npz (each opened once):
+    (vec2d (n, D), vec3d (n, V, D) or (n, 1, D) for a 2D-only index, fused (n, D): float32, L2-normalised;
+    view_ok (n, V) bool; the view names). Every row depends on its own .npz only, so a row computed
+    here equals the same SKU's row of any other build (what lets an update reuse rows)."""
+    vec2d, vec3d, view_ok = [], [], []
     views: list[str] = []
-    for position, (asset, path) in enumerate(zip(assets, embeddings, strict=True)):
-        if not has_result(path):
-            skipped.append(asset.asset_id)
-            continue
+    for path in paths:
         with np.load(path) as data:
             vec2d.append(data["vec2d"])
             vec3d.append(data["vec3d"])
             view_ok.append(data["view_ok"])
             views = [str(v) for v in data["views"]]
-        rows.append({"asset_id": asset.asset_id, "sku": asset.sku, "image": str(asset.image),
-                     "views_ok": int(view_ok[-1].sum()), **asset.metadata})
-        indexed_cutouts.append(None if cutouts is None else cutouts[position])
-    if not rows:
-        raise RuntimeError("index: no asset has an embedding; every asset failed (see results/failures/)")
     v2 = l2_normalise(np.stack(vec2d))
     v3 = np.stack(vec3d).astype(np.float32)
-    ok = np.stack(view_ok)
+    ok = np.stack(view_ok).astype(bool)
     # Views that failed to render take the 2D vector, so `max` and `3d` degrade to `2d` for that SKU.
     v3 = np.where(ok[..., None], v3, v2[:, None, :])
     counts = np.maximum(ok.sum(axis=1, keepdims=True), 1)
@@ -227,39 +219,213 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
     fused = l2_normalise(v2 + l2_normalise(mean3d))
     if v3.shape[1] == 0:  # a 2D-only index (render.views: 0): every fusion is the 2D one
         v3 = v2[:, None, :]
+    return v2, l2_normalise(v3), fused, ok, views
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "assets.parquet") as tmp:
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-    v3 = l2_normalise(v3)
-    stored = write_vectors(out_dir, v2, v3, fused, dtype=dtype, pca=pca)
-    (out_dir / COLOUR_FILE).unlink(missing_ok=True)
-    colour = None if cutouts is None else write_colours(out_dir, indexed_cutouts)
-    for stale in AnnCandidates.files(out_dir):   # graphs of an earlier build would not match these rows
-        stale.unlink(missing_ok=True)
-    ann = None
-    if len(rows) > ann_min_skus:
-        import usearch
 
-        # the graphs hold the vectors as stored (projected, if PCA), so candidates and exact scores agree
-        build_ann(out_dir, *(np.load(out_dir / f"vectors_{n}.npy", mmap_mode="r") for n in ("2d", "3d", "mean")))
-        ann = {"library": f"usearch {usearch.__version__}", "graph": "HNSW", "vectors": "float16",
-               "min_skus": ann_min_skus}
-    manifest = {
+# Rows read or copied at a time: a full rebuild or an update holds COPY_BLOCK SKUs' float32 vectors, at any N.
+COPY_BLOCK = 4096
+
+
+class _ViewsChanged(Exception):
+    """A new embedding has other views than the previous index: none of its rows fits (full rebuild)."""
+
+
+def _write_rows(folder: Path, paths: Sequence[Path], previous_rows: np.ndarray, previous: PreviousRows | None,
+                dtype: str) -> tuple[dict, np.ndarray, list[str]]:
+    """Write vectors_{2d,3d,mean}.npy of N rows into `folder` as `dtype`, without PCA, COPY_BLOCK rows at a time.
+
+    paths (N,): each row's embedding .npz; previous_rows (N,) int64: the previous index's row a row copies
+    from its memory-mapped vectors, -1 where the row is new (its .npz is opened; only those are).
+    Unchanged rows keep their order, so the copy reads the previous files sequentially: O(N) bytes,
+    no .npz opened for them. Returns (the manifest's `vectors`, views_ok (N,) int64, the view names).
+    _ViewsChanged if a new .npz has other views than `previous`.
+    """
+    n = len(paths)
+    views_ok = np.zeros(n, dtype=np.int64)
+    reused = previous_rows >= 0
+    views = list(previous.views) if previous is not None else []
+    if previous is not None:
+        views_ok[reused] = previous.views_ok[previous_rows[reused]]
+    outs: list[np.ndarray] = []
+    for s in range(0, n, COPY_BLOCK):
+        block = np.arange(s, min(s + COPY_BLOCK, n))
+        fresh = block[previous_rows[block] < 0]
+        new = _read_embeddings([paths[i] for i in fresh]) if len(fresh) else None
+        if new is not None:
+            if previous is not None and new[4] != previous.views:
+                raise _ViewsChanged(f"the views changed ({previous.views} -> {new[4]})")
+            views = new[4]
+            views_ok[fresh] = new[3].sum(axis=1)
+        if not outs:
+            shapes = [v.shape[1:] for v in (new[:3] if new is not None else (previous.vec2d, previous.vec3d, previous.vecmean))]
+            outs = [np.lib.format.open_memmap(folder / f"vectors_{name}.npy", mode="w+", dtype=dtype, shape=(n, *shape))
+                    for name, shape in zip(("2d", "3d", "mean"), shapes, strict=True)]
+        kept = block[previous_rows[block] >= 0]
+        for k, out in enumerate(outs):
+            if new is not None:
+                out[fresh] = new[k]
+            if len(kept):
+                old = (previous.vec2d, previous.vec3d, previous.vecmean)[k]
+                rows = previous_rows[kept]
+                if len(kept) == len(block) and (np.diff(rows) == 1).all():
+                    out[s : s + len(block)] = old[rows[0] : rows[-1] + 1]   # a run of unchanged rows: one slice
+                else:
+                    out[kept] = old[rows]
+    sizes = {}
+    for name, out in zip(("2d", "3d", "mean"), outs, strict=True):
+        out.flush()
+        sizes[name] = out.nbytes // max(n, 1)
+    dim = int(outs[0].shape[1])
+    del outs
+    return {"dtype": dtype, "dim": dim, "input_dim": dim, "pca": None, "bytes_per_sku": sizes}, views_ok, views
+
+
+def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Path, manifest: dict, *,
+                ann_min_skus: int = ANN_MIN_SKUS, dtype: str = DEFAULT_DTYPE, pca: int = 0,
+                incremental: bool = True, cutouts: Sequence[Path] | None = None) -> dict:
+    """Write the index for the assets whose embedding exists (non-empty); return the manifest.
+
+    With `cutouts` (one RGBA PNG per asset, as `assets`) it also writes the colour descriptors of the
+    indexed ones, colour.npy (`write_colours`; the manifest's `colour` records how), which search
+    re-ranks with; without, the index has none (`colour`: null) and searches without colour. An
+    update copies the descriptors of reused rows from the previous index (if it has the same kind).
+
+    The vectors are stored as `dtype`, projected onto `pca` principal components if `pca` > 0
+    (`write_vectors`; the manifest's `vectors` records how).
+
+    Update (dam3d.search.update): each SKU's row records the version of the .npz it was made from
+    (`embedding_source`: one stat). If the previous index in `out_dir` has the same dtype and model and
+    neither has PCA (and `incremental`), the rows of SKUs whose .npz is unchanged are copied from its
+    memory-mapped vectors and only new or changed SKUs' .npz are opened; deleted SKUs are dropped.
+    Otherwise every .npz is read (a full rebuild); the manifest's `update` says which, and why.
+
+    With more than `ann_min_skus` SKUs it also writes the HNSW graphs that `Index.search`
+    takes its candidates from (dam3d.search.ann), rebuilt over all rows.
+
+    Everything goes into a new data folder, then manifest.json is replaced (atomic rename): a build
+    killed or failing at any point leaves the previous index as it was, searchable. RuntimeError if
+    no asset has an embedding; ValueError for an unknown dtype or a bad `pca`.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"index.dtype must be one of {DTYPES}, not {dtype!r}")
+    sources = [embedding_source(p) for p in embeddings]
+    if len(sources) != len(assets):
+        raise ValueError(f"{len(assets)} assets but {len(sources)} embeddings")
+    if cutouts is not None and len(cutouts) != len(assets):
+        raise ValueError(f"build_index: {len(cutouts)} cutouts for {len(assets)} assets")
+    cutout_of = None if cutouts is None else {a.asset_id: c for a, c in zip(assets, cutouts, strict=True)}
+    indexed = [(a, p, s) for a, p, s in zip(assets, embeddings, sources, strict=True) if s is not None]
+    skipped = [a.asset_id for a, s in zip(assets, sources, strict=True) if s is None]
+    if not indexed:
+        raise RuntimeError("index: no asset has an embedding; every asset failed (see results/failures/)")
+    previous, reason = load_previous(out_dir, manifest, dtype=dtype, pca=pca) if incremental else (None, "asked for")
+    keep = current_data_dir(out_dir)
+    folder = new_data_dir(out_dir)
+    try:
+        manifest = _build_into(folder, indexed, previous, reason, manifest, len(assets), skipped,
+                               ann_min_skus=ann_min_skus, dtype=dtype, pca=pca, cutout_of=cutout_of)
+        write_text(folder / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")   # the switch
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    remove_stale(out_dir, folder, keep)
+    return manifest
+
+
+def _write_ann(folder: Path, previous: PreviousRows | None, previous_rows: np.ndarray, keys: np.ndarray,
+               ann_min_skus: int) -> dict:
+    """Write the ANN graphs of the N rows in `folder` (vectors already written there); return the manifest's `ann`.
+
+    previous_rows (N,) int64: the previous index's row each row was copied from (-1: new); keys (N,) int64: the
+    rows' graph keys. If the previous index has graphs, they are updated (dam3d.search.ann.update_ann: the
+    previous SKUs that are gone or changed removed, the new rows added) unless the SKUs removed since their
+    last full build would exceed ANN_COMPACT_SHARE of N; otherwise the graphs are built over every row.
+    `ann.removed` counts the removed SKUs still marked in the graphs; `ann.built` says how they were made.
+    """
+    import usearch
+
+    record = {"library": f"usearch {usearch.__version__}", "graph": "HNSW", "vectors": "float16", "min_skus": ann_min_skus}
+    stored = [np.load(folder / f"vectors_{n}.npy", mmap_mode="r") for n in ("2d", "3d", "mean")]
+    previous_ann = previous.ann if previous is not None else None
+    if previous_ann is not None and AnnCandidates.available(previous.folder):
+        used = np.zeros(len(previous.keys), dtype=bool)
+        used[previous_rows[previous_rows >= 0]] = True
+        gone = previous.keys[~used]
+        removed = int(previous_ann.get("removed", 0)) + len(gone)
+        if removed <= ANN_COMPACT_SHARE * len(keys):
+            new_rows = np.flatnonzero(previous_rows < 0)
+            # graphs hold the vectors as stored, so candidates and exact scores agree
+            update_ann(previous.folder, folder, gone, keys[new_rows], *(v[new_rows] for v in stored))
+            return {**record, "removed": removed, "built": "updated"}
+    # the graphs hold the vectors as stored (projected, if PCA), so candidates and exact scores agree
+    build_ann(folder, *stored, keys=keys)
+    return {**record, "removed": 0, "built": "full"}
+
+
+def _previous_colours(previous: PreviousRows | None) -> np.ndarray | None:
+    """The previous index's colour descriptors (M, B), memory-mapped, if they are of this version and bins."""
+    if previous is None or not (previous.folder / COLOUR_FILE).is_file():
+        return None
+    record = json.loads((previous.folder / "manifest.json").read_text()).get("colour") or {}
+    if record.get("version") != DESCRIPTOR_VERSION or tuple(record.get("bins", ())) != DEFAULT_BINS:
+        return None
+    return np.load(previous.folder / COLOUR_FILE, mmap_mode="r")
+
+
+def _build_into(folder: Path, indexed: list[tuple[Asset, Path, str]], previous: PreviousRows | None, reason: str,
+                manifest: dict, total: int, skipped: list[str], *, ann_min_skus: int, dtype: str, pca: int,
+                cutout_of: dict[str, Path] | None = None) -> dict:
+    """Write the rows, vectors and graphs of `indexed` (asset, .npz, source) into `folder`; return the manifest."""
+    paths = [p for _, p, _ in indexed]
+    if pca:   # the axes are fitted on every row: all embeddings are read at once (no previous index, see load_previous)
+        new = _read_embeddings(paths)
+        stored = write_vectors(folder, *new[:3], dtype=dtype, pca=pca)
+        previous_rows, views_ok, views = np.full(len(indexed), -1, dtype=np.int64), new[3].sum(axis=1), new[4]
+    else:
+        reusable = [None if previous is None else previous.reusable(a.asset_id, s) for a, _, s in indexed]
+        previous_rows = np.array([-1 if r is None else r for r in reusable], dtype=np.int64)
+        try:
+            stored, views_ok, views = _write_rows(folder, paths, previous_rows, previous, dtype)
+        except _ViewsChanged as changed:   # no row of the previous index fits: read them all
+            previous, reason = None, str(changed)
+            previous_rows[:] = -1
+            stored, views_ok, views = _write_rows(folder, paths, previous_rows, None, dtype)
+    new_rows = np.flatnonzero(previous_rows < 0)
+    reused = previous_rows >= 0
+    keys = np.arange(len(indexed), dtype=np.int64)   # each row's key in the ANN graphs: kept while its SKU is unchanged
+    if previous is not None:
+        keys[reused] = previous.keys[previous_rows[reused]]
+        keys[new_rows] = (int(previous.keys.max()) + 1 if len(previous.keys) else 0) + np.arange(len(new_rows))
+    rows = [{"asset_id": a.asset_id, "sku": a.sku, "image": str(a.image), "views_ok": int(v), **a.metadata}
+            for (a, _, _), v in zip(indexed, views_ok.tolist(), strict=True)]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "assets.parquet")
+    pq.write_table(pa.table({"asset_id": [a.asset_id for a, _, _ in indexed], "source": [s for _, _, s in indexed],
+                             "views_ok": views_ok, "key": keys}), folder / ROWS_FILE)
+    ann = _write_ann(folder, previous, previous_rows, keys, ann_min_skus) if len(rows) > ann_min_skus else None
+    colour = None
+    if cutout_of is not None:
+        before = _previous_colours(previous)
+        colour = write_colours(folder, [cutout_of.get(a.asset_id) for a, _, _ in indexed],
+                               previous=before, previous_rows=previous_rows if before is not None else None)
+    dropped = 0 if previous is None else len(previous.row_of.keys() - {a.asset_id for a, _, _ in indexed})
+    update = {"mode": "incremental" if previous is not None else "full", "reason": reason,
+              "reused": int((previous_rows >= 0).sum()), "read": int(len(new_rows)), "dropped": dropped}
+    return {
         **manifest,
         "dam3d_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "counts": {"assets": len(assets), "indexed": len(rows), "failed": len(skipped),
-                   "with_views": int(ok.any(axis=1).sum()), "views_per_asset": len(views)},
+        "counts": {"assets": total, "indexed": len(rows), "failed": len(skipped),
+                   "with_views": int((views_ok > 0).sum()), "views_per_asset": len(views)},
         "views": views,
-        "dim": int(v2.shape[1]),
+        "dim": int(stored["input_dim"]),
         "vectors": stored,
         "colour": colour,
         "failed_assets": skipped,
         "ann": ann,
+        "data": folder.name,
+        "update": update,
     }
-    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
 
 
 @dataclass
@@ -279,6 +445,7 @@ class Index:
     vecmean: np.ndarray  # (N, d)
     pca_components: np.ndarray | None = None  # (d, D)
     colours: np.ndarray | None = None  # (N, B) float32, colour descriptors (dam3d.search.colour); None: built without
+    data_dir: Path | None = None   # the folder of its files (manifest `data`); None: `directory` itself (older indexes)
     _ann: AnnCandidates | None = field(default=None, repr=False, compare=False)
     _said_no_colour: bool = field(default=False, repr=False, compare=False)
 
@@ -291,16 +458,23 @@ class Index:
             raise FileNotFoundError(f"no index at {directory} (manifest.json missing): build it with `snakemake --cores 8`")
         manifest = json.loads(manifest_path.read_text())
         with_pca = bool((manifest.get("vectors") or {}).get("pca"))
+        data = directory / manifest["data"] if manifest.get("data") else directory   # older indexes: files at the top
         return cls(
             directory,
             manifest,
-            pq.read_table(directory / "assets.parquet").to_pylist(),
-            np.load(directory / "vectors_2d.npy", mmap_mode="r"),
-            np.load(directory / "vectors_3d.npy", mmap_mode="r"),
-            np.load(directory / "vectors_mean.npy", mmap_mode="r"),
-            np.load(directory / "pca_components.npy") if with_pca else None,
-            np.load(directory / COLOUR_FILE, mmap_mode="r") if manifest.get("colour") and (directory / COLOUR_FILE).is_file() else None,
+            pq.read_table(data / "assets.parquet").to_pylist(),
+            np.load(data / "vectors_2d.npy", mmap_mode="r"),
+            np.load(data / "vectors_3d.npy", mmap_mode="r"),
+            np.load(data / "vectors_mean.npy", mmap_mode="r"),
+            np.load(data / "pca_components.npy") if with_pca else None,
+            np.load(data / COLOUR_FILE, mmap_mode="r") if manifest.get("colour") and (data / COLOUR_FILE).is_file() else None,
+            data_dir=data,
         )
+
+    @property
+    def files(self) -> Path:
+        """The folder holding this index's vectors, assets.parquet and graphs (a data folder, dam3d.search.update)."""
+        return self.data_dir or self.directory
 
     @property
     def colour_bins(self) -> tuple[int, int, int] | None:
@@ -455,8 +629,11 @@ class Index:
 
     def ann(self) -> AnnCandidates | None:
         """The ANN candidates of this index (opened once), or None if it was built without graphs (<= ANN_MIN_SKUS)."""
-        if self._ann is None and AnnCandidates.available(self.directory):
-            self._ann = AnnCandidates(self.directory, views=int(np.shape(self.vec3d)[1]), size=len(self.assets))
+        if self._ann is None and AnnCandidates.available(self.files):
+            keys = None   # the graphs' key of each row (an updated index's); older indexes: the row number
+            if (self.files / ROWS_FILE).is_file():
+                keys = pq.read_table(self.files / ROWS_FILE, columns=["key"]).column("key").to_numpy()
+            self._ann = AnnCandidates(self.files, views=int(np.shape(self.vec3d)[1]), size=len(self.assets), keys=keys)
         return self._ann
 
     def search(self, query: np.ndarray, *, k: int = 5, fusion: str | None = None, exact: bool = False,

@@ -2,7 +2,8 @@ rule index:
     input:
         lambda wildcards: stage_refs(f"embed-{wildcards.model}"),
     output:
-        assets=str(layout.index(RESULTS, "{model}") / "assets.parquet"),
+        # The index's files live in a data folder that manifest.json names (dam3d.search.update): an update
+        # reuses the previous folder's unchanged rows and switches by replacing manifest.json, written last.
         manifest=str(layout.index(RESULTS, "{model}") / "manifest.json"),
     params:
         embeddings=lambda wildcards: [str(layout.embedding(RESULTS, wildcards.model, a)) for a in ASSET_IDS],

@@ -104,7 +104,7 @@ def two_equal_skus(tmp_path: Path, *, with_colours: bool = True) -> Index:
 def test_rerank_puts_the_sku_whose_colour_matches_first_and_weight_0_keeps_the_order(tmp_path: Path) -> None:
     index = two_equal_skus(tmp_path)
     assert index.colours is not None and index.colours.shape == (3, int(np.prod(DEFAULT_BINS)))
-    assert index.manifest["colour"]["bins"] == list(DEFAULT_BINS) and (index.directory / COLOUR_FILE).is_file()
+    assert index.manifest["colour"]["bins"] == list(DEFAULT_BINS) and (index.files / COLOUR_FILE).is_file()
     query = np.eye(4, dtype=np.float32)[0]
     blue = index.query_colour(cutout(BLUE, 80))
     red = index.query_colour(cutout(RED, 80))

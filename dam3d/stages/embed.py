@@ -47,6 +47,16 @@ class ModelSpec:
     pooling: str = "cls"
 
 
+def embed_key(spec: ModelSpec, augment: Sequence[str] = ()) -> Any:
+    """The embed stage's per-asset key of its settings (JSON-able): the backend's key of the model spec,
+    with `augment` (config embed.augment) when it names any, so turning augmentations on, off or
+    changing them recomputes the embeddings, while an empty list keeps the key of a build without them.
+    ValueError for an unknown backend or augmentation.
+    """
+    key = get_backend("embed", spec.backend).key(asdict(spec))
+    return {"model": key, "augment": list(check_augment(augment))} if augment else key
+
+
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     """Each row (last axis) scaled to unit length, float32; an all-zero row stays zero."""
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)

@@ -119,3 +119,37 @@ def test_2d_only_index_uses_the_augmentations_for_3d_and_max(tmp_path: Path) -> 
     assert index.scores(query, "2d")[0] < 1.0 - 1e-3
     assert index.matched(query, "max", np.array([0])) == ["mirror"]
     assert index.matched(data["vec3d"][1], "3d", np.array([0])) == ["crop90"]
+
+
+@pytest.mark.parametrize(("augment", "ok"), [(["mirror", "rot-10"], True), (["blur"], False), (["rot+90"], False)])
+def test_workflow_config_accepts_known_augmentations_only(tmp_path: Path, augment: list[str], ok: bool) -> None:
+    from test_workflow import snakemake
+
+    (tmp_path / "cat").mkdir()
+    product_photo("red-vase").save(tmp_path / "cat" / "A.jpg")
+    result = snakemake(tmp_path, "-n", config={"catalogue": str(tmp_path / "cat"), "render": {"views": 0},
+                                                "embed": {"augment": augment}})
+    assert (result.returncode == 0) is ok, result.stdout[-2000:] + result.stderr[-2000:]
+    if not ok:
+        assert "augment" in result.stdout + result.stderr
+
+
+def test_pipeline_2d_only_with_augmentation_and_a_changed_setting_recomputes(tmp_path: Path) -> None:
+    """End to end (render.views: 0): the views are the augmentations; changing the list re-embeds, off again too."""
+    from test_refresh import job_counts
+    from test_workflow import snakemake
+
+    (tmp_path / "cat").mkdir()
+    product_photo("red-vase").save(tmp_path / "cat" / "A.jpg")
+    base = {"catalogue": str(tmp_path / "cat"), "render": {"views": 0}}
+    first = snakemake(tmp_path, "--cores", "1", config={**base, "embed": {"augment": ["mirror", "rot+10"]}})
+    assert first.returncode == 0, first.stderr[-3000:]
+    with np.load(tmp_path / "results" / "embed" / "mobilenetv2" / "A.npz") as data:
+        assert data["views"].tolist() == ["mirror", "rot+10"] and data["vec3d"].shape == (2, 1280)
+    index = Index.load(tmp_path / "results" / "index" / "mobilenetv2")
+    assert index.manifest["views"] == ["mirror", "rot+10"] and index.vec3d.shape[:2] == (1, 2)
+    same = snakemake(tmp_path, "-n", config={**base, "embed": {"augment": ["mirror", "rot+10"]}})
+    assert "embed-mobilenetv2" not in job_counts(same)
+    for augment in (["mirror"], []):
+        dry = snakemake(tmp_path, "-n", config={**base, "embed": {"augment": augment}})
+        assert job_counts(dry).get("embed-mobilenetv2") == 1 and "cutout" not in job_counts(dry), augment

@@ -63,12 +63,19 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def _parse_augment(name: str) -> re.Match[str]:
+    """The match of an augmentation name (groups `crop`, `rot`). ValueError for an unknown name."""
+    match = _AUGMENT.match(str(name))
+    if match is None:
+        raise ValueError(f"embed.augment: unknown augmentation {name!r}; known: mirror, cropNN (NN 50-99), "
+                         "rot+D / rot-D (D 1-45 degrees), e.g. " + ", ".join(AUGMENTS))
+    return match
+
+
 def check_augment(names: Sequence[str]) -> tuple[str, ...]:
     """The augmentation names as a tuple, in order. ValueError for an unknown or repeated name."""
     for name in names:
-        if not _AUGMENT.match(str(name)):
-            raise ValueError(f"embed.augment: unknown augmentation {name!r}; known: mirror, cropNN (NN 50-99), "
-                             "rot+D / rot-D (D 1-45 degrees), e.g. " + ", ".join(AUGMENTS))
+        _parse_augment(name)
     if len(set(names)) != len(names):
         raise ValueError(f"embed.augment: a name is repeated in {list(names)}")
     return tuple(str(n) for n in names)
@@ -82,18 +89,17 @@ def augment_image(image: Image.Image, name: str) -> Image.Image:
     the centre, bicubic, same size; uncovered corners are transparent, so flattening paints them
     the background. ValueError for an unknown name.
     """
-    match = _AUGMENT.match(name)
-    if not match:
-        check_augment([name])
+    match = _parse_augment(name)
     rgba = image.convert("RGBA")
     if name == "mirror":
         return rgba.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if match["crop"]:  # type: ignore[index]
+    if match["crop"]:
+        share = int(match["crop"]) / 100
         w, h = rgba.size
-        cw, ch = max(1, round(w * int(match["crop"]) / 100)), max(1, round(h * int(match["crop"]) / 100))  # type: ignore[index]
+        cw, ch = max(1, round(w * share)), max(1, round(h * share))
         left, top = (w - cw) // 2, (h - ch) // 2
         return rgba.crop((left, top, left + cw, top + ch))
-    return rgba.rotate(float(match["rot"]), resample=Image.BICUBIC, expand=False, fillcolor=(0, 0, 0, 0))  # type: ignore[index]
+    return rgba.rotate(float(match["rot"]), resample=Image.BICUBIC, expand=False, fillcolor=(0, 0, 0, 0))
 
 
 EncodeFn = Callable[[Sequence[Image.Image]], np.ndarray]

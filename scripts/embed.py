@@ -18,6 +18,7 @@ run_chunk(
         device=smk.config["device"],
         # Decoding and preprocessing threads: on a GPU they, not the model, can set the pace.
         workers=max(2, smk.threads),
+        augment=smk.params.augment,
     ),
     torch=backend("embed", smk.params.spec["backend"]).torch,
 )

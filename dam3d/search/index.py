@@ -6,7 +6,9 @@ Fusions (seeds 000/003):
 - `3d`: best cosine over the rendered views only.
 - `mean`: cosine with normalise(2D vector + mean of the view vectors), one vector per SKU.
 - `max` (MaxCos): best cosine over the cutout and every view.
-A SKU whose renders failed keeps its 2D vector: `3d` and `max` fall back to it.
+A SKU whose renders failed keeps its 2D vector: `3d` and `max` fall back to it. Catalogue-side
+augmentations (config embed.augment: `mirror`, `crop90`, ...) arrive from the embed stage as
+extra views after the rendered ones and are used, and named by `matched`, like them.
 
 Each hit says what gave its score (`matched`): a view's name (e.g. `az090`) or `cutout` for `3d`
 and `max`, `cutout` for `2d`, `fused` for `mean`. A search can be restricted to the rows that

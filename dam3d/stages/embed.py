@@ -12,6 +12,7 @@ Backends:
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +30,11 @@ from dam3d.runtime.chunk import has_result
 from dam3d.stages.cutout import IMAGENET_MEAN, IMAGENET_STD, model_available
 
 POOLINGS = ("cls", "mean", "max")
+# Catalogue-side 2D augmentations (config `embed.augment`): extra views made from the cutout itself,
+# stored after the rendered views under these names (README, Search and fusions). Any `cropNN`
+# (NN in 50..99) and `rot+D`/`rot-D` (D in 1..45 degrees) is accepted; these are the measured ones.
+AUGMENTS = ("mirror", "crop90", "rot+10", "rot-10")
+_AUGMENT = re.compile(r"^(?:mirror|crop(?P<crop>[5-9][0-9])|rot(?P<rot>[+-](?:[1-9]|[1-3][0-9]|4[0-5])))$")
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,59 @@ class ModelSpec:
     pooling: str = "cls"
 
 
+def embed_key(spec: ModelSpec, augment: Sequence[str] = ()) -> Any:
+    """The embed stage's per-asset key of its settings (JSON-able): the backend's key of the model spec,
+    with `augment` (config embed.augment) when it names any, so turning augmentations on, off or
+    changing them recomputes the embeddings, while an empty list keeps the key of a build without them.
+    ValueError for an unknown backend or augmentation.
+    """
+    key = get_backend("embed", spec.backend).key(asdict(spec))
+    return {"model": key, "augment": list(check_augment(augment))} if augment else key
+
+
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     """Each row (last axis) scaled to unit length, float32; an all-zero row stays zero."""
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _parse_augment(name: str) -> re.Match[str]:
+    """The match of an augmentation name (groups `crop`, `rot`). ValueError for an unknown name."""
+    match = _AUGMENT.match(str(name))
+    if match is None:
+        raise ValueError(f"embed.augment: unknown augmentation {name!r}; known: mirror, cropNN (NN 50-99), "
+                         "rot+D / rot-D (D 1-45 degrees), e.g. " + ", ".join(AUGMENTS))
+    return match
+
+
+def check_augment(names: Sequence[str]) -> tuple[str, ...]:
+    """The augmentation names as a tuple, in order. ValueError for an unknown or repeated name."""
+    for name in names:
+        _parse_augment(name)
+    if len(set(names)) != len(names):
+        raise ValueError(f"embed.augment: a name is repeated in {list(names)}")
+    return tuple(str(n) for n in names)
+
+
+def augment_image(image: Image.Image, name: str) -> Image.Image:
+    """A cutout (RGB or RGBA, any size) transformed as `name` says (see AUGMENTS), as RGBA.
+
+    `mirror`: flipped left-right. `cropNN`: the centre NN % of the width and the height (the model
+    resizes it). `rot+D` / `rot-D`: rotated D degrees counter-clockwise (+) or clockwise (-) about
+    the centre, bicubic, same size; uncovered corners are transparent, so flattening paints them
+    the background. ValueError for an unknown name.
+    """
+    match = _parse_augment(name)
+    rgba = image.convert("RGBA")
+    if name == "mirror":
+        return rgba.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if match["crop"]:
+        share = int(match["crop"]) / 100
+        w, h = rgba.size
+        cw, ch = max(1, round(w * share)), max(1, round(h * share))
+        left, top = (w - cw) // 2, (h - ch) // 2
+        return rgba.crop((left, top, left + cw, top + ch))
+    return rgba.rotate(float(match["rot"]), resample=Image.BICUBIC, expand=False, fillcolor=(0, 0, 0, 0))
 
 
 EncodeFn = Callable[[Sequence[Image.Image]], np.ndarray]
@@ -303,6 +358,7 @@ def embed_assets(
     batch_size: int = 32,
     device: str = "auto",
     workers: int = 2,
+    augment: Sequence[str] = (),
 ) -> Iterator[tuple[str, BaseException | None]]:
     """The stage for a chunk of (asset, cutout, views, out_npz) jobs, with the model loaded once.
 
@@ -313,31 +369,40 @@ def embed_assets(
     failed, in completion order. A bad asset never stops the others. Views whose render
     failed (0-byte placeholders) are marked in `view_ok`, so the index can still use the
     2D vector for that SKU instead of dropping it.
+
+    `augment` (names of AUGMENTS, config embed.augment): each adds an extra view, the embedding of
+    the cutout transformed by `augment_image`, stored after the rendered views: vec3d (V + A, D)
+    float32, view_ok (V + A,) bool (True for each augmentation), views (V + A,) names, the
+    augmentation names last. ValueError for an unknown name.
     """
     from dam3d.runtime.atomic import atomic_path
     from dam3d.errors import AssetError
     from dam3d.stages.images import flatten, load_image
 
+    augment = check_augment(augment)
     net = encoder(spec, device)
     halving = Halving(batch_size, label=f"embed {spec.name}")
     jobs = list(jobs)
     view_ok = [np.array([has_result(v) for v in views], dtype=bool) for _, _, views, _ in jobs]
-    tasks: list[tuple[int, int, Path]] = []  # (job, slot: 0 = cutout, 1.. = usable views, path)
+    # (job, slot: 0 = cutout, 1.. = usable views then augmentations, path, augmentation or None)
+    tasks: list[tuple[int, int, Path, str | None]] = []
     left: dict[int, int] = {}  # job -> images not yet embedded; a job leaves it when written or failed
     vectors: dict[int, list[np.ndarray | None]] = {}
     for i, (asset, cutout, views, _) in enumerate(jobs):
         if not has_result(cutout):
             yield asset, AssetError(asset, "embed", "no cutout (the cutout stage failed for this asset)")
             continue
-        paths = [cutout, *(v for v, ok in zip(views, view_ok[i]) if ok)]
-        tasks += [(i, slot, path) for slot, path in enumerate(paths)]
-        left[i], vectors[i] = len(paths), [None] * len(paths)
+        images: list[tuple[Path, str | None]] = [(cutout, None), *((v, None) for v, ok in zip(views, view_ok[i]) if ok)]
+        images += [(cutout, name) for name in augment]
+        tasks += [(i, slot, path, name) for slot, (path, name) in enumerate(images)]
+        left[i], vectors[i] = len(images), [None] * len(images)
 
-    def load(task: tuple[int, int, Path]) -> Any:
-        i, _, path = task
+    def load(task: tuple[int, int, Path, str | None]) -> Any:
+        i, _, path, name = task
         if i not in left:
             return None  # the asset already failed: skip the work
-        return net.prepare(flatten(load_image(path, jobs[i][0], stage="embed"), background))
+        image = load_image(path, jobs[i][0], stage="embed")
+        return net.prepare(flatten(image if name is None else augment_image(image, name), background))
 
     batch: list[tuple[int, int, Any]] = []
 
@@ -349,14 +414,16 @@ def embed_assets(
     def write(i: int) -> tuple[str, BaseException | None]:
         asset, _, views, out = jobs[i]
         vecs = l2_normalise(np.stack(vectors[i]))  # type: ignore[arg-type]
-        vec3d = np.zeros((len(views), vecs.shape[1]), dtype=np.float32)
-        vec3d[view_ok[i]] = vecs[1:]
+        ok = np.concatenate([view_ok[i], np.ones(len(augment), dtype=bool)])
+        vec3d = np.zeros((len(ok), vecs.shape[1]), dtype=np.float32)
+        vec3d[ok] = vecs[1:]   # rendered views in order, then the augmentations
         del left[i], vectors[i]
         try:
             with atomic_path(out) as tmp:
                 with tmp.open("wb") as fh:
-                    np.savez(fh, vec2d=vecs[0], vec3d=vec3d, view_ok=view_ok[i],
-                             views=np.array([Path(v).stem for v in views]), model=np.array(spec.name))
+                    np.savez(fh, vec2d=vecs[0], vec3d=vec3d, view_ok=ok,
+                             views=np.array([Path(v).stem for v in views] + list(augment), dtype=str),
+                             model=np.array(spec.name))
         except Exception as exc:
             return asset, exc
         return asset, None
@@ -369,14 +436,14 @@ def embed_assets(
         except Exception as exc:  # the batch's assets fail together, the chunk goes on
             return [fail(i, exc) for i in dict.fromkeys(b[0] for b in live)]
         finished = []
-        for (i, slot, _), vec in zip(live, out):
+        for (i, slot, _), vec in zip(live, out, strict=True):
             vectors[i][slot] = vec
             left[i] -= 1
             if left[i] == 0:
                 finished.append(write(i))
         return finished
 
-    for (i, slot, _), prepared in prefetch(tasks, load, workers=workers, ahead=2 * max(1, batch_size)):
+    for (i, slot, _, _), prepared in prefetch(tasks, load, workers=workers, ahead=2 * max(1, batch_size)):
         if i not in left:
             continue
         if isinstance(prepared, Exception):

@@ -24,7 +24,7 @@ from dam3d.runtime import layout
 from dam3d.search.colour import DESCRIPTOR_VERSION as COLOUR_DESCRIPTOR_VERSION
 from dam3d.runtime.backends import backend
 from dam3d.stages.cutout import resolve_backend
-from dam3d.stages.embed import resolve_models
+from dam3d.stages.embed import check_augment, embed_key, resolve_models
 from dam3d.runtime.atomic import write_text
 from dam3d.runtime.plan import code_digest, plan_stage, summary as plan_summary
 from dam3d.stages.render import view_names
@@ -52,6 +52,8 @@ EMBED_MODELS = {
         config["embed"]["models"], config["embed"]["presets"], strict=config["strict"]
     )
 }
+# Catalogue-side 2D augmentations embedded as extra views (README, Search and fusions).
+AUGMENT = list(check_augment(config["embed"].get("augment", [])))
 # The backends of this run (dam3d.runtime.backends): rules ask them, never compare names.
 CUTOUT = backend("cutout", CUTOUT_BACKEND)
 MESH = backend("mesh", config["mesh"]["backend"])

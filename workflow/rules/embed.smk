@@ -2,7 +2,7 @@ for model, spec in EMBED_MODELS.items():
     add_plan(
         f"embed-{model}",
         outputs=lambda asset, model=model: [str(layout.embedding(RESULTS, model, asset))],
-        key_parts=lambda asset, key=backend("embed", spec.backend).key(asdict(spec)): [key, BACKGROUND, script_digest("embed")],
+        key_parts=lambda asset, key=embed_key(spec, AUGMENT): [key, BACKGROUND, script_digest("embed")],
         upstream=["cutout", "render"] if VIEWS else ["cutout"],
         per_job=CHUNKS["embed"],
         members=lambda asset: {
@@ -25,6 +25,7 @@ rule embed:
         spec=lambda wildcards: asdict(EMBED_MODELS[wildcards.model]),
         background=BACKGROUND,
         batch_size=config["embed"]["batch_size"],
+        augment=AUGMENT,
     threads: CHUNK_THREADS
     retries: CHUNK_RETRIES
     resources:

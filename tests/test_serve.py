@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,19 +34,21 @@ EXPECTED = "CHAIR-0002"
 SKUS = {"CHAIR-0001": "green armchair", "CHAIR-0002": "blue shell chair", "CHAIR-0003": "red banquet chair",
         "LAMP 0007": "floor lamp"}
 UPLOAD_CAP_MB = 1
+TWIN = "CHAIR-0002-B"   # a duplicate of CHAIR-0002 that slipped into the DAM (twin_index_dir)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real pipeline (u2netp, inflate, 8 Blender views at 64 px, MobileNetV2) on 5 sample SKUs."""
-    work = tmp_path_factory.mktemp("serve")
+def _pipeline(work: Path, rows: list[tuple[str, Image.Image | Path, str]]) -> Path:
+    """The real pipeline (u2netp, inflate, 8 Blender views at 64 px, MobileNetV2) on (sku, photo, title) rows."""
     images = work / "images"
     images.mkdir()
     lines = ["asset_id,image,title,supplier"]
-    for sku, title in SKUS.items():
-        shutil.copy(REPO / "sample" / "catalogue" / f"{sku}.jpg", images)
+    for sku, photo, title in rows:
+        if isinstance(photo, Path):
+            shutil.copy(photo, images / f"{sku}.jpg")
+        else:
+            photo.save(images / f"{sku}.jpg", quality=85)
         lines.append(f"{sku},images/{sku}.jpg,{title},ACME")
     (work / "catalogue.csv").write_text("\n".join(lines) + "\n")
     config = {"catalogue": str(work / "catalogue.csv"), "render": {"resolution": 64, "aa": 1}}
@@ -53,6 +56,24 @@ def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = snakemake(work, "--cores", "2", "results/index/mobilenetv2/manifest.json", config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     return work / "results" / "index" / "mobilenetv2"
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real pipeline on 4 sample SKUs."""
+    catalogue = REPO / "sample" / "catalogue"
+    return _pipeline(tmp_path_factory.mktemp("serve"), [(sku, catalogue / f"{sku}.jpg", title) for sku, title in SKUS.items()])
+
+
+@pytest.fixture(scope="module")
+def twin_index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real pipeline on 3 SKUs: CHAIR-0002, TWIN (its photo re-exported: 90 % the size, JPEG 85) and LAMP 0007."""
+    catalogue = REPO / "sample" / "catalogue"
+    photo = Image.open(catalogue / "CHAIR-0002.jpg").convert("RGB")
+    again = photo.resize((photo.width * 9 // 10, photo.height * 9 // 10), Image.Resampling.LANCZOS)
+    rows = [("CHAIR-0002", catalogue / "CHAIR-0002.jpg", "blue shell chair"), (TWIN, again, "blue shell chair (copy)"),
+            ("LAMP 0007", catalogue / "LAMP 0007.jpg", "floor lamp")]
+    return _pipeline(tmp_path_factory.mktemp("serve-twin"), rows)
 
 
 def _free_port() -> int:
@@ -73,11 +94,10 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def server(index_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`dam3d serve` in its own process, with the default host."""
+@contextmanager
+def _serving(index_dir: Path, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`dam3d serve` on `index_dir` in its own process, with the default host; (url, process) once it answers."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     cmd = [sys.executable, "-m", "dam3d.cli", "serve", "--index", str(index_dir), "--port", str(port),
            "--max-upload-mb", str(UPLOAD_CAP_MB)]
     with log.open("w") as out:
@@ -108,6 +128,13 @@ def server(index_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
+def server(index_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`dam3d serve` in its own process, with the default host."""
+    with _serving(index_dir, tmp_path_factory.mktemp("serve-log") / "serve.log") as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (setup.sh does)")
@@ -119,9 +146,8 @@ def browser() -> Iterator[object]:
         chromium.close()
 
 
-@pytest.fixture
-def page(browser, server):  # noqa: ANN001, ANN201
-    url, _ = server
+def _open(browser, url: str) -> Iterator[object]:  # noqa: ANN001
+    """A page of the app at `url`; on leaving, checks that it loaded nothing from outside the app."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     requested: list[str] = []
@@ -133,6 +159,11 @@ def page(browser, server):  # noqa: ANN001, ANN201
     # Everything the page loaded came from the app itself: no fonts, scripts or analytics from the internet.
     outside = [u for u in requested if not u.startswith((url, "data:", "blob:"))]
     assert requested and not outside, outside
+
+
+@pytest.fixture
+def page(browser, server):  # noqa: ANN001, ANN201
+    yield from _open(browser, server[0])
 
 
 def _upload(page, path: Path) -> None:  # noqa: ANN001
@@ -361,6 +392,69 @@ def test_search_app_in_process(index_dir: Path, tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(QueryError, match=r"^empty.jpg: image file is empty \(0 bytes\): empty.jpg$"):
         app.query(empty)
+
+
+@pytest.fixture(scope="module")
+def twin_server(twin_index_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen]]:
+    with _serving(twin_index_dir, tmp_path_factory.mktemp("serve-twin-log") / "serve.log") as served:
+        yield served
+
+
+def _audit_status(page, text: str) -> str:  # noqa: ANN001
+    page.wait_for_function(f"() => document.querySelector('#audit-status')?.innerText.includes({text!r})", timeout=60_000)
+    return page.locator("#audit-status").inner_text()
+
+
+def test_look_alikes_tab_lists_the_duplicate_pair(browser, twin_server) -> None:  # noqa: ANN001
+    for page in _open(browser, twin_server[0]):
+        page.get_by_role("tab", name="Look-alikes").click()
+        # Nothing is computed at page load: the button does it.
+        assert "Press Find look-alikes" in _audit_status(page, "Press")
+        assert page.locator("#audit-pairs tr.dam3d-pair").count() == 0
+        page.locator("#audit-run").click()
+        status = _audit_status(page, "look-alike pair")
+        assert status.startswith("1 look-alike pair (fusion") and "3 SKUs" in status and "all shown" in status, status
+        rows = page.locator("#audit-pairs tr.dam3d-pair")
+        assert rows.count() == 1
+        pair = rows.first.inner_text()
+        assert "CHAIR-0002" in pair and TWIN in pair and "LAMP" not in pair, pair
+        assert float(rows.first.locator("td.score").inner_text()) >= 0.9
+        sizes = _loaded_images(rows.first)   # the two catalogue photos side by side
+        assert len(sizes) == 2 and all(w > 0 for w, _ in sizes), sizes
+        assert "1 pairs found; all shown." in page.locator("#audit-pairs").inner_text()
+
+        # No pair reaches 1.0 (a re-exported photo is not bit-identical): the page says so.
+        page.locator("#audit-fusion").get_by_label("2d").check()
+        threshold = page.locator("#audit-threshold input")
+        threshold.fill("1")
+        page.locator("#audit-run").click()
+        status = _audit_status(page, "No pair")
+        assert "No pair of SKUs reaches a 2d similarity of 1 among the 3 SKUs" in status, status
+        assert page.locator("#audit-pairs tr.dam3d-pair").count() == 0
+        assert "No pair reaches the threshold." in page.locator("#audit-pairs").inner_text()
+
+
+def test_look_alikes_in_process(twin_index_dir: Path) -> None:
+    """The Look-alikes tab's function: dam3d.search.audit on the loaded index, capped, refusals as QueryError."""
+    from dam3d.search.serve import QueryError, SearchApp
+
+    app = SearchApp(twin_index_dir, warm_up=False)
+    found = app.look_alikes()
+    result = found["audit"]
+    assert [{p.sku_a, p.sku_b} for p in result.pairs] == [{"CHAIR-0002", TWIN}] and found["shown"] == 1
+    assert result.fusion == app.index.fusion() and result.threshold == 0.9 and result.pairs[0].score >= 0.9
+    assert found["html"].count("<tr class='dam3d-pair'>") == 1 and found["html"].count("data:image/jpeg;base64,") == 2
+    assert "LAMP" not in found["html"]
+    every = app.look_alikes("2d", -1, max_pairs=2)   # 3 SKUs: 3 pairs, 2 shown
+    assert len(every["audit"].pairs) == 3 and every["shown"] == 2
+    assert "3 pairs found; the 2 most similar shown, every pair in the CSV `dam3d audit` writes." in every["html"]
+    assert {every["audit"].pairs[0].sku_a, every["audit"].pairs[0].sku_b} == {"CHAIR-0002", TWIN}
+    none = app.look_alikes("2d", 1.0)
+    assert none["audit"].pairs == [] and none["shown"] == 0 and "No pair reaches the threshold." in none["html"]
+    with pytest.raises(QueryError, match=r"^Look-alikes: threshold is a cosine, between -1 and 1, not 1.5"):
+        app.look_alikes("2d", 1.5)
+    with pytest.raises(QueryError, match=r"^Look-alikes: fusion must be one of"):
+        app.look_alikes("best")
 
 
 def test_search_latency_bench(tmp_path: Path) -> None:

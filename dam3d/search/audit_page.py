@@ -63,30 +63,41 @@ def _cell(index: Index, row: int, sku: str) -> str:
             f"<figcaption>{html.escape(sku)}</figcaption></figure></td>")
 
 
+def pairs_html(result: Audit, index: Index, *, everything: str, max_pairs: int = MAX_PAIRS) -> str:
+    """An HTML fragment (no <html>, no style): what was run, how many pairs were found and shown, then
+    a table of one row per pair (best first: rank, score, the two catalogue photos with their SKUs).
+
+    everything: where every pair is, named when not all are shown ("every pair in {everything}.").
+    Used by the page (page_html) and by `dam3d serve`'s Look-alikes tab.
+    """
+    shown = result.pairs[:max_pairs]
+    model = index.manifest.get("model", {}).get("name", index.directory.name)
+    count = (f"{len(result.pairs)} pairs found; all shown." if len(shown) == len(result.pairs) else
+             f"{len(result.pairs)} pairs found; the {len(shown)} most similar shown, every pair in {everything}.")
+    parts = [f"<h3>Look-alike SKUs ({html.escape(model)}, fusion {html.escape(result.fusion)})</h3>",
+             f"<p class='dam3d-audit-count'>{result.skus} SKUs; pairs with a {html.escape(result.fusion)} similarity of "
+             f"at least {result.threshold:g}, at most {result.k} neighbours per SKU ({result.method} search). "
+             f"{html.escape(count)}</p>"]
+    if not shown:
+        parts.append("<p class='dam3d-audit-none'>No pair reaches the threshold. A lower threshold lists less "
+                     "similar SKUs.</p>")
+    else:
+        parts.append("<table><tr><th>#</th><th>score</th><th>SKU a</th><th>SKU b</th></tr>")
+        for rank, pair in enumerate(shown, 1):
+            parts.append(f"<tr class='dam3d-pair'><td>{rank}</td><td class='score'>{pair.score:.3f}</td>"
+                         f"{_cell(index, pair.a, pair.sku_a)}{_cell(index, pair.b, pair.sku_b)}</tr>")
+        parts.append("</table>")
+    return "\n".join(parts)
+
+
 def page_html(result: Audit, index: Index, *, table: str, max_pairs: int = MAX_PAIRS) -> str:
     """The page: what was run, how many pairs were found and shown, then one row per pair (best first).
 
     table: the CSV's name or path, named in the page as holding every pair.
     """
-    shown = result.pairs[:max_pairs]
-    model = index.manifest.get("model", {}).get("name", index.directory.name)
-    count = (f"{len(result.pairs)} pairs found; all shown." if len(shown) == len(result.pairs) else
-             f"{len(result.pairs)} pairs found; the {len(shown)} most similar shown, every pair in {table}.")
-    parts = [f"<html><head><meta charset='utf-8'>{_STYLE}</head><body>",
-             f"<h3>Look-alike SKUs ({html.escape(model)}, fusion {html.escape(result.fusion)})</h3>",
-             f"<p>{result.skus} SKUs; pairs with a {html.escape(result.fusion)} similarity of at least "
-             f"{result.threshold:g}, at most {result.k} neighbours per SKU ({result.method} search). "
-             f"{html.escape(count)}</p>"]
-    if not shown:
-        parts.append("<p>No pair reaches the threshold.</p>")
-    else:
-        parts.append("<table><tr><th>#</th><th>score</th><th>SKU a</th><th>SKU b</th></tr>")
-        for rank, pair in enumerate(shown, 1):
-            parts.append(f"<tr><td>{rank}</td><td class='score'>{pair.score:.3f}</td>"
-                         f"{_cell(index, pair.a, pair.sku_a)}{_cell(index, pair.b, pair.sku_b)}</tr>")
-        parts.append("</table>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    return "\n".join([f"<html><head><meta charset='utf-8'>{_STYLE}</head><body>",
+                      pairs_html(result, index, everything=table, max_pairs=max_pairs),
+                      "</body></html>\n"])
 
 
 def write_page(result: Audit, index: Index, path: str | Path, *, table: str, max_pairs: int = MAX_PAIRS) -> Path:

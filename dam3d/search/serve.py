@@ -9,7 +9,9 @@ embedding models are loaded once when the server starts; a query only cuts out, 
 and searches. A text box searches by text when the index's model has a text tower
 (backend `clip`); for any other index it answers why it cannot. A photo of several
 products side by side (dam3d.search.query.split_objects) is searched once per object: the
-page shows each object's crop, its box, and its own top-k.
+page shows each object's crop, its box, and its own top-k. The Look-alikes tab lists the
+catalogue's look-alike SKU pairs (`dam3d audit`: dam3d.search.audit on the loaded index, the
+table of dam3d.search.audit_page), computed when its button is pressed, never at page load.
 
 A file that is not an image, is larger than the upload cap, or has more pixels than
 `cutout.max_pixels` is refused with a message in the page; the server stays up.
@@ -44,6 +46,7 @@ from dam3d.runtime.chunk import has_result  # noqa: E402
 DEFAULT_MAX_UPLOAD_MB = 25.0
 THUMBNAIL = 384  # px, longest side of the catalogue image shown beside the views
 MAX_K = 20
+MAX_LOOK_ALIKES = 50  # pairs shown in the Look-alikes tab (100 embedded thumbnails); `dam3d audit` writes them all
 # Columns of an index row that are not catalogue metadata.
 INTERNAL_COLUMNS = ("asset_id", "sku", "image", "views_ok")
 
@@ -162,6 +165,26 @@ class SearchApp:
         return {"cutout": None, "vector": vector, "note": None, "choice": None, "hits": described,
                 "objects": [{"cutout": None, "box": None, "choice": None, "note": None, "hits": described}],
                 "matching": len(self.index.assets) if rows is None else len(rows), "seconds": time.perf_counter() - start}
+
+    def look_alikes(self, fusion: str | None = None, threshold: float | None = None, *,
+                    max_pairs: int = MAX_LOOK_ALIKES) -> dict[str, Any]:
+        """The index's look-alike pairs (dam3d.search.audit.audit, its default k), as the Look-alikes tab shows them.
+
+        fusion: Index.fusion's rule; threshold: a cosine (None: the audit's default). QueryError for a bad
+        fusion or threshold. Returns {"audit": the Audit, "shown": pairs shown (at most max_pairs),
+        "html": the pairs' table (dam3d.search.audit_page.pairs_html, thumbnails embedded)}.
+        """
+        from dam3d.search.audit import DEFAULT_THRESHOLD, audit
+        from dam3d.search.audit_page import pairs_html
+
+        threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        try:
+            result = audit(self.index, self.index.fusion(fusion), threshold=threshold)
+        except ValueError as exc:
+            raise QueryError(f"Look-alikes: {exc}") from None
+        shown = min(len(result.pairs), max_pairs)
+        html = pairs_html(result, self.index, everything="the CSV `dam3d audit` writes", max_pairs=max_pairs)
+        return {"audit": result, "shown": shown, "html": html}
 
     def _describe(self, hit: dict) -> dict:
         row = self.rows[hit["asset_id"]]
@@ -287,6 +310,24 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
                   f"fusion `{fusion}`, {what} in {result['seconds']:.2f} s.")
         return result["cutout"], groups, status, mode
 
+    def look_alikes(fusion: str, threshold: float | None):  # noqa: ANN202
+        """The Look-alikes tab's status line and table."""
+        try:
+            found = app.look_alikes(fusion, threshold)
+        except QueryError as exc:
+            print(f"dam3d serve: refused: {exc}", file=sys.stderr)
+            raise gr.Error(str(exc), title="Look-alikes refused", print_exception=False) from None
+        result = found["audit"]
+        if not result.pairs:
+            status = (f"No pair of SKUs reaches a {result.fusion} similarity of {result.threshold:g} among the "
+                      f"{result.skus} SKUs; a lower threshold lists less similar ones.")
+        else:
+            shown = "all shown" if found["shown"] == len(result.pairs) else f"the {found['shown']} most similar shown"
+            pairs = f"{len(result.pairs)} look-alike pair" + ("s" if len(result.pairs) > 1 else "")
+            status = (f"**{pairs}** (fusion `{result.fusion}`, similarity ≥ "
+                      f"{result.threshold:g}, {result.skus} SKUs, {result.method} in {result.seconds:.2f} s); {shown}.")
+        return status, found["html"]
+
     def by_photo(photo: str | None, text: str | None, mode: str, k: int, fusion: str, where: str | None):  # noqa: ANN202
         return search(photo, text, "photo", k, fusion, where)
 
@@ -298,7 +339,7 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
         gr.Markdown("# dam3d visual search\nDrop a customer photo: the catalogue SKUs that look most like it come first, "
                     "with their catalogue image and 3D views. " + app.summary())
         hits = gr.State(None)
-        with gr.Row():
+        with gr.Tab("Search", id="search-tab"), gr.Row():
             with gr.Column(scale=1, min_width=280):
                 photo = photo_input(label="Photo", type="filepath", sources=["upload", "clipboard"], height=280, elem_id="photo")
                 text = gr.Textbox(label="Or describe it (Enter searches by text)", placeholder="red ceramic mug", max_lines=1,
@@ -344,6 +385,22 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
                                            allow_preview=True, show_label=False, elem_classes=_strip_classes(hit),
                                            key=f"gallery-{prefix}{hit['rank']}")
 
+        with gr.Tab("Look-alikes", id="look-alikes-tab"):
+            gr.Markdown("The catalogue's look-alike SKU pairs, as `dam3d audit` lists them: pairs whose similarity "
+                        "reaches the threshold (a cosine), best first, each with its two catalogue photos. Computed "
+                        "on the whole index when the button is pressed (seconds for thousands of SKUs).")
+            with gr.Row():
+                audit_fusion = gr.Radio(list(FUSIONS), value=app.index.fusion(), label="Fusion", elem_id="audit-fusion",
+                                        info="2d: cutouts · mean: fused vectors · 3d: views at the same azimuth · max: 2d or 3d")
+                threshold = gr.Number(value=audit_threshold(), minimum=-1, maximum=1, step=0.01, label="Threshold",
+                                      info="cosine, -1 to 1", elem_id="audit-threshold")
+                audit_button = gr.Button("Find look-alikes", variant="primary", elem_id="audit-run", scale=0)
+            audit_status = gr.Markdown("Press **Find look-alikes** to list the pairs.", elem_id="audit-status")
+            audit_table = gr.HTML("", elem_id="audit-pairs", elem_classes=["dam3d-audit"])
+        # Its own queue: a long audit does not hold up the searches.
+        gr.on([audit_button.click], look_alikes, [audit_fusion, threshold], [audit_status, audit_table],
+              concurrency_limit=1, concurrency_id="audit", trigger_mode="once")
+
         # A new photo or text (Enter) searches at once, and k, fusion or the filter (Enter) search the last of them
         # again; while one search runs, only the latest change waits.
         inputs, outputs = [photo, text, mode, k, fusion, where], [cutout, hits, status, mode]
@@ -356,6 +413,13 @@ def build_ui(app: SearchApp):  # noqa: ANN201 - gr.Blocks, imported lazily
 def _groups(objects: list[dict]) -> list[dict]:
     """The page's result groups, one per object searched: {"cutout" (PIL or None), "box", "hits"}."""
     return [{"cutout": o["cutout"], "box": o["box"], "hits": o["hits"]} for o in objects]
+
+
+def audit_threshold() -> float:
+    """The Look-alikes tab's default threshold: `dam3d audit`'s."""
+    from dam3d.search.audit import DEFAULT_THRESHOLD
+
+    return DEFAULT_THRESHOLD
 
 
 def text_info(app: SearchApp) -> str:
@@ -374,6 +438,11 @@ CSS = """
 .dam3d-views .grid-wrap.fixed-height { min-height: 0 !important; max-height: none !important; overflow-y: hidden !important; }
 .dam3d-views:has(.preview) { height: 480px !important; }
 .dam3d-views .caption-label { max-width: 100% !important; }
+.dam3d-audit table { border-collapse: collapse; }
+.dam3d-audit td, .dam3d-audit th { border: 1px solid #bbb; padding: 4px 8px; vertical-align: middle; }
+.dam3d-audit td.score { text-align: right; }
+.dam3d-audit figure { margin: 0; text-align: center; }
+.dam3d-audit figcaption { font-size: 12px; }
 """
 
 

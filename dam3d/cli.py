@@ -120,17 +120,24 @@ def cmd_search(args: argparse.Namespace) -> int:
                 if i > 1:
                     print()
                 print(f"object {i} of {len(objects)}, box {list(obj.box)} (x0, y0, x1, y1 in the photo's pixels)")
-            _print_hits(found)
+            _print_hits(found, weight)
         if not objects:
-            _print_hits(hits)
+            _print_hits(hits, weight)
     return 0
 
 
-def _print_hits(hits: list[dict]) -> None:
-    """One result table: rank, score, SKU, what matched, catalogue image."""
-    print(f"{'rank':>4}  {'score':>6}  {'sku':<24}  {'matched':<8}  image")
+def _print_hits(hits: list[dict], colour_weight: float = 0.0) -> None:
+    """One result table: rank, score, SKU, what matched, catalogue image.
+
+    Re-ranked by colour, two more columns say why the order is not the score's: the colour
+    similarity and the value the hits are ordered by, score + colour_weight x colour.
+    """
+    colour = bool(hits) and "colour" in hits[0]
+    extra = f"  {'colour':>6}  {'ranked':>6}" if colour else ""
+    print(f"{'rank':>4}  {'score':>6}{extra}  {'sku':<24}  {'matched':<8}  image")
     for hit in hits:
-        print(f"{hit['rank']:>4}  {hit['score']:6.3f}  {hit['sku']:<24}  {hit['matched']:<8}  {hit['image']}")
+        extra = f"  {hit['colour']:6.3f}  {hit['score'] + colour_weight * hit['colour']:6.3f}" if colour else ""
+        print(f"{hit['rank']:>4}  {hit['score']:6.3f}{extra}  {hit['sku']:<24}  {hit['matched']:<8}  {hit['image']}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

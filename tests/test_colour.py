@@ -204,6 +204,19 @@ def test_cli_evaluate_and_search_with_colour_weight(tmp_path: Path, capsys: pyte
     hits = json.loads(capsys.readouterr().out)["results"]
     assert hits[0]["sku"] == "BLUE-BOX" and hits[0]["colour"] > max(h["colour"] for h in hits[1:])
 
+    # The human table shows what the order follows: score + weight x colour, in its `ranked` column.
+    assert cli.main(["search", str(tmp_path / "IMG_1.jpg"), "--index", str(out), "--colour-weight", "0.15"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[1].split()
+    assert header[:5] == ["rank", "score", "colour", "ranked", "sku"]
+    table = [line.split() for line in lines[2:]]
+    for row, hit in zip(table, hits, strict=True):
+        assert row[4] == hit["sku"] and float(row[3]) == pytest.approx(hit["score"] + 0.15 * hit["colour"], abs=1e-3)
+    ranked = [float(row[3]) for row in table]
+    assert ranked == sorted(ranked, reverse=True)
+    assert cli.main(["search", str(tmp_path / "IMG_1.jpg"), "--index", str(out), "--colour-weight", "0"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["rank", "score", "sku"]
+
 
 def random_index(tmp_path: Path, n: int, *, ann_min_skus: int = 20_000) -> Index:
     """n SKUs of random 8-d vectors (2 views) and random one-colour cutouts."""

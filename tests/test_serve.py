@@ -8,6 +8,7 @@ Set DAM3D_SCREENSHOT=path to keep the screenshot of the page with results (docs/
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -204,6 +205,8 @@ def test_upload_shows_the_right_sku_first_with_views(page, server, index_dir: Pa
     _upload(page, QUERY)
     hits = _wait_for_top(page, EXPECTED, count=len(SKUS))  # k defaults to config search.k (5), at most the index size
     assert "score" in hits[0] and "CHAIR-0002.jpg" in hits[0] and "title: blue shell chair · supplier: ACME" in hits[0]
+    # Re-ranked by colour (the default weight): each hit shows its colour similarity beside its score.
+    assert all(re.search(r"score \d\.\d{3} · colour \d\.\d{3} · matched", h) for h in hits), hits
     assert [h.split(".")[0] for h in hits] == ["1", "2", "3", "4"]
     assert f"Top match {EXPECTED}" in page.locator("#status").inner_text()
 

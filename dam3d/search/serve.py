@@ -247,8 +247,10 @@ def _matched_text(matched: str) -> str:
 
 
 def _caption(hit: dict) -> str:
+    # Re-ranked by colour, the colour similarity says why a lower score can rank higher.
+    colour = f" · colour {hit['colour']:.3f}" if "colour" in hit else ""
     lines = [f"### {hit['rank']}. {hit['sku']}",
-             f"score **{hit['score']:.3f}** · {_matched_text(hit['matched'])} · image `{Path(hit['image']).name}`"]
+             f"score **{hit['score']:.3f}**{colour} · {_matched_text(hit['matched'])} · image `{Path(hit['image']).name}`"]
     if hit["metadata"]:
         lines.append(" · ".join(f"{k}: {v}" for k, v in hit["metadata"].items()))
     return "\n\n".join(lines)

@@ -1,4 +1,5 @@
-"""The `dam3d` command: search an index, evaluate it on labelled queries, list its look-alikes, list failures, install offline weights."""
+"""The `dam3d` command: search an index, evaluate it on labelled queries, list its look-alikes, list failures,
+rerun an asset from a stage, migrate a results folder's layout, install offline weights."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from dam3d import __version__
 from dam3d.errors import AssetError
 from dam3d.runtime import layout
+from dam3d.runtime.migrate import LayoutError, check_results, counts, find_flat, flat_layout_message, migrate
+from dam3d.runtime.rerun import STAGES, RerunError, remove_from, resolve, stages_from
 from dam3d.search.audit import DEFAULT_K, DEFAULT_THRESHOLD
 from dam3d.search.filters import FilterError
 from dam3d.search.index import FUSIONS, Index, choose_fusion
@@ -223,6 +226,51 @@ def cmd_failures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_layout(args: argparse.Namespace) -> int:
+    def progress(message: str) -> None:
+        print(f"dam3d: migrate-layout: {message}", file=sys.stderr, flush=True)
+
+    try:
+        report = migrate(args.results, progress)
+    except LayoutError as exc:
+        print(f"dam3d: migrate-layout: {exc}", file=sys.stderr)
+        return 2
+    moved = sum(report.moved.values())
+    if report.conflicts:
+        for move in report.conflicts[:10]:
+            print(f"dam3d: migrate-layout: left {move.source}: {move.target} exists already", file=sys.stderr)
+        print(f"dam3d: migrate-layout: {len(report.conflicts)} artefact(s) left in the flat layout, their new path "
+              f"taken: keep one of each pair (remove the other), then run `dam3d migrate-layout {args.results}` again",
+              file=sys.stderr)
+        return 1
+    if not moved:
+        print(f"dam3d: migrate-layout: {args.results} is in the sharded layout already; nothing moved")
+        return 0
+    print(f"dam3d: migrate-layout: {moved:,} artefact(s) moved into shard folders in {args.results} "
+          f"({counts(report.moved)}); the next `snakemake` run computes no asset again")
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    try:
+        check_results(args.results)
+        if (flat := find_flat(args.results)) is not None:
+            print(flat_layout_message(args.results, flat), file=sys.stderr)
+            return 2
+        assets = resolve(args.results, args.assets)
+    except (LayoutError, RerunError) as exc:
+        print(f"dam3d: rerun: {exc}", file=sys.stderr)
+        return 2
+    for asset in assets:
+        removed = remove_from(args.results, asset, args.stage)
+        print(f"{asset}: removed {', '.join(map(str, removed))}" if removed
+              else f"{asset}: nothing from {args.stage} on to remove (not computed there yet: the next run computes it)")
+    later = ", ".join(stages_from(args.stage))
+    print(f"next: run the workflow as usual (e.g. `snakemake --cores 8`): it computes {', '.join(assets)} again "
+          f"({later}), then the index")
+    return 0
+
+
 def cmd_install_weights(args: argparse.Namespace) -> int:
     from dam3d.runtime.weights import WEIGHTS, WeightsError, install
     from dam3d.stages.cutout import default_u2net_home
@@ -316,6 +364,19 @@ def parser() -> argparse.ArgumentParser:
     failures = sub.add_parser("failures", help="assets that failed a stage, and why")
     failures.add_argument("--results", default="results")
     failures.set_defaults(func=cmd_failures)
+
+    rerun = sub.add_parser("rerun", help="remove assets' artefacts from a stage on: the next `snakemake` computes them "
+                                          "again from there (e.g. after a bad mesh)")
+    rerun.add_argument("assets", nargs="+", metavar="ASSET", help="SKU or asset id (as `dam3d failures` prints it)")
+    rerun.add_argument("--from", dest="stage", required=True, choices=STAGES,
+                       help="the first stage to compute again; the later ones follow")
+    rerun.add_argument("--results", default="results", help="results directory of the pipeline (default: results)")
+    rerun.set_defaults(func=cmd_rerun)
+
+    migrate = sub.add_parser("migrate-layout", help="move a results folder's per-asset artefacts from the flat layout "
+                                                     "of older versions into shard folders (nothing recomputed)")
+    migrate.add_argument("results", nargs="?", default="results", help="results directory (default: results)")
+    migrate.set_defaults(func=cmd_migrate_layout)
 
     serve = sub.add_parser("serve", help="web page (Gradio): drop a photo, see the matching SKUs and their 3D views")
     serve.add_argument("--index", help="index directory (default: the only one under RESULTS/index/)")

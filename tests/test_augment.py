@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 
 from conftest import only, product_photo
 from dam3d.catalogue import Asset
+from dam3d.runtime import layout
 from dam3d.runtime.backends import backend
 from dam3d.search.index import Index, build_index
 from dam3d.stages.embed import AUGMENTS, ModelSpec, augment_image, embed_assets, embed_images, embed_key
@@ -144,7 +145,7 @@ def test_pipeline_2d_only_with_augmentation_and_a_changed_setting_recomputes(tmp
     base = {"catalogue": str(tmp_path / "cat"), "render": {"views": 0}}
     first = snakemake(tmp_path, "--cores", "1", config={**base, "embed": {"augment": ["mirror", "rot+10"]}})
     assert first.returncode == 0, first.stderr[-3000:]
-    with np.load(tmp_path / "results" / "embed" / "mobilenetv2" / "A.npz") as data:
+    with np.load(layout.embedding(tmp_path / "results", "mobilenetv2", "A")) as data:
         assert data["views"].tolist() == ["mirror", "rot+10"] and data["vec3d"].shape == (2, 1280)
     index = Index.load(tmp_path / "results" / "index" / "mobilenetv2")
     assert index.manifest["views"] == ["mirror", "rot+10"] and index.vec3d.shape[:2] == (1, 2)

@@ -242,3 +242,26 @@ def test_ann_graphs_are_updated_in_place_and_compacted_when_removals_pile_up(tmp
     for q in unit(np.asarray(index.vec2d, dtype=np.float32)[:10] + 0.05):
         for fusion in FUSIONS:
             assert same_hits(index, q, fusion), fusion
+
+
+def test_embeddings_moved_into_shard_folders_by_migrate_layout_are_reused(tmp_path: Path) -> None:
+    """`dam3d migrate-layout` renames each .npz into its shard folder: same inode, size and mtime, so an update
+    after it reads no embedding again and gives the same index."""
+    from dam3d.runtime import layout
+    from dam3d.runtime.migrate import migrate
+
+    folder = tmp_path / "results"
+    flat = folder / "embed" / "m"   # where an older dam3d wrote them
+    flat.mkdir(parents=True)
+    for i in range(40):
+        write_embedding(flat, i, seed=0)
+    assets, paths = catalogue(flat, list(range(40)))
+    out = tmp_path / "index" / "m"
+    build_index(assets, paths, out, {"model": {"name": "m"}})
+    before = results(Index.load(out))
+    assert sum(migrate(folder).moved.values()) == 40
+    moved = [layout.embedding(folder, "m", a.asset_id) for a in assets]
+    assert all(p.exists() for p in moved) and not any(p.exists() for p in paths)
+    manifest = build_index(assets, moved, out, {"model": {"name": "m"}})
+    assert manifest["update"]["mode"] == "incremental" and manifest["update"]["read"] == 0, manifest["update"]
+    assert results(Index.load(out)) == before

@@ -145,8 +145,9 @@ def test_main_command_on_the_sample(tmp_path: Path) -> None:
     assert f"fusion {best}: auto: best top-1 on 6 labelled photos" in auto.stdout, auto.stdout
     report = sh(root, BIN / "snakemake", "--cores", "2", *config, "--report", "report.html")
     assert report.returncode == 0 and (root / "report.html").stat().st_size > 10_000, report.stderr[-3000:]
-    # "Rerun one asset from a stage": delete its output there and run again.
-    (root / "results" / "mesh" / "CHAIR-0001.glb").unlink()
+    # "Rerun one asset from a stage": `dam3d rerun` removes its artefacts from there on, then run again.
+    rerun = sh(root, BIN / "dam3d", "rerun", "CHAIR-0001", "--from", "mesh")
+    assert rerun.returncode == 0 and "snakemake --cores 8" in rerun.stdout, rerun.stderr[-3000:]
     again = sh(root, BIN / "snakemake", "--cores", "2")
     assert again.returncode == 0 and "mesh 1/16" in again.stderr and "cutout 0/16" in again.stderr, again.stderr[-3000:]
 

@@ -15,6 +15,9 @@ import pytest
 
 from conftest import product_photo
 from test_workflow import SNAKEMAKE, snakemake
+from dam3d.catalogue import safe_id
+from dam3d.cli import main as dam3d
+from dam3d.runtime import layout
 from dam3d.search.update import index_files
 
 CONFIG = {"render": {"resolution": 48, "aa": 1}}
@@ -141,13 +144,13 @@ def test_a_setting_changed_and_back_recomputes_again(tmp_path: Path, catalogue: 
     """The same work as a chunk that ran before (same assets, same keys) still runs."""
     flat = {"render": {"views": 0}}
     assert run(tmp_path, catalogue, **flat).returncode == 0
-    first = (tmp_path / "results" / "cutout" / "red-vase.png").read_bytes()
+    first = layout.cutout(tmp_path / "results", "red-vase").read_bytes()
     wide = run(tmp_path, catalogue, cutout={"margin": 0.2}, **flat)
     assert job_counts(wide) == {"cutout": 3, "embed-mobilenetv2": 3, "index": 1, "failure_report": 1, "timings": 1}
-    assert (tmp_path / "results" / "cutout" / "red-vase.png").read_bytes() != first
+    assert layout.cutout(tmp_path / "results", "red-vase").read_bytes() != first
     back = run(tmp_path, catalogue, **flat)
     assert job_counts(back) == {"cutout": 3, "embed-mobilenetv2": 3, "index": 1, "failure_report": 1, "timings": 1}
-    assert (tmp_path / "results" / "cutout" / "red-vase.png").read_bytes() == first
+    assert layout.cutout(tmp_path / "results", "red-vase").read_bytes() == first
     assert job_counts(run(tmp_path, catalogue, **flat)) == {}
 
 
@@ -167,9 +170,10 @@ def test_bad_asset_is_isolated_reported_and_picked_up_once_fixed(tmp_path: Path,
     assert (tmp_path / "results" / "failures.tsv").read_text().splitlines() == ["asset_id\tsku\tstage\treason"]
     assert indexed_skus(tmp_path) == sorted([*KINDS, "SKU 42"])
 
-    # Rerun one asset from a given stage on purpose (e.g. after a bad mesh): delete its output there;
+    # Rerun one asset from a given stage on purpose (e.g. after a bad mesh), named by its SKU:
     # that asset is computed from there on, nothing else.
-    (tmp_path / "results" / "mesh" / "blue-box.glb").unlink()
+    assert dam3d(["rerun", "SKU 42", "--from", "mesh", "--results", str(tmp_path / "results")]) == 0
+    assert not layout.mesh(tmp_path / "results", safe_id("SKU 42")).exists()
     again = run(tmp_path, catalogue)
     assert job_counts(again) == {"mesh": 1, "render": 1, "embed-mobilenetv2": 1, "contact": 1, "index": 1, "contact_sheet": 1,
                                  "failure_report": 1, "timings": 1}
@@ -184,14 +188,14 @@ def test_sigkill_mid_run_resumes_without_redoing_finished_work(tmp_path: Path, c
     snakemake(tmp_path, "-n", config=config)  # writes test-config.yaml
     cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(tmp_path / "test-config.yaml"), "--cores", "1"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    meshes = tmp_path / "results" / "mesh"
+    meshes = layout.meshes(tmp_path / "results")
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(meshes.glob("[!.]*.glb"))) < 2:
+    while time.time() < deadline and len(list(meshes.glob("*/[!.]*.glb"))) < 2:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_cutouts = len(list((tmp_path / "results" / "cutout").glob("[!.]*.png")))  # not the temporaries
-    done_meshes = len(list(meshes.glob("[!.]*.glb")))
+    done_cutouts = len(list(layout.cutouts(tmp_path / "results").glob("*/[!.]*.png")))  # not the temporaries
+    done_meshes = len(list(meshes.glob("*/[!.]*.glb")))
     assert 2 <= done_meshes < 4, "the kill must land mid-run"
 
     # A killed run leaves Snakemake's lock behind; --unlock is the documented step.
@@ -212,9 +216,9 @@ def test_sigkill_mid_run_resumes_without_redoing_finished_work(tmp_path: Path, c
     # The temporary a killed writer left behind is gone once its asset is computed again...
     assert not [p.name for p in tmp_path.joinpath("results").rglob(".*.tmp.*")]
     # ...and every artefact in place is whole.
-    for png in (tmp_path / "results" / "cutout").glob("*.png"):
+    for png in layout.cutouts(tmp_path / "results").glob("*/*.png"):
         Image.open(png).load()
-    for glb in meshes.glob("*.glb"):
+    for glb in meshes.glob("*/*.glb"):
         assert len(trimesh.load(glb, force="mesh").faces) > 0
 
 
@@ -236,8 +240,6 @@ def test_second_run_on_the_same_results_refuses(tmp_path: Path, catalogue: Path)
 
 
 def test_failures_command_prints_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from dam3d.cli import main as dam3d
-
     assert dam3d(["failures", "--results", str(tmp_path)]) == 2
     (tmp_path / "failures.tsv").write_text("asset_id\tsku\tstage\treason\nA_1-1234\tA 1\tcutout\tnot an image file\n")
     assert dam3d(["failures", "--results", str(tmp_path)]) == 0

@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import REPO, bad_files, product_photo
 from dam3d.cli import main as dam3d
+from dam3d.runtime import layout
 from dam3d.search.update import index_files
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
@@ -108,11 +109,11 @@ def test_3d_pipeline_end_to_end_and_incremental_refresh(tmp_path: Path, capsys: 
     assert result.returncode == 0, result.stderr[-3000:]
     results = tmp_path / "results"
     for kind in ("red-vase", "blue-box", "green-lamp"):
-        assert (results / "mesh" / f"{kind}.glb").stat().st_size > 1000
-        views = sorted((results / "render" / kind).glob("*.png"))
+        assert layout.mesh(results, kind).stat().st_size > 1000
+        views = sorted(layout.views(results, kind).glob("*.png"))
         assert [v.stem for v in views] == [f"az{a:03d}" for a in range(0, 360, 45)]
         assert Image.open(views[2]).size == (96, 96)
-    assert (results / "render" / "broken" / "az000.png").stat().st_size == 0  # placeholder
+    assert layout.view(results, "broken", "az000").stat().st_size == 0  # placeholder
     assert Image.open(results / "contact_sheet.png").height > 3 * 50
     manifest = json.loads((results / "index" / "mobilenetv2" / "manifest.json").read_text())
     assert manifest["counts"]["with_views"] == 3 and manifest["backends"]["mesh"] == "inflate"
@@ -156,7 +157,7 @@ def test_dot_test_configs_run_as_the_community_workflows_run_them(tmp_path: Path
     # config-3d.yaml's mesh backend `prior` records, per SKU, the shape it chose (none fits a chair, a fan, a lamp)
     from dam3d.stages.shapes import shape_record
 
-    records = [shape_record(p) for p in sorted((workdir / "results-3d" / "mesh").glob("*.glb"))]
+    records = [shape_record(p) for p in sorted(layout.meshes(workdir / "results-3d").glob("*/*.glb"))]
     assert [r["shape"] for r in records] == ["inflate"] * 3, records
 
 

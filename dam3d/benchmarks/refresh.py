@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         big = _workdir(root, "big", args.assets)
         results = big / "results"
         first = "SKU-000000"
-        models = [p.name for p in (real / "embed").iterdir()]
+        models = [p.name for p in layout.embeddings(real).iterdir()]
         for i in range(args.assets):
             asset = f"SKU-{i:06d}"
             links = [(layout.cutout(real, first), layout.cutout(results, asset)),

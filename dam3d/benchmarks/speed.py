@@ -34,6 +34,7 @@ from dam3d.catalogue import load_catalogue
 from dam3d.stages.cutout import RmbgCutout, make_cutouts, resolve_backend, rmbg_batch_net
 from dam3d.stages.embed import ModelSpec, VitEmbed, embed_assets, encoder, resolve_models, vit_batch_net
 from dam3d.errors import AssetWarning
+from dam3d.runtime import layout
 from dam3d.runtime.chunk import has_result
 from dam3d.stages.images import load_image
 from dam3d.stages.mesh import build_mesh
@@ -281,21 +282,21 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="dam3d-bench-") as tmp:
         out = Path(tmp)
-        jobs = [(a, image, out / "cutout" / f"{a}.png") for a, image in assets]
+        jobs = [(a, image, layout.cutout(out, a)) for a, image in assets]
         rows += _cutout_rows(f"cutout ({backend}, {device})", backend, cut["model"], jobs, cut=cut, device=device,
                              batch=cut_batch, chunk=chunks.get("cutout", 64), workers=workers)
         if args.target:
-            target_jobs = [(a, image, out / "cutout-target" / f"{a}.png") for a, image in assets]
+            target_jobs = [(a, image, layout.cutout(out / "target", a)) for a, image in assets]
             rows += _cutout_rows(f"cutout (target: Swin-L 1024 stand-in, random, {device})", RmbgTargetStandIn.name,
                                  TARGET_CUTOUT, target_jobs, cut=cut, device=device, batch=cut_batch,
                                  chunk=chunks.get("cutout", 64), workers=workers)
 
         params = get_backend("mesh", mesh["backend"]).key(mesh)   # what the mesh rule hands the backend
-        t = _timed(lambda: [build_mesh(a, out / "cutout" / f"{a}.png", out / "mesh" / f"{a}.glb",
+        t = _timed(lambda: [build_mesh(a, layout.cutout(out, a), layout.mesh(out, a),
                                        mesh["backend"], params) for a, _ in assets])
         rows.append((f"mesh ({mesh['backend']})", f"{t / n:.3f} s/asset"))
 
-        jobs = [(out / "mesh" / f"{a}.glb", out / "render" / a) for a, _ in assets]
+        jobs = [(layout.mesh(out, a), layout.views(out, a)) for a, _ in assets]
         settings = {k: render[k] for k in ("views", "elevation", "resolution", "engine", "device", "samples", "fov", "aa")}
         one = run_batch(jobs[:1], **settings)
         batch = run_batch(jobs, **settings)
@@ -306,14 +307,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("", f"{(batch.wall_seconds - (batch.startup_seconds or 0)) / n:.3f} s/asset in a batch of {n}; "
                          f"start-up {batch.startup_seconds or 0:.2f} s; {outside:.0%} of the batch outside rendering"))
 
-        jobs = [(a, out / "cutout" / f"{a}.png", [out / "render" / a / f"{v}.png" for v in views], out / "embed" / f"{a}.npz")
+        jobs = [(a, layout.cutout(out, a), [layout.view(out, a, v) for v in views], layout.embedding(out, spec.name, a))
                 for a, _ in assets]
         rows += _embed_rows(f"embed ({spec.name}, {device})", spec, jobs, background=background, device=device,
                             batch=embed_batch, chunk=chunks.get("embed", 64), workers=workers)
         if args.target:
             target = ModelSpec("vit-large-random", VitTargetStandIn.name, TARGET_EMBED, "cls")
             rows += _embed_rows(f"embed (target: ViT-L/16 224, random, {device})", target,
-                                [(a, c, v, out / "embed-target" / f"{a}.npz") for a, c, v, _ in jobs],
+                                [(a, c, v, layout.embedding(out / "target", target.name, a)) for a, c, v, _ in jobs],
                                 background=background, device=device, batch=embed_batch, chunk=chunks.get("embed", 64),
                                 workers=workers)
 

@@ -4,45 +4,91 @@ The workflow (its rules' per-asset outputs), the chunk runtime (stamps, failures
 chunk manifests), search (renders shown by `dam3d serve`, the query cache) and the
 tools ask here; README "Artefacts" describes the same tree. Every function takes the
 results folder and returns a Path; nothing is created.
+
+Per-asset artefacts (cutout, mesh, rendered views, contact sheet, embedding) live in
+shard folders between their stage folder and the asset, e.g. cutout/3f/ASSET.png, so
+that no folder holds one entry per SKU: a million entries in one directory make every
+listing, backup and `ls` slow, and some filesystems degrade long before that. Results
+written before the shards (the flat layout, cutout/ASSET.png) are moved into them by
+`dam3d migrate-layout` (dam3d.runtime.migrate).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
+
+# The name of a shard folder: two lowercase hex digits.
+SHARD_NAME = re.compile(r"[0-9a-f]{2}")
+
+
+def shard(asset: str) -> str:
+    """The shard folder of an asset: the first 2 hex digits of the SHA-1 of its asset id.
+
+    256 shards: a catalogue of 1,000,000 SKUs puts ~3,900 assets in each folder (SHA-1 spreads
+    them evenly, whatever the SKUs look like), and the shard of an asset never changes.
+    """
+    return hashlib.sha1(asset.encode("utf-8")).hexdigest()[:2]
+
+
+def cutouts(results: str | Path) -> Path:
+    """The stage folder of every asset's cutout (shard folders inside)."""
+    return Path(results) / "cutout"
 
 
 def cutout(results: str | Path, asset: str) -> Path:
     """RGBA PNG, square, object recentred."""
-    return Path(results) / "cutout" / f"{asset}.png"
+    return cutouts(results) / shard(asset) / f"{asset}.png"
+
+
+def meshes(results: str | Path) -> Path:
+    """The stage folder of every asset's mesh (shard folders inside)."""
+    return Path(results) / "mesh"
 
 
 def mesh(results: str | Path, asset: str) -> Path:
     """GLB in the canonical frame (+Y up, front +Z, unit size, centred)."""
-    return Path(results) / "mesh" / f"{asset}.glb"
+    return meshes(results) / shard(asset) / f"{asset}.glb"
 
 
 def renders(results: str | Path) -> Path:
-    """The folder of every asset's rendered views."""
+    """The folder of every asset's rendered views (shard folders inside)."""
     return Path(results) / "render"
 
 
 def views(results: str | Path, asset: str) -> Path:
     """The folder of the asset's rendered views, one PNG per view name (az000.png, ...)."""
-    return renders(results) / asset
+    return renders(results) / shard(asset) / asset
 
 
 def view(results: str | Path, asset: str, name: str) -> Path:
     return views(results, asset) / f"{name}.png"
 
 
+def contacts(results: str | Path) -> Path:
+    """The stage folder of every asset's contact sheet (shard folders inside)."""
+    return Path(results) / "contact"
+
+
 def contact(results: str | Path, asset: str) -> Path:
     """The asset's contact sheet: cutout and views in one row."""
-    return Path(results) / "contact" / f"{asset}.png"
+    return contacts(results) / shard(asset) / f"{asset}.png"
+
+
+def embeddings(results: str | Path) -> Path:
+    """The folder holding one folder of per-asset embeddings per embedding model."""
+    return Path(results) / "embed"
+
+
+def model_embeddings(results: str | Path, model: str) -> Path:
+    """The folder of one embedding model's per-asset embeddings (shard folders inside)."""
+    return embeddings(results) / model
 
 
 def embedding(results: str | Path, model: str, asset: str) -> Path:
     """NPZ: vec2d (D,), vec3d (V, D), view_ok (V,)."""
-    return Path(results) / "embed" / model / f"{asset}.npz"
+    return model_embeddings(results, model) / shard(asset) / f"{asset}.npz"
 
 
 def indexes(results: str | Path) -> Path:

@@ -21,6 +21,7 @@ os.environ.update(
 
 from dam3d.catalogue import file_digests, read_catalogue
 from dam3d.runtime import layout
+from dam3d.runtime.migrate import find_flat, flat_layout_message
 from dam3d.search.colour import DESCRIPTOR_VERSION as COLOUR_DESCRIPTOR_VERSION
 from dam3d.runtime.backends import backend
 from dam3d.stages.cutout import resolve_backend
@@ -33,6 +34,10 @@ from dam3d.stages.render import view_names
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 RESULTS = config["results"]
+# Results of an older dam3d in the flat layout (cutout/ASSET.png, ...): every output path is new, so
+# the run would compute every asset again. Stop, even on a dry run, and say how to keep them.
+if workflow.is_main_process and (FLAT := find_flat(RESULTS)) is not None:
+    raise WorkflowError(flat_layout_message(RESULTS, FLAT))
 CATALOGUE = read_catalogue(config["catalogue"])
 ASSETS = {asset.asset_id: asset for asset in CATALOGUE.assets}
 DIGESTS = file_digests(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,27 @@ def test_2d_pipeline_end_to_end_with_bad_assets(tmp_path: Path, capsys: pytest.C
     # Nothing left to do on a second run: the refresh is incremental.
     again = snakemake(tmp_path, "-n", config={"catalogue": str(catalogue), "render": {"views": 0}})
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # These results as an older dam3d left them (no shard folders): the run refuses them; once migrated, it
+    # computes nothing again.
+    flatten(tmp_path / "results")
+    old = snakemake(tmp_path, "-n", config={"catalogue": str(catalogue), "render": {"views": 0}})
+    assert old.returncode != 0 and "dam3d migrate-layout results" in old.stdout + old.stderr, old.stderr[-3000:]
+    assert dam3d(["migrate-layout", str(tmp_path / "results")]) == 0
+    migrated = snakemake(tmp_path, "-n", config={"catalogue": str(catalogue), "render": {"views": 0}})
+    assert re.search(r"dam3d: to compute \(assets/catalogue\): cutout 0/\d+, embed-mobilenetv2 0/\d+\n", migrated.stderr)
+    assert "Nothing to be done" in migrated.stdout + migrated.stderr, migrated.stderr[-3000:]
+
+
+def flatten(results: Path) -> None:
+    """Move a results folder's per-asset artefacts out of their shard folders: the layout of older versions."""
+    stage_folders = [layout.cutouts(results), layout.meshes(results), layout.renders(results), layout.contacts(results)]
+    stage_folders += [p for p in layout.embeddings(results).iterdir() if p.is_dir()]
+    for folder in filter(Path.is_dir, stage_folders):
+        for shard in [p for p in folder.iterdir() if layout.SHARD_NAME.fullmatch(p.name)]:
+            for artefact in shard.iterdir():
+                artefact.replace(folder / artefact.name)
+            shard.rmdir()
 
 
 def test_3d_pipeline_end_to_end_and_incremental_refresh(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

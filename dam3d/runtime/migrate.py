@@ -146,7 +146,7 @@ def migrate(results: str | Path, progress: Callable[[str], None] = lambda _: Non
     """
     results = check_results(results)
     _stage_shard_named_views(results)
-    report = Report()
+    report, shards = Report(), set[Path]()  # shard folders made (or found) already: one mkdir each, not one per move
     # Passes until one moves nothing: a folder listed while its entries move out may skip some (POSIX
     # leaves readdir unspecified for entries added or removed meanwhile); the last pass finds no work.
     while True:
@@ -155,7 +155,9 @@ def migrate(results: str | Path, progress: Callable[[str], None] = lambda _: Non
             if move.target.exists():
                 conflicts.append(move)
                 continue
-            move.target.parent.mkdir(parents=True, exist_ok=True)
+            if move.target.parent not in shards:
+                move.target.parent.mkdir(parents=True, exist_ok=True)
+                shards.add(move.target.parent)
             os.replace(move.source, move.target)
             report.moved[move.stage] += 1
             total = sum(report.moved.values())

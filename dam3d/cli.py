@@ -227,6 +227,7 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate_layout(args: argparse.Namespace) -> int:
+    """Move a flat results folder into shard folders (dam3d.runtime.migrate); exit 1 if an artefact was left, 2 if refused."""
     def progress(message: str) -> None:
         print(f"dam3d: migrate-layout: {message}", file=sys.stderr, flush=True)
 
@@ -247,11 +248,13 @@ def cmd_migrate_layout(args: argparse.Namespace) -> int:
         print(f"dam3d: migrate-layout: {args.results} is in the sharded layout already; nothing moved")
         return 0
     print(f"dam3d: migrate-layout: {moved:,} artefact(s) moved into shard folders in {args.results} "
-          f"({counts(report.moved)}); the next `snakemake` run computes no asset again")
+          f"({counts(report.moved)}); with the same settings, the next `snakemake` run computes no asset again "
+          f"(the index is updated once, reusing every row)")
     return 0
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
+    """Remove assets' artefacts from a stage on (dam3d.runtime.rerun), each asset checked before anything is removed."""
     try:
         check_results(args.results)
         if (flat := find_flat(args.results)) is not None:

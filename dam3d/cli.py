@@ -227,7 +227,7 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate_layout(args: argparse.Namespace) -> int:
-    """Move a flat results folder into shard folders (dam3d.runtime.migrate); exit 1 if an artefact was left, 2 if refused."""
+    """Move a flat results folder into shard folders (dam3d.runtime.migrate); exit 1: an artefact left, 2: refused."""
     def progress(message: str) -> None:
         print(f"dam3d: migrate-layout: {message}", file=sys.stderr, flush=True)
 
@@ -267,7 +267,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     for asset in assets:
         removed = remove_from(args.results, asset, args.stage)
         print(f"{asset}: removed {', '.join(map(str, removed))}" if removed
-              else f"{asset}: nothing from {args.stage} on to remove (not computed there yet: the next run computes it)")
+              else f"{asset}: nothing from {args.stage} on to remove (not computed there yet: the next run does)")
     later = ", ".join(stages_from(args.stage))
     print(f"next: run the workflow as usual (e.g. `snakemake --cores 8`): it computes {', '.join(assets)} again "
           f"({later}), then the index")

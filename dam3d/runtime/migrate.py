@@ -81,7 +81,7 @@ def _entries(folder: Path) -> Iterator[os.DirEntry[str]]:
 
 
 def _flat_files(stage: str, folder: Path, suffix: str, target: Callable[[str], Path]) -> Iterator[Move]:
-    """The artefacts lying directly in a stage folder (flat layout); hidden files (a killed write's temporaries) are left."""
+    """The artefacts lying directly in a stage folder (flat layout); hidden files (killed writes' temporaries) are left."""
     for entry in _entries(folder):
         if not entry.name.startswith(".") and entry.name.endswith(suffix) and entry.is_file():
             asset = entry.name[: -len(suffix)]

@@ -34,6 +34,7 @@ COMMANDS = {
     "dam3d search two-products.jpg --json": "test_query_objects.py::test_cli_searches_each_object",
     "dam3d evaluate queries.csv": "test_readme.py::test_main_command_on_the_sample",
     "dam3d failures": "test_readme.py::test_main_command_on_the_sample",
+    "dam3d rerun SKU --from mesh": "test_refresh.py::test_bad_asset_is_isolated_reported_and_picked_up_once_fixed",
     "dam3d migrate-layout results": "test_layout.py::test_migrate_layout_command_prints_counts_and_refuses_what_it_cannot_do",
     "dam3d audit": "test_readme.py::test_main_command_on_the_sample",
     "dam3d audit [--index DIR] [--fusion F] [--threshold 0.9] [--k 10] [--out DIR] [--json]":

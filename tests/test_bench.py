@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 from pathlib import Path
 
@@ -75,3 +76,41 @@ def test_model_rows_share_of_a_chunk_job(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "pipeline at 50% of raw" in text
     # start-up 3 + 1 = 4 s against 64 assets at 0.5 s each: 4 / 36.
     assert f"= {4 / 36:.1%} of a 64-asset chunk job" in text
+
+
+# What a bare CUDA machine lacks (it has torch, transformers, Pillow, NumPy, PyYAML): `--models-only` must not import them.
+BARE_MACHINE_LACKS = ("rembg", "onnxruntime", "trimesh", "bpy", "snakemake", "usearch", "gradio", "scipy", "pyarrow")
+
+
+def test_models_only_runs_where_only_the_model_packages_are(tmp_path: Path) -> None:
+    """`--models-only` imports no rembg, trimesh, bpy, Snakemake...: it times the target stand-ins' cutout and embed stages."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    catalogue = tmp_path / "catalogue"
+    catalogue.mkdir()
+    for kind in ("red-vase", "blue-box"):
+        product_photo(kind).save(catalogue / f"{kind}.jpg")
+    # The same code with tiny architectures, so that the CPU runs it in seconds.
+    code = (
+        "import sys\n"
+        f"for name in {BARE_MACHINE_LACKS!r}: sys.modules[name] = None\n"
+        "import dam3d.benchmarks.speed as speed\n"
+        "speed.SWIN_L.update(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=8)\n"
+        "speed.VIT_L.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)\n"
+        f"sys.exit(speed.main(['--models-only', '--assets', '3', '--device', 'cpu', '--batch-size', '2', "
+        f"'--catalogue', {str(catalogue)!r}]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    lines = run.stdout.splitlines()
+    assert "3 assets (2 catalogue images, cycled)" in lines[0], run.stdout
+    rows = [line.strip() for line in lines[2:]]
+    assert rows[0].startswith("cutout (target: Swin-L 1024 stand-in, random, cpu)  pipeline") and "images/s" in rows[0]
+    # 3 assets x (1 photo + 8 views) through the ViT stand-in.
+    embed = next(r for r in rows if r.startswith("embed (target: ViT-L/16 224, random, cpu)"))
+    assets, images = (float(x) for x in re.findall(r"([\d.]+) (?:assets|images)/s", embed))
+    assert images == pytest.approx(9 * assets, rel=0.01), embed
+    assert not any(r.startswith(("mesh", "render")) for r in rows), run.stdout

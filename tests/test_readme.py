@@ -79,6 +79,8 @@ COMMANDS = {
         "test_cutout_weights.py::test_install_refuses_a_wrong_file_and_writes_nothing",
     "python -m dam3d.benchmarks.scale --update [--skus 10000] [--views 8] [--dim 1280] [--ann]":
         "test_readme.py::test_speed_benchmarks_run",
+    "PYTHONPATH=. python3 -m dam3d.benchmarks.speed --models-only --device cuda --assets 512 --batch-size 64":
+        "test_bench.py::test_models_only_runs_where_only_the_model_packages_are",
     "snakemake --profile profiles/local --use-conda":
         "not run: conda cannot run on this project's machines; test_envs.py checks the env files, "
         "test_profiles.py::test_local_profile_runs_gpu_jobs_one_at_a_time the profile",
@@ -87,7 +89,7 @@ COMMANDS = {
     "snakemake --profile profiles/slurm-gpu --use-conda ...":
         "not run: conda cannot run on this project's machines (see above); the Slurm part: test_slurm.py",
 }
-COMMAND_START = re.compile(r"^    (\./setup\.sh|\. \.venv|\.venv/bin/|snakemake |dam3d |python -m )")
+COMMAND_START = re.compile(r"^    (\./setup\.sh|\. \.venv|\.venv/bin/|snakemake |dam3d |python -m |PYTHONPATH=)")
 
 
 def readme_commands() -> list[str]:

@@ -10,8 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from conftest import product_photo
 from test_workflow import SNAKEMAKE, snakemake
@@ -20,7 +22,8 @@ from dam3d.cli import main as dam3d
 from dam3d.runtime import layout
 from dam3d.search.update import index_files
 
-CONFIG = {"render": {"resolution": 48, "aa": 1}}
+# A run-wide contact sheet capped below the catalogue's SKUs: the cap is reached in every refresh test.
+CONFIG = {"render": {"resolution": 48, "aa": 1}, "contact_sheet": {"max_assets": 2}}
 KINDS = ("red-vase", "blue-box", "green-lamp")
 
 
@@ -117,6 +120,13 @@ def test_refresh_computes_only_what_changed(tmp_path: Path, catalogue: Path) -> 
     manifests = {p.stem for p in (tmp_path / "results" / "chunks").glob("*/*.json") if not p.name.endswith(".members.json")}
     assert manifests == {s["chunk"] for s in stamps if s["chunk"] in manifests} and len(manifests) == 10, manifests
     assert len(list((tmp_path / "results" / "chunks").glob("*/*.members.json"))) == 5  # this run's chunks only
+    # The run sheet, capped at 2 of 3 SKUs, shows the two this refresh computed (catalogue order: blue-box,
+    # stripes; not red-vase), and the choice holds: the next run has nothing to do.
+    results = tmp_path / "results"
+    with Image.open(results / "contact_sheet.png") as sheet, Image.open(layout.contact(results, "stripes")) as stripes:
+        assert sheet.size == (stripes.width, 2 * stripes.height)
+        assert np.array_equal(np.asarray(sheet.convert("RGB"))[stripes.height:], np.asarray(stripes.convert("RGB")))
+    assert job_counts(run(tmp_path, catalogue)) == {}
 
 
 def test_parameter_and_model_changes_rerun_that_stage_onwards(tmp_path: Path, catalogue: Path) -> None:

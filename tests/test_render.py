@@ -348,3 +348,17 @@ def test_eevee_key_light_follows_each_views_light_rotation(tmp_path: Path, egl: 
     lit, unlit, default = front_face("front_lit"), front_face("back_lit"), front_face("default")
     assert lit > unlit + 20, (lit, unlit)
     assert default > unlit + 20, (default, unlit)
+
+
+def test_the_run_sheet_shows_the_newest_assets_up_to_its_cap() -> None:
+    from dam3d.stages.contact import sheet_assets
+
+    assets = ["a", "b", "c", "d", "e"]
+    made_at = {"a": 300.0, "b": 100.0, "c": 200.0, "d": 100.0}   # e: no finished job (its sheet's job died)
+    assert sheet_assets(assets, set(), made_at, limit=5) == assets
+    # The newest finished, in catalogue order; ties (b, d) by catalogue order.
+    assert sheet_assets(assets, set(), made_at, limit=2) == ["a", "c"]
+    assert sheet_assets(assets, set(), made_at, limit=3) == ["a", "b", "c"]
+    # What this run computes comes first, however old its last sheet.
+    assert sheet_assets(assets, {"e", "b"}, made_at, limit=3) == ["a", "b", "e"]
+    assert sheet_assets(assets, {"e", "b", "d"}, made_at, limit=2) == ["b", "d"]

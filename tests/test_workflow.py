@@ -181,6 +181,11 @@ def test_dot_test_configs_run_as_the_community_workflows_run_them(tmp_path: Path
 
     records = [shape_record(p) for p in sorted(layout.meshes(workdir / "results-3d").glob("*/*.glb"))]
     assert [r["shape"] for r in records] == ["inflate"] * 3, records
+    # contact_sheet.max_assets 2 of 3 SKUs: the run's sheet stacks 2 asset sheets; each SKU keeps its own.
+    sheets = sorted(layout.contacts(workdir / "results-3d").glob("*/*.png"))
+    assert len(sheets) == 3
+    with Image.open(sheets[0]) as one, Image.open(workdir / "results-3d" / "contact_sheet.png") as run:
+        assert run.size == (one.width, 2 * one.height), (run.size, one.size)
 
 
 def test_audit_rule_writes_the_look_alikes_and_the_report_shows_its_page(tmp_path: Path) -> None:

@@ -3,12 +3,20 @@
     python -m dam3d.benchmarks.speed [--catalogue sample/catalogue] [--assets 12] [--device auto] [--batch-size N]
     python -m dam3d.benchmarks.speed --target [--assets 8]            # also the target models' architectures, random weights
     python -m dam3d.benchmarks.speed --search 3000 [--queries 30]     # query latency of dam3d search / serve
+    python -m dam3d.benchmarks.speed --models-only [--assets 64]      # only the target models: a bare CUDA machine
 
 For the model stages (cutout, embed) it prints what a chunk job does, through make_cutouts /
 embed_assets (decode, preprocessing, batched forward, writing), next to the raw forward of
 the same model on a ready-made batch on the same device, their ratio, the model load and the
 process start-up as a share of a chunk job. Prints one table; nothing is asserted.
 Artefacts go to a temporary folder.
+
+`--models-only` times just the target architectures' model stages (the `--target` rows) and
+imports nothing else: it runs from a checkout on `PYTHONPATH` where only torch, transformers,
+Pillow, NumPy and PyYAML are installed (a bare CUDA machine: no rembg, onnxruntime, trimesh,
+bpy or Snakemake). Its embed stage reads each catalogue photo as the cutout and as every view
+(1 + render.views images per asset, as after rendering), since random cutout weights give
+random masks.
 """
 
 from __future__ import annotations
@@ -37,8 +45,6 @@ from dam3d.errors import AssetWarning
 from dam3d.runtime import layout
 from dam3d.runtime.chunk import has_result
 from dam3d.stages.images import load_image
-from dam3d.stages.mesh import build_mesh
-from dam3d.stages.render import view_names, run_batch
 
 REPO = CHECKOUT
 
@@ -55,6 +61,13 @@ TARGET_CUTOUT = "bench-random/birefnet-swin-large-encoder-1024"
 TARGET_EMBED = "bench-random/vit-large-patch16-224"
 
 
+# The stand-ins' architectures: BiRefNet's Swin-L encoder (its swin_v1_l) and google/vit-large-patch16-224.
+SWIN_L: dict[str, Any] = {"embed_dim": 192, "depths": [2, 2, 18, 2], "num_heads": [6, 12, 24, 48], "window_size": 12,
+                          "image_size": 1024}
+VIT_L: dict[str, Any] = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                         "intermediate_size": 4096, "image_size": 224, "patch_size": 16}
+
+
 def _swin_standin() -> Any:
     """BiRefNet stand-in: its Swin-L backbone at 1024x1024 plus a light head to a 1-channel
     1024x1024 logit map. BiRefNet's decoder is NOT included, so the time is a lower bound of
@@ -65,7 +78,7 @@ def _swin_standin() -> Any:
     class SwinSegmentation(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            config = SwinConfig(embed_dim=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48], window_size=12, image_size=1024)
+            config = SwinConfig(**SWIN_L)
             self.backbone = SwinModel(config, add_pooling_layer=False)
             self.head = torch.nn.Sequential(torch.nn.Conv2d(config.hidden_size, 64, 1), torch.nn.ReLU(), torch.nn.Conv2d(64, 1, 1))
 
@@ -83,8 +96,7 @@ def _vit_large_random() -> tuple[Any, Any]:
     """ViT-L/16 at 224 (google/vit-large-patch16-224's architecture), random weights, and its processor."""
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
-    config = ViTConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                       image_size=224, patch_size=16)
+    config = ViTConfig(**VIT_L)
     return ViTModel(config, add_pooling_layer=False).eval(), ViTImageProcessor()
 
 
@@ -234,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", action="store_true",
                         help="also time the target architectures with random weights: BiRefNet's Swin-L encoder at "
                              "1024 px (+ a light head) for cutout, ViT-L/16 at 224 for embed")
+    parser.add_argument("--models-only", action="store_true",
+                        help="only the target architectures' cutout and embed stages (random weights), importing only "
+                             "torch, transformers, Pillow, NumPy and PyYAML: for a bare CUDA machine")
     parser.add_argument("--engine", default=None, help="render engine (default: config)")
     parser.add_argument("--resolution", type=int, default=None, help="render resolution (default: config)")
     parser.add_argument("--aa", type=int, default=None, help="Workbench/EEVEE anti-aliasing (default: config)")
@@ -269,6 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     # Beyond the catalogue's size its images come round again under new asset ids.
     assets = [(a.asset_id if k < len(catalogue) else f"{a.asset_id}-r{k // len(catalogue)}", a.image)
               for k, a in ((k, catalogue[k % len(catalogue)]) for k in range(n))]
+    if args.models_only:
+        rows = _models_only_rows(assets, config, device=device, batch=args.batch_size, workers=args.workers)
+        _print_table(rows, assets=n, catalogue=catalogue, path=args.catalogue, device=device, workers=args.workers)
+        return 0
+    from dam3d.stages.mesh import build_mesh
+    from dam3d.stages.render import run_batch, view_names
+
     backend = resolve_backend(cut["backend"], cut["model"])
     (spec,) = resolve_models(embed["models"][:1], embed["presets"])
     views = view_names(render["views"])
@@ -318,16 +340,51 @@ def main(argv: list[str] | None = None) -> int:
                                 background=background, device=device, batch=embed_batch, chunk=chunks.get("embed", 64),
                                 workers=workers)
 
+    _print_table(rows, assets=n, catalogue=catalogue, path=args.catalogue, device=device, workers=workers)
+    return 0
+
+
+def _models_only_rows(assets: list[tuple[str, Path]], config: dict, *, device: str, batch: int | None,
+                      workers: int | None) -> list[tuple[str, str]]:
+    """The `--target` rows alone: the Swin-L cutout and ViT-L embed stand-ins through make_cutouts / embed_assets."""
+    import torch
+
+    workers = workers or max(2, torch.get_num_threads())
+    chunks, cut = config.get("chunks", {}), config["cutout"]
+    rows: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="dam3d-bench-") as tmp:
+        out = Path(tmp)
+        jobs = [(a, image, layout.cutout(out, a)) for a, image in assets]
+        rows += _cutout_rows(f"cutout (target: Swin-L 1024 stand-in, random, {device})", RmbgTargetStandIn.name,
+                             TARGET_CUTOUT, jobs, cut=cut, device=device, batch=batch or cut.get("batch_size", 8),
+                             chunk=chunks.get("cutout", 64), workers=workers)
+        target = ModelSpec("vit-large-random", VitTargetStandIn.name, TARGET_EMBED, "cls")
+        embed_jobs = []
+        for a, image in assets:
+            photo = out / "photo" / f"{a}.png"
+            photo.parent.mkdir(parents=True, exist_ok=True)
+            load_image(image, a).convert("RGBA").save(photo)
+            embed_jobs.append((a, photo, [photo] * config["render"]["views"], layout.embedding(out, target.name, a)))
+        rows += _embed_rows(f"embed (target: ViT-L/16 224, random, {device})", target, embed_jobs,
+                            background=tuple(config.get("background", (255, 255, 255))), device=device,
+                            batch=batch or config["embed"]["batch_size"], chunk=chunks.get("embed", 64), workers=workers)
+    return rows
+
+
+def _print_table(rows: list[tuple[str, str]], *, assets: int, catalogue: list, path: str, device: str,
+                 workers: int | None) -> None:
+    import torch
+
+    workers = workers or max(2, torch.get_num_threads())
     gpu = f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""
-    print(f"dam3d bench: {n} assets ({len(catalogue)} catalogue images{', cycled' if n > len(catalogue) else ''}) from "
-          f"{args.catalogue}; device {device}{gpu}; torch threads {torch.get_num_threads()}, prefetch threads {workers}; "
+    print(f"dam3d bench: {assets} assets ({len(catalogue)} catalogue images{', cycled' if assets > len(catalogue) else ''}) "
+          f"from {path}; device {device}{gpu}; torch threads {torch.get_num_threads()}, prefetch threads {workers}; "
           f"{platform.machine()}, {platform.python_version()}")
     print("  model stages: pipeline = make_cutouts / embed_assets as a chunk job runs them (decode, preprocessing, "
           "batched forward, writing); raw = the network alone on a ready-made batch")
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
-    return 0
 
 
 if __name__ == "__main__":

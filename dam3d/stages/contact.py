@@ -6,8 +6,9 @@ as a grey tile with an X, so failures stand out instead of breaking the sheet.
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -101,6 +102,28 @@ def asset_sheet(
         sheet.paste(cell, (GAP + i * (tile + GAP), LABEL_HEIGHT))
     with atomic_path(out) as tmp:
         sheet.save(tmp, format="PNG")
+
+
+def sheet_assets(
+    assets: Sequence[str], computing: Collection[str], made_at: Mapping[str, float], limit: int
+) -> list[str]:
+    """The assets the run-wide contact sheet shows: at most `limit`, the newest, in catalogue order.
+
+    Newest first: the assets this run computes (`computing`), then the others by when the
+    job that made their sheet finished (`made_at`: seconds since the epoch, e.g. the chunk
+    manifest's mtime; an asset without one counts as oldest), ties in catalogue order.
+    Every asset keeps its own sheet (dam3d.runtime.layout.contact); the cap keeps the run's
+    sheet, and the time to build it, the same for a million SKUs as for a thousand: it reads
+    `limit` sheets, not one per SKU. The choice is the same run after run while nothing is
+    computed, so a refresh with nothing new does not rebuild it.
+    """
+    if len(assets) <= limit:
+        return list(assets)
+    position = {asset: i for i, asset in enumerate(assets)}
+    newest = heapq.nsmallest(
+        limit, assets, key=lambda a: (a not in computing, -made_at.get(a, float("-inf")), position[a])
+    )
+    return sorted(newest, key=position.__getitem__)
 
 
 def run_sheet(

@@ -1,3 +1,4 @@
+import contextlib
 import functools
 import hashlib
 import json
@@ -28,6 +29,7 @@ from dam3d.stages.cutout import resolve_backend
 from dam3d.stages.embed import check_augment, embed_key, resolve_models
 from dam3d.runtime.atomic import write_text
 from dam3d.runtime.plan import code_digest, plan_stage, summary as plan_summary
+from dam3d.stages.contact import sheet_assets
 from dam3d.stages.render import view_names
 
 
@@ -179,6 +181,17 @@ def stage_refs(stage):
     """Per asset, the file standing for `stage`'s result (see StagePlan.aggregate_input): input of the aggregate rules."""
     plan = PLANS[stage]
     return list(dict.fromkeys(plan.aggregate_input(a) for a in ASSET_IDS))
+
+
+def contact_sheet_assets():
+    """The SKUs of the run-wide contact sheet: at most contact_sheet.max_assets, the newest (dam3d.stages.contact)."""
+    plan = PLANS["contact"]
+    finished = {}  # one stat per chunk manifest, not one per asset
+    for ref in set(plan.made_by.values()):
+        with contextlib.suppress(OSError):
+            finished[ref] = os.stat(ref).st_mtime
+    made_at = {asset: finished[ref] for asset, ref in plan.made_by.items() if ref in finished}
+    return sheet_assets(ASSET_IDS, plan.chunk_of, made_at, config["contact_sheet"]["max_assets"])
 
 
 def provided_mesh(asset):

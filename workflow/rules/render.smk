@@ -71,13 +71,17 @@ rule contact_asset:
         "../../scripts/contact.py"
 
 
+CONTACT_SHEET_ASSETS = contact_sheet_assets()
+
+
 rule contact_sheet:
     input:
-        stage_refs("contact"),
+        list(dict.fromkeys(PLANS["contact"].aggregate_input(a) for a in CONTACT_SHEET_ASSETS)),
     output:
         report(f"{RESULTS}/contact_sheet.png", caption="../report/contact_sheet.rst", category="Renders"),
     params:
-        sheets=[str(layout.contact(RESULTS, asset)) for asset in ASSET_IDS],
+        # The sheets shown: a rerun trigger, so the run's sheet follows the newest SKUs.
+        sheets=[str(layout.contact(RESULTS, asset)) for asset in CONTACT_SHEET_ASSETS],
     log:
         f"{RESULTS}/logs/contact_sheet.log",
     conda:

@@ -244,3 +244,5 @@ def test_rerun_refuses_an_unknown_asset_or_stage_and_a_flat_folder(results: Path
     assert dam3d(["rerun", "CHAIR-0001", "--from", "mesh", "--results", str(tmp_path / "old")]) == 2
     assert f"dam3d migrate-layout {tmp_path / 'old'}" in capsys.readouterr().err
     assert (tmp_path / "old" / "mesh" / "CHAIR-0001.glb").exists()
+    assert dam3d(["rerun", "CHAIR-0001", "--from", "mesh", "--results", str(tmp_path / "nowhere")]) == 2
+    assert f"dam3d: rerun: {tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err

@@ -44,7 +44,8 @@ COMMANDS = {
     "python -m dam3d.benchmarks.speed --search 3000 --queries 60 [--threads 1]": "test_readme.py::test_speed_benchmarks_run",
     "dam3d evaluate QUERIES.csv [--index DIR] [--json] [--cache DIR | --no-cache]":
         "test_evaluate.py::test_cli_json_cache_and_missing_sku",
-    "dam3d bench make OUT [--objects 120] [--queries-per-object 2] [--seed 0] [--resolution 512] [--sources cc0,cc-by] [--engine BLENDER_EEVEE]":
+    "dam3d bench make OUT [--objects 120] [--queries-per-object 2] [--seed 0] [--resolution 512] [--sources cc0,cc-by,products] "
+    "[--engine BLENDER_EEVEE]":
         "test_evaluate.py::test_bench_make_tiny",
     ".venv/bin/dam3d bench make /tmp/bench100 --objects 120 --queries-per-object 2 --seed 0":
         "test_evaluate.py::test_bench_make_tiny",

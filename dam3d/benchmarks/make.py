@@ -62,6 +62,7 @@ QUERY_LIGHTS = ("studio.sl", "paint.sl", "outdoor.sl", "rim.sl", "Default")  # W
 # Engines of the benchmark's photos. EEVEE by default: not the pipeline's default Workbench views.
 ENGINES = ("BLENDER_EEVEE", "BLENDER_WORKBENCH", "CYCLES")
 SOURCES = ("cc0", "cc-by", "products")  # SH3D catalogues by licence; procedural packaged goods
+DEFAULT_SOURCES = ("cc0", "cc-by")
 PRODUCTS = "products"
 EXCLUDED_CATEGORIES = {"Staircases"}  # parts of a building, not products
 MIN_TEXTURE_SIDE = 64
@@ -395,7 +396,7 @@ def make_benchmark(
     seed: int = 0,
     resolution: int = 512,
     engine: str = ENGINES[0],
-    sources: tuple[str, ...] = SOURCES,
+    sources: tuple[str, ...] = DEFAULT_SOURCES,
     pattern: str = sh3d.CATALOGUE_GLOB,
     log=print,  # noqa: ANN001 - any print-like callable
 ) -> dict:

@@ -349,7 +349,8 @@ def parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks: `dam3d bench make OUT` builds a labelled catalogue + query set")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    make = bench_sub.add_parser("make", help="catalogue + customer-style queries rendered from CC0/CC-BY 3D models")
+    make = bench_sub.add_parser("make", help="catalogue + customer-style queries rendered from CC0/CC-BY 3D models "
+                                             "or generated products")
     make.add_argument("out", type=Path, help="output folder; its catalogue/ and queries/ are replaced (also queries.csv, "
                                              "objects.csv, bench.json, LICENSE.md)")
     make.add_argument("--objects", type=int, default=120, help="number of objects (SKUs), default 120")
@@ -358,7 +359,8 @@ def parser() -> argparse.ArgumentParser:
     make.add_argument("--resolution", type=int, default=512,
                       help="catalogue side and render size in px; queries are 1.25 x 0.9375 of it (default 512: 640x480)")
     make.add_argument("--sources", default="cc0,cc-by",
-                      help="SH3D catalogues by licence: cc0, cc-by or both (default cc0,cc-by)")
+                      help="comma-separated: cc0, cc-by (SH3D catalogues by licence), products (procedural packaged "
+                           "goods and kitchenware, CC0) (default cc0,cc-by)")
     make.add_argument("--engine", choices=("BLENDER_EEVEE", "BLENDER_WORKBENCH", "CYCLES"), default="BLENDER_EEVEE",
                       help="renderer of the catalogue shots and queries (default BLENDER_EEVEE: shaded, unlike the "
                            "pipeline's default Workbench views)")

@@ -46,7 +46,8 @@ COMMANDS = {
     "python -m dam3d.benchmarks.speed --search 3000 --queries 60 [--threads 1]": "test_readme.py::test_speed_benchmarks_run",
     "dam3d evaluate QUERIES.csv [--index DIR] [--json] [--cache DIR | --no-cache]":
         "test_evaluate.py::test_cli_json_cache_and_missing_sku",
-    "dam3d bench make OUT [--objects 120] [--queries-per-object 2] [--seed 0] [--resolution 512] [--sources cc0,cc-by] [--engine BLENDER_EEVEE]":
+    "dam3d bench make OUT [--objects 120] [--queries-per-object 2] [--seed 0] [--resolution 512] [--sources cc0,cc-by,products] "
+    "[--engine BLENDER_EEVEE]":
         "test_evaluate.py::test_bench_make_tiny",
     ".venv/bin/dam3d bench make /tmp/bench100 --objects 120 --queries-per-object 2 --seed 0":
         "test_evaluate.py::test_bench_make_tiny",
@@ -70,6 +71,8 @@ COMMANDS = {
         "test_readme.py::test_main_command_on_the_sample",
     ".venv/bin/dam3d bench make /tmp/bench_t1 --objects 150 --queries-per-object 2 --seed 11":
         "test_evaluate.py::test_bench_make_tiny",
+    ".venv/bin/dam3d bench make /tmp/bp_t11 --sources products --objects 80 --queries-per-object 2 --seed 11":
+        "test_bench_products.py::test_a_tiny_products_benchmark",
     ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench_t1/catalogue results=/tmp/bench_t1/results_prior "
     "'mesh={backend: prior}'": "test_workflow.py::test_dot_test_configs_run_as_the_community_workflows_run_them",
     "python -m dam3d.benchmarks.scale [--skus 20000] [--views 8] [--dim 1280] [--queries 200] [--threads 2] "

@@ -9,7 +9,10 @@ room background made of floor and wall textures, varied scale, position and
 roll, colour cast, blur, noise and JPEG compression.
 
 Objects come from Debian's `sweethome3d-furniture` (the Blend Swap CC0 and
-CC-BY 3.0 catalogues; every model's own licence file is checked). They are
+CC-BY 3.0 catalogues; every model's own licence file is checked) and, with
+`--sources products`, from `dam3d.benchmarks.products` (procedural packaged goods
+and kitchenware: boxes, cans, bottles, jars, tubs, bowls with printed labels;
+generated, CC0). They are
 rendered by the project's render script (`blender/render_views.py`) with EEVEE by
 default: shaded, with highlights, a soft world light and a key sun (in the catalogue
 shot over the photographer's shoulder, in each query from its own side), so that the
@@ -21,8 +24,8 @@ under one). Composited with Pillow.
     OUT/catalogue/SKU-xxxxxx.jpg   one studio shot per object (a folder catalogue: SKU = file stem)
     OUT/queries/q-xxxxxxxxxx.jpg   customer photos
     OUT/queries.csv                query,sku (what `dam3d evaluate` reads)
-    OUT/objects.csv                sku -> source model, name, author, licence (the answer key and credits)
-    OUT/bench.json                 seed, settings and every query's parameters
+    OUT/objects.csv                sku -> source model, name, dimensions, author, licence (the answer key and credits)
+    OUT/bench.json                 seed, settings, every query's parameters and every generated product's
     OUT/LICENSE.md                 sources and licences
 
 SKUs and query names are hashes of the seed and the model: they say nothing
@@ -49,7 +52,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from dam3d import __version__
-from dam3d.benchmarks import sh3d
+from dam3d.benchmarks import products, sh3d
 from dam3d.runtime.atomic import atomic_path, write_bytes, write_text
 from dam3d.stages.render import run_batch
 
@@ -58,7 +61,9 @@ CATALOGUE_FILL = 0.72  # object's larger side / image side
 QUERY_LIGHTS = ("studio.sl", "paint.sl", "outdoor.sl", "rim.sl", "Default")  # Workbench studio lights
 # Engines of the benchmark's photos. EEVEE by default: not the pipeline's default Workbench views.
 ENGINES = ("BLENDER_EEVEE", "BLENDER_WORKBENCH", "CYCLES")
-SOURCES = ("cc0", "cc-by")
+SOURCES = ("cc0", "cc-by", "products")  # SH3D catalogues by licence; procedural packaged goods
+DEFAULT_SOURCES = ("cc0", "cc-by")
+PRODUCTS = "products"
 EXCLUDED_CATEGORIES = {"Staircases"}  # parts of a building, not products
 MIN_TEXTURE_SIDE = 64
 
@@ -67,9 +72,9 @@ MIN_TEXTURE_SIDE = 64
 class Candidate:
     """One model of a SH3D catalogue that may become a benchmark object."""
 
-    licence: str  # "cc0" or "cc-by"
-    catalogue: Path
-    folder: str  # model folder inside the catalogue (`armchair`)
+    licence: str  # "cc0", "cc-by" or "products" (generated)
+    catalogue: Path | None  # the SH3D zip; None for a generated product
+    folder: str  # model folder inside the catalogue (`armchair`), or the generated product's key (`p0007`)
     entry: dict = field(hash=False, compare=False)
     page: str = ""  # Blend Swap page named in the model's licence file
 
@@ -123,7 +128,7 @@ def _hexid(seed: int, *parts: object, n: int) -> str:
 
 
 def load_candidates(sources: list[str], pattern: str = sh3d.CATALOGUE_GLOB) -> tuple[list[Candidate], dict[str, dict]]:
-    """Every eligible model of the chosen catalogues (sorted), and each catalogue's header."""
+    """Every eligible model of the chosen SH3D catalogues (sorted), and each catalogue's header."""
     out: list[Candidate] = []
     headers: dict[str, dict] = {}
     for licence in sources:
@@ -391,7 +396,7 @@ def make_benchmark(
     seed: int = 0,
     resolution: int = 512,
     engine: str = ENGINES[0],
-    sources: tuple[str, ...] = SOURCES,
+    sources: tuple[str, ...] = DEFAULT_SOURCES,
     pattern: str = sh3d.CATALOGUE_GLOB,
     log=print,  # noqa: ANN001 - any print-like callable
 ) -> dict:
@@ -402,7 +407,16 @@ def make_benchmark(
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     started = time.perf_counter()
-    candidates, headers = load_candidates(list(sources), pattern)
+    candidates, headers = load_candidates([s for s in sources if s != PRODUCTS], pattern)
+    generated: dict[str, products.Product] = {}  # candidate key -> product, for --sources products
+    if PRODUCTS in sources:
+        for p in products.generate(seed, objects):
+            generated[f"{PRODUCTS}/{p.key}"] = p
+            candidates.append(Candidate(PRODUCTS, None, p.key, {
+                "name": f"{p.params['brand']} {p.name} ({p.params['word'].lower()})", "category": p.kind,
+                "creator": "dam3d (procedural)"}))
+        headers[PRODUCTS] = {"path": "dam3d/benchmarks/products.py", "name": "dam3d procedural products",
+                             "license": products.LICENCE, "version": __version__}
     if len(candidates) < objects:
         raise ValueError(f"only {len(candidates)} eligible models in {', '.join(sources)}; asked for {objects}")
     order = [candidates[i] for i in _rng(seed, "order").permutation(len(candidates))]
@@ -426,14 +440,19 @@ def make_benchmark(
             jobs = []
             provisional = assign_skus(seed, batch)
             for c in batch:
-                with zipfile.ZipFile(c.catalogue) as zf:
-                    obj = sh3d.extract_model(zf, c.entry, work / "models" / c.licence)
+                if c.key in generated:
+                    obj = work / "models" / PRODUCTS / f"{c.folder}.glb"
+                    obj.parent.mkdir(parents=True, exist_ok=True)
+                    products.write_glb(generated[c.key], obj)
+                else:
+                    with zipfile.ZipFile(c.catalogue) as zf:
+                        obj = sh3d.extract_model(zf, c.entry, work / "models" / c.licence)
                 # Views of a job are named by role; the queries' angles come from the plan below.
                 q = plan_queries(seed, c, provisional[c.key], queries_per_object, Textures(None, []))
                 views = [{"name": "catalogue", "azimuth": CATALOGUE_VIEW[0], "elevation": CATALOGUE_VIEW[1]}]
                 views += [{"name": f"query{j}", "azimuth": s.azimuth, "elevation": s.elevation,
                            "studio_light": s.light, "light_rotation": s.light_rotation} for j, s in enumerate(q)]
-                rotation = sh3d.rotation_rows(c.entry)
+                rotation = None if c.key in generated else sh3d.rotation_rows(c.entry)  # products: pipeline frame
                 jobs.append({"mesh": obj, "out": work / "renders" / c.licence / c.folder, "views": views,
                              "rotation": rotation})
                 models[c.key] = (obj, rotation)
@@ -462,10 +481,11 @@ def make_benchmark(
 
         # Keep the catalogue in a fixed order (by SKU) whatever the rendering rounds did.
         skus = assign_skus(seed, chosen)
-        cc0 = Path(headers["cc0"]["path"]) if "cc0" in headers else None
+        cc0 = Path(headers["cc0"]["path"]) if "cc0" in headers else _cc0_catalogue(pattern)
         textures = Textures(cc0, texture_names(cc0, {c.folder for c in chosen if c.licence == "cc0"}) if cc0 else [])
         queries: list[QuerySpec] = []
         rows = []
+        product_params: dict[str, dict] = {}
         for c in sorted(chosen, key=lambda c: skus[c.key]):
             sku = skus[c.key]
             with Image.open(renders[c.key] / "catalogue.png") as im:
@@ -475,10 +495,16 @@ def make_benchmark(
                     photo = customer_photo(im.convert("RGBA"), q, qsize, textures)
                 write_bytes(out / "queries" / f"{q.name}.jpg", _jpeg(photo, q.quality))
                 queries.append(q)
-            write_true_mesh(*models[c.key], out / "meshes" / f"{sku}.glb")
+            if c.key in generated:  # already in the pipeline's frame
+                shutil.copyfile(models[c.key][0], out / "meshes" / f"{sku}.glb")
+                product_params[sku] = generated[c.key].params
+            else:
+                write_true_mesh(*models[c.key], out / "meshes" / f"{sku}.glb")
             rows.append({"sku": sku, "source": headers[c.licence].get("name", c.licence), "model": c.folder,
                          "name": c.entry.get("name", ""), "category": c.entry.get("category", ""),
-                         "creator": c.entry.get("creator", "unknown"), "licence": sh3d.LICENCES[c.licence].title,
+                         "dimensions_m": _dimensions(c, generated.get(c.key)),
+                         "creator": c.entry.get("creator", "unknown"),
+                         "licence": products.LICENCE if c.key in generated else sh3d.LICENCES[c.licence].title,
                          "page": c.page})
 
     # The query list in an order that says nothing about the SKU order either.
@@ -511,12 +537,32 @@ def make_benchmark(
         "queries": [asdict(q) for q in queries],
         "background_textures": used_textures,
         "skipped_models": skipped,
+        # Every generated product's parameters (kind, style, dimensions in metres, brand, colours, look-alike).
+        "products": product_params,
     }
     write_text(out / "bench.json", json.dumps(meta, indent=1) + "\n")
     write_licence(out, headers, rows, used_textures)
     seconds = time.perf_counter() - started
     log(f"bench: {len(rows)} objects, {len(queries)} queries in {out} ({seconds:.0f} s; {len(skipped)} models skipped)")
     return {"objects": len(rows), "queries": len(queries), "skipped": skipped, "seconds": seconds}
+
+
+def _cc0_catalogue(pattern: str) -> Path | None:
+    """The CC0 SH3D catalogue for query backgrounds when no SH3D source is used, or None (plain walls)."""
+    try:
+        return sh3d.find_catalogue("cc0", pattern)
+    except FileNotFoundError:
+        return None
+
+
+def _dimensions(c: Candidate, product: products.Product | None) -> str:
+    """Width x height x depth in metres: the product's, or the SH3D entry's (given in cm)."""
+    if product is not None:
+        return "x".join(f"{v:g}" for v in product.params["dimensions_m"])
+    try:
+        return "x".join(f"{float(c.entry[k]) / 100:g}" for k in ("width", "height", "depth"))
+    except (KeyError, ValueError):
+        return ""
 
 
 def write_true_mesh(obj: Path, rotation: list[list[float]] | None, out: Path) -> None:
@@ -539,27 +585,37 @@ def write_true_mesh(obj: Path, rotation: list[list[float]] | None, out: Path) ->
 
 
 def write_licence(out: Path, headers: dict[str, dict], rows: list[dict], textures: list[str]) -> None:
-    lines = [
-        "# Benchmark: sources and licences",
-        "",
-        "Generated by `dam3d bench make` from 3D models of the Debian package",
-        f"`{sh3d.DEBIAN_PACKAGE}` (Sweet Home 3D furniture catalogues, models converted to OBJ by",
-        "Emmanuel Puybaret / eTeks from Blend Swap originals). Catalogues used:",
-        "",
-    ]
-    for licence, h in headers.items():
-        lines.append(f"- \"{h.get('name', licence)}\" (`{Path(h['path']).name}`, version {h.get('version', '?')}): "
-                     f"declared licence \"{h.get('license', '?')}\"; {sh3d.LICENCES[licence].title}, "
-                     f"{sh3d.LICENCES[licence].url}")
+    lines = ["# Benchmark: sources and licences", ""]
+    catalogues = {k: h for k, h in headers.items() if k != PRODUCTS}
+    if catalogues:
+        lines += [
+            "Generated by `dam3d bench make` from 3D models of the Debian package",
+            f"`{sh3d.DEBIAN_PACKAGE}` (Sweet Home 3D furniture catalogues, models converted to OBJ by",
+            "Emmanuel Puybaret / eTeks from Blend Swap originals). Catalogues used:",
+            "",
+        ]
+        for licence, h in catalogues.items():
+            lines.append(f"- \"{h.get('name', licence)}\" (`{Path(h['path']).name}`, version {h.get('version', '?')}): "
+                         f"declared licence \"{h.get('license', '?')}\"; {sh3d.LICENCES[licence].title}, "
+                         f"{sh3d.LICENCES[licence].url}")
+        lines += [
+            "",
+            "Each model's own Blend Swap licence file was checked by the generator; models without one, or",
+            "whose file does not state the catalogue's licence, were left out.",
+            "",
+            "The images are renders of these models (blender/render_views.py) composited with Pillow. Images of",
+            "CC0 models are released under CC0 1.0. Images of CC BY 3.0 models are adaptations of those",
+            "models and are under CC BY 3.0: keep the credits below when you share them.",
+            "",
+        ]
+    if PRODUCTS in headers:
+        lines += [
+            "Packaged goods and kitchenware generated by `dam3d.benchmarks.products` (shapes, labels,",
+            "brands and text all procedural, made up from the seed; any likeness to a real brand is chance):",
+            "the meshes, textures and their renders are released under CC0 1.0.",
+            "",
+        ]
     lines += [
-        "",
-        "Each model's own Blend Swap licence file was checked by the generator; models without one, or",
-        "whose file does not state the catalogue's licence, were left out.",
-        "",
-        "The images are renders of these models (Blender Workbench) composited with Pillow. Images of",
-        "CC0 models are released under CC0 1.0. Images of CC BY 3.0 models are adaptations of those",
-        "models and are under CC BY 3.0: keep the credits below when you share them.",
-        "",
         "Query backgrounds are tiled texture images taken from the model folders of the CC0 catalogue",
         "(models that are not objects of this benchmark), CC0 1.0, or plain procedural surfaces:",
         "",

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from dam3d.catalogue import load_catalogue
 from dam3d.runtime import layout
-from dam3d.search.index import build_index
+from dam3d.runtime.atomic import write_text
+from dam3d.search.index import build_index, manifest_digest
 from dam3d.runtime.plan import read_stamp
 from dam3d.runtime.chunk import read_failures
 
@@ -15,7 +16,7 @@ smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 config = smk.config
 assets = load_catalogue(config["catalogue"])
 by_id = {Path(p).stem: Path(p) for p in smk.params.embeddings}
-out_dir = Path(smk.output.manifest).parent
+out_dir = Path(smk.params.index)
 failures = [f for f in read_failures(config["results"]) if f["asset"] in by_id and f["stage"] in smk.params.stages]
 # What the cutout stage warned about (a photo too small to be trusted) stays with the index.
 warnings = [
@@ -41,6 +42,9 @@ manifest = build_index(
     # the colour descriptors are made here, from the cutouts, once for every model's index (dam3d.search.colour)
     cutouts=[layout.cutout(config["results"], a.asset_id) for a in assets],
 )
+# The rule's output, written once the index is switched: which build this run made (see layout.index_stamp).
+write_text(smk.output.stamp, json.dumps({"manifest_sha1": manifest_digest(out_dir), "data": manifest["data"],
+                                         "created": manifest["created"]}) + "\n")
 counts = manifest["counts"]
 summary = [
     f"dam3d: index {out_dir}: {counts['indexed']}/{counts['assets']} assets, "

@@ -243,3 +243,24 @@ def test_failures_command_prints_the_report(tmp_path: Path, capsys: pytest.Captu
     assert dam3d(["failures", "--results", str(tmp_path)]) == 0
     out, err = capsys.readouterr()
     assert "A 1\tcutout\tnot an image file" in out and "1 failed asset(s)" in err
+
+
+def test_the_index_stays_searchable_while_its_rule_reruns_and_fails(tmp_path: Path, catalogue: Path) -> None:
+    """Snakemake deletes a job's outputs before it runs it (and a failed job's after): the index's manifest.json
+    is not one of them, so the previous index is loadable all through a rerun of the index rule, even a failed one."""
+    from dam3d.runtime import layout
+    from dam3d.search.index import Index
+
+    flat = {"render": {"views": 0}}
+    assert run(tmp_path, catalogue, **flat).returncode == 0
+    results = tmp_path / "results"
+    stamp = json.loads(layout.index_stamp(results, "mobilenetv2").read_text())
+    before = Index.load(layout.index(results, "mobilenetv2"))
+    assert stamp["data"] == before.files.name and len(before.assets) == 3
+    # The index rule run again and failing half-way: an embedding it must read is not an .npz any more.
+    layout.embedding(results, "mobilenetv2", "blue-box").write_bytes(b"not an npz")
+    failed = run(tmp_path, catalogue, "--forcerun", "index", **flat)
+    assert failed.returncode != 0 and "index" in failed.stderr, failed.stderr[-3000:]
+    assert not layout.index_stamp(results, "mobilenetv2").exists()  # so the next run builds it again
+    after = Index.load(layout.index(results, "mobilenetv2"))
+    assert after.files == before.files and sorted(a["sku"] for a in after.assets) == sorted(KINDS)

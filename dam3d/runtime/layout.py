@@ -55,6 +55,15 @@ def index(results: str | Path, model: str) -> Path:
     return indexes(results) / model
 
 
+def index_stamp(results: str | Path, model: str) -> Path:
+    """The `index` rule's output: which build of one model's index the run made (its manifest's SHA-1, time).
+
+    Not the index's manifest.json: Snakemake deletes a job's outputs before it runs the job, and the
+    index must stay searchable while its update runs (dam3d.search.update replaces the manifest last).
+    """
+    return indexes(results) / f"{model}.built.json"
+
+
 def fusion_choice(results: str | Path, model: str) -> Path:
     """The fusion that scored best on the configured labelled queries for one model's index (`search.fusion: auto`)."""
     return Path(results) / "evaluate" / f"{model}.fusion.json"

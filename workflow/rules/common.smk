@@ -198,7 +198,7 @@ EXTRA_TARGETS = []
 
 
 def all_outputs():
-    outputs = [str(layout.index(RESULTS, model) / "manifest.json") for model in EMBED_MODELS]
+    outputs = [str(layout.index_stamp(RESULTS, model)) for model in EMBED_MODELS]
     outputs.append(f"{RESULTS}/failures.tsv")
     if VIEWS:
         outputs.append(f"{RESULTS}/contact_sheet.png")

@@ -9,7 +9,7 @@ from dam3d.catalogue import load_catalogue
 from dam3d.runtime import layout
 from dam3d.runtime.atomic import write_text
 from dam3d.search.index import build_index, manifest_digest
-from dam3d.runtime.plan import read_stamp
+from dam3d.runtime.stamps import read_stamps
 from dam3d.runtime.chunk import read_failures
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
@@ -19,10 +19,11 @@ by_id = {Path(p).stem: Path(p) for p in smk.params.embeddings}
 out_dir = Path(smk.params.index)
 failures = [f for f in read_failures(config["results"]) if f["asset"] in by_id and f["stage"] in smk.params.stages]
 # What the cutout stage warned about (a photo too small to be trusted) stays with the index.
+cutout_stamps = read_stamps(config["results"], "cutout")
 warnings = [
     {"asset": a.asset_id, "sku": a.sku, "stage": "cutout", "warning": w}
     for a in assets
-    for w in (read_stamp(config["results"], "cutout", a.asset_id) or {}).get("warnings", [])
+    for w in (cutout_stamps.get(a.asset_id) or {}).get("warnings", [])
 ]
 manifest = build_index(
     assets,

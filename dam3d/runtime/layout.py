@@ -89,9 +89,19 @@ def query_cache(results: str | Path, model: str) -> Path:
     return Path(results) / "cache" / "queries" / model
 
 
+def stamps(results: str | Path, stage: str) -> Path:
+    """The folder of a stage's stamps: its store and its journal (dam3d.runtime.stamps)."""
+    return Path(results) / "stamps" / stage
+
+
 def stamp(results: str | Path, stage: str, asset: str) -> Path:
-    """The asset's key at `stage` and the chunk that computed it (written after its outputs)."""
-    return Path(results) / "stamps" / stage / f"{asset}.json"
+    """The asset's journal entry at `stage`: its key and the chunk that computed it (written after its outputs)."""
+    return stamps(results, stage) / f"{asset}.json"
+
+
+def stamp_store(results: str | Path, stage: str) -> Path:
+    """Parquet of a stage's stamps, one row per asset, that the journal is compacted into (dam3d.runtime.stamps)."""
+    return stamps(results, stage) / "stamps.parquet"
 
 
 def failures(results: str | Path) -> Path:

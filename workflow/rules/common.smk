@@ -27,6 +27,7 @@ from dam3d.stages.cutout import resolve_backend
 from dam3d.stages.embed import check_augment, embed_key, resolve_models
 from dam3d.runtime.atomic import write_text
 from dam3d.runtime.plan import code_digest, plan_stage, summary as plan_summary
+from dam3d.runtime.stamps import compact as compact_stamps
 from dam3d.stages.render import view_names
 
 
@@ -131,6 +132,14 @@ def write_chunk_members():
                 old.unlink(missing_ok=True)
         for name, assets in plan.chunks.items():
             write_text(layout.chunk_members(RESULTS, stage, name), json.dumps([chunk_member(stage, a) for a in assets]))
+
+
+def compact_journals():
+    """Merge each stage's journal of stamps into its store (dam3d.runtime.stamps), so the next run's plan
+    reads one file per stage: at the run's end (`onsuccess`, `onerror`: never on -n, nor when there was
+    nothing to do), with Snakemake's lock held and no job of this run left to write."""
+    for stage in PLANS:
+        compact_stamps(RESULTS, stage)
 
 
 def chunk_member(stage, asset):

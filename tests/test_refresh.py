@@ -271,10 +271,8 @@ def test_a_run_compacts_the_stamps_a_dry_run_writes_nothing_and_an_old_journal_p
         tmp_path: Path, catalogue: Path) -> None:
     """Stamps (dam3d.runtime.stamps): a run's end merges each stage's journal into its store; a results folder
     from before the store (journal only) plans the same and is compacted by its first run."""
-    import pyarrow.parquet as pq
-
     from dam3d.runtime import layout
-    from dam3d.runtime.stamps import write_stamp
+    from dam3d.runtime.stamps import read_stamps, write_stamp
 
     flat = {"render": {"views": 0}}
     stages = ("cutout", "embed-mobilenetv2")
@@ -285,7 +283,7 @@ def test_a_run_compacts_the_stamps_a_dry_run_writes_nothing_and_an_old_journal_p
         return {s: sorted(p.name for p in layout.stamps(results, s).glob("[!.]*.json")) for s in stages}
 
     assert journal() == {s: [] for s in stages}
-    assert all(pq.read_table(layout.stamp_store(results, s)).num_rows == 3 for s in stages)
+    assert all(layout.stamp_store(results, s).exists() and len(read_stamps(results, s).by_asset) == 3 for s in stages)
     product_photo("stripes").save(catalogue / "stripes.jpg")
     planned = re.search(r"dam3d: to compute.*", run(tmp_path, catalogue, "-n", **flat).stderr).group(0)
     assert "cutout 1/4" in planned
@@ -293,8 +291,8 @@ def test_a_run_compacts_the_stamps_a_dry_run_writes_nothing_and_an_old_journal_p
     # The folder as an older dam3d left it: one stamp file per asset and stage, no store.
     for stage in stages:
         store = layout.stamp_store(results, stage)
-        for row in pq.read_table(store).to_pylist():
-            write_stamp(results, stage, row.pop("asset"), row)
+        for asset, stamp in read_stamps(results, stage).by_asset.items():
+            write_stamp(results, stage, asset, stamp)
         store.unlink()
     old = journal()
     assert old == {s: ["blue-box.json", "green-lamp.json", "red-vase.json"] for s in stages}
@@ -306,5 +304,5 @@ def test_a_run_compacts_the_stamps_a_dry_run_writes_nothing_and_an_old_journal_p
     assert refresh.returncode == 0, refresh.stderr[-3000:]
     assert job_counts(refresh) == {"cutout": 1, "embed-mobilenetv2": 1, "index": 1, "failure_report": 1, "timings": 1}
     assert journal() == {s: [] for s in stages}
-    assert all(pq.read_table(layout.stamp_store(results, s)).num_rows == 4 for s in stages)
+    assert all(layout.stamp_store(results, s).exists() and len(read_stamps(results, s).by_asset) == 4 for s in stages)
     assert job_counts(run(tmp_path, catalogue, **flat)) == {}

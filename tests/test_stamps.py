@@ -93,17 +93,21 @@ def test_a_compacted_stage_plans_as_its_journal_did_without_opening_a_stamp(tmp_
 
 
 def test_a_compaction_that_fails_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pyarrow.parquet as pq
+    import sqlite3
+
+    import dam3d.runtime.stamps as stamps_module
 
     p = plan(tmp_path, "cutout", ["A", "B"])
     finish(tmp_path, p)
     expected = read_stamps(tmp_path, "cutout").by_asset
 
-    def full_disk(*args: object, **kwargs: object) -> None:
-        raise OSError("disk full")
+    real_connect = sqlite3.connect
 
-    monkeypatch.setattr(pq, "write_table", full_disk)   # killed while writing the store
-    with pytest.raises(OSError):
+    def unwritable(path: Path) -> sqlite3.Connection:   # the store cannot be written (a full disk, say)
+        return real_connect(f"{Path(path).as_uri()}?mode=ro", uri=True)
+
+    monkeypatch.setattr(stamps_module.sqlite3, "connect", unwritable)
+    with pytest.raises(sqlite3.OperationalError):
         compact(tmp_path, "cutout")
     monkeypatch.undo()
     assert journal(tmp_path, "cutout") == ["A", "B"] and not layout.stamp_store(tmp_path, "cutout").exists()

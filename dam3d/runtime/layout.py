@@ -100,8 +100,8 @@ def stamp(results: str | Path, stage: str, asset: str) -> Path:
 
 
 def stamp_store(results: str | Path, stage: str) -> Path:
-    """Parquet of a stage's stamps, one row per asset, that the journal is compacted into (dam3d.runtime.stamps)."""
-    return stamps(results, stage) / "stamps.parquet"
+    """SQLite file of a stage's stamps, one row per asset, that the journal is compacted into (dam3d.runtime.stamps)."""
+    return stamps(results, stage) / "stamps.sqlite"
 
 
 def failures(results: str | Path) -> Path:

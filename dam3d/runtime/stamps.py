@@ -10,7 +10,7 @@ file: each writes its assets' stamps as **journal** entries, results/stamps/{sta
 (atomic renames). Reading a journal of N files costs N opens, and every run's plan reads every
 stage's stamps; so at the end of a run (its `onsuccess`/`onerror`, Snakemake's lock held and
 every job finished: `compact`) the main process merges the journal into the stage's **store**,
-results/stamps/{stage}/stamps.parquet (written atomically), and only then deletes the journal
+results/stamps/{stage}/stamps.sqlite (written to a temporary file and renamed), and only then deletes the journal
 entries it merged. A run's plan then reads the store once and the journal's few newer entries
 (one directory scan), and a journal entry wins over the store's row. Killed anywhere in a
 compaction, nothing is lost: the store is replaced whole or not at all, and a journal entry
@@ -28,8 +28,10 @@ computes anything (hooks run) compacts it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,16 +103,17 @@ def write_stamp(results: str | Path, stage: str, asset: str, stamp: dict[str, An
 
 
 def _read_store(path: Path) -> dict[str, dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path).to_pydict()
-    except FileNotFoundError:
+    if not path.is_file():
         return {}
-    rows = zip(table["asset"], table["key"], table["chunk"], table["ok"], table["reason"], table["retry"],
-               table["warnings"], strict=True)
-    return {asset: _normal(asset, {"key": key, "chunk": chunk, "ok": ok, "reason": reason, "retry": retry,
-                                   "warnings": warnings})
+    try:
+        # immutable: a store is replaced by a rename, never changed in place, so no lock and no side file
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)) as db:
+            rows = db.execute("SELECT asset, key, chunk, ok, reason, retry, warnings FROM stamps").fetchall()
+    except sqlite3.Error as exc:
+        raise RuntimeError(f"stamps store {path} is unreadable ({exc}); remove it and the stage's assets "
+                           "are computed again") from exc
+    return {asset: _normal(asset, {"key": key, "chunk": chunk, "ok": bool(ok), "reason": reason, "retry": bool(retry),
+                                   "warnings": json.loads(warnings)})
             for asset, key, chunk, ok, reason, retry, warnings in rows}
 
 
@@ -154,26 +157,18 @@ def compact(results: str | Path, stage: str) -> int:
     rewritten since it was read is kept (it wins over the store next time). Returns how many entries
     were merged; nothing is written when the journal is empty.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     stamps = read_stamps(results, stage)
     if not stamps.journal:
         return 0
     store = layout.stamp_store(results, stage)
     remove_leftovers(store)  # a compaction killed while writing
-    rows = sorted(stamps.by_asset.items())
-    table = pa.table({
-        "asset": pa.array([a for a, _ in rows], pa.string()),
-        "key": pa.array([s["key"] for _, s in rows], pa.string()),
-        "chunk": pa.array([s["chunk"] for _, s in rows], pa.string()),
-        "ok": pa.array([bool(s["ok"]) for _, s in rows], pa.bool_()),
-        "reason": pa.array([s["reason"] for _, s in rows], pa.string()),
-        "retry": pa.array([bool(s.get("retry")) for _, s in rows], pa.bool_()),
-        "warnings": pa.array([s.get("warnings", []) for _, s in rows], pa.list_(pa.string())),
-    })
-    with atomic_path(store) as tmp:
-        pq.write_table(table, tmp)
+    rows = [(asset, s["key"], s["chunk"], bool(s["ok"]), s["reason"], bool(s.get("retry")), json.dumps(s.get("warnings", [])))
+            for asset, s in sorted(stamps.by_asset.items())]
+    with atomic_path(store) as tmp, contextlib.closing(sqlite3.connect(tmp)) as db:
+        db.execute("CREATE TABLE stamps (asset TEXT PRIMARY KEY, key TEXT NOT NULL, chunk TEXT, ok INTEGER NOT NULL, "
+                   "reason TEXT, retry INTEGER NOT NULL, warnings TEXT NOT NULL)")
+        db.executemany("INSERT INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        db.commit()
     for asset, identity in stamps.journal.items():
         entry = layout.stamp(results, stage, asset)
         try:

@@ -10,8 +10,9 @@ file: each writes its assets' stamps as **journal** entries, results/stamps/{sta
 (atomic renames). Reading a journal of N files costs N opens, and every run's plan reads every
 stage's stamps; so at the end of a run (its `onsuccess`/`onerror`, Snakemake's lock held and
 every job finished: `compact`) the main process merges the journal into the stage's **store**,
-results/stamps/{stage}/stamps.sqlite (written to a temporary file and renamed), and only then deletes the journal
-entries it merged. A run's plan then reads the store once and the journal's few newer entries
+results/stamps/{stage}/stamps.sqlite (SQLite: the standard library reads it in milliseconds, in
+every process that plans or resumes a chunk; written to a temporary file and renamed), and only
+then deletes the journal entries it merged. A run's plan then reads the store once and the journal's few newer entries
 (one directory scan), and a journal entry wins over the store's row. Killed anywhere in a
 compaction, nothing is lost: the store is replaced whole or not at all, and a journal entry
 that outlives its merge says what the store says.

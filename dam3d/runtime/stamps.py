@@ -34,6 +34,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ from dam3d.runtime.atomic import atomic_path, remove_leftovers, write_text
 # The identity of a journal entry as read (inode, mtime_ns, size): compaction deletes an entry only
 # if it is still that file (entries are written by renames, so a newer one is another inode).
 FileId = tuple[int, int, int]
+# How many journal entries a compaction removes at once.
+UNLINK_THREADS = 8
 
 
 def _normal(asset: str, stamp: Any) -> dict[str, Any]:
@@ -170,12 +173,18 @@ def compact(results: str | Path, stage: str) -> int:
                    "reason TEXT, retry INTEGER NOT NULL, warnings TEXT NOT NULL)")
         db.executemany("INSERT INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         db.commit()
-    for asset, identity in stamps.journal.items():
+
+    def remove_if_unchanged(asset: str) -> None:
         entry = layout.stamp(results, stage, asset)
         try:
             st = entry.stat()
         except FileNotFoundError:
-            continue
-        if (st.st_ino, st.st_mtime_ns, st.st_size) == identity:
+            return
+        if (st.st_ino, st.st_mtime_ns, st.st_size) == stamps.journal[asset]:
             entry.unlink(missing_ok=True)
+
+    # Threads: removing a file just written waits on the disk (~2.5 ms each here, ~0.2 ms with 8 at once).
+    with ThreadPoolExecutor(max_workers=UNLINK_THREADS) as pool:
+        for _ in pool.map(remove_if_unchanged, stamps.journal):
+            pass
     return len(stamps.journal)

@@ -107,6 +107,7 @@ def write_stamp(results: str | Path, stage: str, asset: str, stamp: dict[str, An
 
 
 def _read_store(path: Path) -> dict[str, dict[str, Any]]:
+    """Per asset, the stamp compacted into the store at `path` ({} before the first compaction)."""
     if not path.is_file():
         return {}
     try:

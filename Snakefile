@@ -40,6 +40,7 @@ onstart:
 
 
 onsuccess:
+    compact_journals()
     report = Path(RESULTS) / "failures.tsv"
     if report.exists():
         stages = [line.split("\t")[2] for line in report.read_text().splitlines()[1:]]
@@ -49,3 +50,7 @@ onsuccess:
             skipped_text = f", {skipped} catalogue entries skipped" if skipped else ""
             print(f"dam3d: {failed} asset(s) failed at some stage{skipped_text}: see {report} (dam3d failures)",
                   file=sys.stderr)
+
+
+onerror:
+    compact_journals()  # what the jobs that finished stamped is kept either way

@@ -10,7 +10,7 @@ from dam3d.search.index import Index
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 Path(smk.log[0]).parent.mkdir(parents=True, exist_ok=True)
 with open(smk.log[0], "w") as log:
-    index = Index.load(Path(smk.input.index).parent)
+    index = Index.load(smk.params.index)
     result = audit(index, smk.params.fusion, threshold=smk.params.threshold, k=smk.params.k,
                    progress=lambda message: print(f"dam3d: {message}", file=log, flush=True))
     table, page = write_audit(result, index, Path(smk.output.table).parent)

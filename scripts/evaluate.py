@@ -16,7 +16,7 @@ with open(smk.log[0], "w") as log:
     def note(message: str) -> None:
         print(f"dam3d: {message}", file=log, flush=True)
 
-    index = Index.load(Path(smk.input.index).parent)
+    index = Index.load(smk.params.index)
     report, encoder = evaluate(index, smk.input.queries, cache_dir=smk.params.cache, log=note)
     model = index.manifest["model"]["name"]
     backends = index.manifest["backends"]

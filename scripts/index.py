@@ -7,21 +7,23 @@ from pathlib import Path
 
 from dam3d.catalogue import load_catalogue
 from dam3d.runtime import layout
-from dam3d.search.index import build_index
-from dam3d.runtime.plan import read_stamp
+from dam3d.runtime.atomic import write_text
+from dam3d.search.index import build_index, manifest_digest
+from dam3d.runtime.stamps import read_stamps
 from dam3d.runtime.chunk import read_failures
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 config = smk.config
 assets = load_catalogue(config["catalogue"])
 by_id = {Path(p).stem: Path(p) for p in smk.params.embeddings}
-out_dir = Path(smk.output.manifest).parent
+out_dir = Path(smk.params.index)
 failures = [f for f in read_failures(config["results"]) if f["asset"] in by_id and f["stage"] in smk.params.stages]
 # What the cutout stage warned about (a photo too small to be trusted) stays with the index.
+cutout_stamps = read_stamps(config["results"], "cutout")
 warnings = [
     {"asset": a.asset_id, "sku": a.sku, "stage": "cutout", "warning": w}
     for a in assets
-    for w in (read_stamp(config["results"], "cutout", a.asset_id) or {}).get("warnings", [])
+    for w in (cutout_stamps.get(a.asset_id) or {}).get("warnings", [])
 ]
 manifest = build_index(
     assets,
@@ -41,6 +43,9 @@ manifest = build_index(
     # the colour descriptors are made here, from the cutouts, once for every model's index (dam3d.search.colour)
     cutouts=[layout.cutout(config["results"], a.asset_id) for a in assets],
 )
+# The rule's output, written once the index is switched: which build this run made (see layout.index_stamp).
+write_text(smk.output.stamp, json.dumps({"manifest_sha1": manifest_digest(out_dir), "data": manifest["data"],
+                                         "created": manifest["created"]}) + "\n")
 counts = manifest["counts"]
 summary = [
     f"dam3d: index {out_dir}: {counts['indexed']}/{counts['assets']} assets, "

@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 
 from dam3d.errors import AssetError
-from dam3d.runtime.plan import read_stamp
+from dam3d.runtime.stamps import read_stamps
 from dam3d.runtime.chunk import ChunkError, one_by_one, read_failures, run_members
+
+
+def read_stamp(results: Path, stage: str, asset: str) -> dict | None:
+    return read_stamps(results, stage).get(asset)
 
 
 def member(tmp_path: Path, asset: str, **extra: object) -> dict:

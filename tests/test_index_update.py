@@ -174,7 +174,7 @@ def test_settings_that_change_every_row_rebuild_in_full(tmp_path: Path, embed: P
 
 
 def test_an_update_finds_the_previous_rows_when_snakemake_removed_the_manifest(tmp_path: Path, embed: Path) -> None:
-    """Snakemake removes a rule's outputs (manifest.json) before it runs the rule again."""
+    """A manifest.json removed (by hand, or by Snakemake when it was the index rule's output) loses no rows."""
     out = tmp_path / "index" / "m"
     build_index(*catalogue(embed, list(range(40))), out, {"model": {"name": "m"}})
     (out / "manifest.json").unlink()

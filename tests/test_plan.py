@@ -72,11 +72,18 @@ def test_only_new_changed_or_lost_assets_are_pending_and_downstream_follows(tmp_
 
 def test_assets_finished_by_a_job_that_died_are_kept(tmp_path: Path) -> None:
     p = plan(tmp_path, "render", ["A", "B"])
+    [name] = p.chunks
+    layout.chunk_members(tmp_path, "render", name).parent.mkdir(parents=True)
+    layout.chunk_members(tmp_path, "render", name).write_text("[]")
     finish(tmp_path, p, write_manifest=False)  # the job was killed after both stamps, before its manifest
     again = plan(tmp_path, "render", ["A", "B"])
     assert again.pending == [] and again.chunks == {}
-    assert again.aggregate_input("A") == str(layout.stamp(tmp_path, "render", "A"))
+    # Its members file (written when the run started) stands for what it made.
+    assert again.aggregate_input("A") == str(layout.chunk_members(tmp_path, "render", name))
     assert again.chunk_pattern() == "(?!)"
+    # With neither file left (the chunks folder removed), nothing tells the index they changed: computed again.
+    layout.chunk_members(tmp_path, "render", name).unlink()
+    assert plan(tmp_path, "render", ["A", "B"]).pending == ["A", "B"]
 
 
 def test_the_same_work_planned_again_gets_a_new_chunk_unless_its_job_never_finished(tmp_path: Path) -> None:

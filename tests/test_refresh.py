@@ -20,6 +20,7 @@ from test_workflow import SNAKEMAKE, snakemake
 from dam3d.catalogue import safe_id
 from dam3d.cli import main as dam3d
 from dam3d.runtime import layout
+from dam3d.runtime.stamps import read_stamps
 from dam3d.search.update import index_files
 
 # A run-wide contact sheet capped below the catalogue's SKUs: the cap is reached in every refresh test.
@@ -116,7 +117,7 @@ def test_refresh_computes_only_what_changed(tmp_path: Path, catalogue: Path) -> 
     assert {k: update[k] for k in ("mode", "reused", "read", "dropped")} == \
         {"mode": "incremental", "reused": 1, "read": 2, "dropped": 1}, update
     # Chunk files that no asset was made by any more are gone; those left are each some asset's.
-    stamps = [json.loads(p.read_text()) for p in (tmp_path / "results" / "stamps").glob("*/*.json")]
+    stamps = [s for stage in per_asset(0) for s in read_stamps(tmp_path / "results", stage).by_asset.values()]
     manifests = {p.stem for p in (tmp_path / "results" / "chunks").glob("*/*.json") if not p.name.endswith(".members.json")}
     assert manifests == {s["chunk"] for s in stamps if s["chunk"] in manifests} and len(manifests) == 10, manifests
     assert len(list((tmp_path / "results" / "chunks").glob("*/*.members.json"))) == 5  # this run's chunks only
@@ -255,3 +256,65 @@ def test_failures_command_prints_the_report(tmp_path: Path, capsys: pytest.Captu
     assert dam3d(["failures", "--results", str(tmp_path)]) == 0
     out, err = capsys.readouterr()
     assert "A 1\tcutout\tnot an image file" in out and "1 failed asset(s)" in err
+
+
+def test_the_index_stays_searchable_while_its_rule_reruns_and_fails(tmp_path: Path, catalogue: Path) -> None:
+    """Snakemake deletes a job's outputs before it runs it (and a failed job's after): the index's manifest.json
+    is not one of them, so the previous index is loadable all through a rerun of the index rule, even a failed one."""
+    from dam3d.runtime import layout
+    from dam3d.search.index import Index
+
+    flat = {"render": {"views": 0}}
+    assert run(tmp_path, catalogue, **flat).returncode == 0
+    results = tmp_path / "results"
+    stamp = json.loads(layout.index_stamp(results, "mobilenetv2").read_text())
+    before = Index.load(layout.index(results, "mobilenetv2"))
+    assert stamp["data"] == before.files.name and len(before.assets) == 3
+    # The index rule run again and failing half-way: an embedding it must read is not an .npz any more.
+    layout.embedding(results, "mobilenetv2", "blue-box").write_bytes(b"not an npz")
+    failed = run(tmp_path, catalogue, "--forcerun", "index", **flat)
+    assert failed.returncode != 0 and "index" in failed.stderr, failed.stderr[-3000:]
+    assert not layout.index_stamp(results, "mobilenetv2").exists()  # so the next run builds it again
+    after = Index.load(layout.index(results, "mobilenetv2"))
+    assert after.files == before.files and sorted(a["sku"] for a in after.assets) == sorted(KINDS)
+
+
+def test_a_run_compacts_the_stamps_a_dry_run_writes_nothing_and_an_old_journal_plans_as_before(
+        tmp_path: Path, catalogue: Path) -> None:
+    """Stamps (dam3d.runtime.stamps): a run's end merges each stage's journal into its store; a results folder
+    from before the store (journal only) plans the same and is compacted by its first run."""
+    from dam3d.runtime import layout
+    from dam3d.runtime.stamps import read_stamps, write_stamp
+
+    flat = {"render": {"views": 0}}
+    stages = ("cutout", "embed-mobilenetv2")
+    assert run(tmp_path, catalogue, **flat).returncode == 0
+    results = tmp_path / "results"
+
+    def journal() -> dict[str, list[str]]:
+        return {s: sorted(p.name for p in layout.stamps(results, s).glob("[!.]*.json")) for s in stages}
+
+    assert journal() == {s: [] for s in stages}
+    assert all(layout.stamp_store(results, s).exists() and len(read_stamps(results, s).by_asset) == 3 for s in stages)
+    product_photo("stripes").save(catalogue / "stripes.jpg")
+    planned = re.search(r"dam3d: to compute.*", run(tmp_path, catalogue, "-n", **flat).stderr).group(0)
+    assert "cutout 1/4" in planned
+
+    # The folder as an older dam3d left it: one stamp file per asset and stage, no store.
+    for stage in stages:
+        store = layout.stamp_store(results, stage)
+        for asset, stamp in read_stamps(results, stage).by_asset.items():
+            write_stamp(results, stage, asset, stamp)
+        store.unlink()
+    old = journal()
+    assert old == {s: ["blue-box.json", "green-lamp.json", "red-vase.json"] for s in stages}
+    dry = run(tmp_path, catalogue, "-n", **flat)
+    assert re.search(r"dam3d: to compute.*", dry.stderr).group(0) == planned
+    assert journal() == old and not any(layout.stamp_store(results, s).exists() for s in stages)  # -n writes nothing
+
+    refresh = run(tmp_path, catalogue, **flat)
+    assert refresh.returncode == 0, refresh.stderr[-3000:]
+    assert job_counts(refresh) == {"cutout": 1, "embed-mobilenetv2": 1, "index": 1, "failure_report": 1, "timings": 1}
+    assert journal() == {s: [] for s in stages}
+    assert all(layout.stamp_store(results, s).exists() and len(read_stamps(results, s).by_asset) == 4 for s in stages)
+    assert job_counts(run(tmp_path, catalogue, **flat)) == {}

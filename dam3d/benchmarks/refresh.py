@@ -66,14 +66,13 @@ def _workdir(root: Path, name: str, assets: int) -> Path:
 
 
 def _stamp_planned_chunks(results: Path) -> None:
-    """Stamp every asset of the chunks the run planned, as their jobs would have (see dam3d.runtime.plan)."""
-    from dam3d.runtime.atomic import write_text
+    """Stamp every asset of the chunks the run planned, as their jobs would have (see dam3d.runtime.stamps)."""
+    from dam3d.runtime.stamps import write_stamp
 
     for members_file in results.glob("chunks/*/*.members.json"):
         stage, chunk = members_file.parent.name, members_file.name.removesuffix(".members.json")
         for member in json.loads(members_file.read_text()):
-            stamp = {"key": member["key"], "chunk": chunk, "ok": True, "reason": None}
-            write_text(layout.stamp(results, stage, member["asset"]), json.dumps(stamp) + "\n")
+            write_stamp(results, stage, member["asset"], {"key": member["key"], "chunk": chunk, "ok": True, "reason": None})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from dam3d.runtime import layout
 from dam3d.runtime.atomic import remove_leftovers, write_text
+from dam3d.runtime.stamps import read_stamps, write_stamp
 from dam3d.errors import AssetError, AssetWarning
 
 
@@ -106,7 +107,7 @@ class ChunkRunner:
     An asset this chunk already stamped with its key is skipped (a retried or resumed
     job). An AssetError is recorded at once; any other error is retried alone up to
     `retries` times, then recorded and stamped to be tried again next run. Every
-    finished asset gets its stamp (dam3d.runtime.plan) as soon as `process` yields it, after
+    finished asset gets its stamp (dam3d.runtime.stamps) as soon as `process` yields it, after
     its outputs, so a killed or failing job keeps what it finished. An error of
     `process` itself raises ChunkError once the retries are spent.
 
@@ -163,20 +164,20 @@ class ChunkRunner:
 
     def _triage(self) -> tuple[list[dict], list[dict]]:
         """Resume what this chunk finished before; fail at once what cannot run; the rest to compute."""
-        from dam3d.runtime.plan import read_stamp
-
         todo, suspects = [], []
+        # The store and this chunk's own journal entries, not the whole journal (other jobs write there).
+        stamps = read_stamps(self.results, self.stage, [m["asset"] for m in self.members])
         for member in self.members:
             asset = member["asset"]
-            stamp = read_stamp(self.results, self.stage, asset)
-            if (stamp and stamp.get("chunk") == self.chunk and stamp.get("key") == member["key"]
+            stamp = stamps.get(asset)
+            if (stamp and stamp["chunk"] == self.chunk and stamp["key"] == member["key"]
                     and not stamp.get("retry") and all(Path(p).exists() for p in member["outputs"])):
-                self.outcomes[asset] = {"asset": asset, "ok": stamp.get("ok", True), "reason": stamp.get("reason"),
+                self.outcomes[asset] = {"asset": asset, "ok": stamp["ok"], "reason": stamp["reason"],
                                         "resumed": True, **({"warnings": stamp["warnings"]} if stamp.get("warnings") else {})}
                 continue
             # The old stamp goes before the outputs change: killed between new outputs and new
             # stamp, the asset must be pending, not taken as done with its old key.
-            layout.stamp(self.results, self.stage, asset).unlink(missing_ok=True)
+            stamps.clear(asset)
             for output in member["outputs"]:  # what a killed job was writing for it
                 remove_leftovers(output)
             failed_inputs = [str(p) for p in member.get("requires", ()) if is_placeholder(p)]
@@ -189,8 +190,8 @@ class ChunkRunner:
                              record=False)
             elif died >= MAX_DEATHS:
                 self._finish(member, f"the {self.stage} process died {died} times while computing this asset (a "
-                                     f"crash in native code or a memory limit); remove "
-                                     f"{layout.stamp(self.results, self.stage, asset)} to try again")
+                                     f"crash in native code or a memory limit); delete its placeholder "
+                                     f"{member['outputs'][0]} to try again")
             elif died:
                 suspects.append(member)
             else:
@@ -218,7 +219,7 @@ class ChunkRunner:
             stamp["retry"] = True
         if warnings:
             stamp["warnings"] = list(warnings)
-        write_text(layout.stamp(self.results, self.stage, asset), json.dumps(stamp) + "\n")
+        write_stamp(self.results, self.stage, asset, stamp)
         starts_path(self.results, self.stage, asset).unlink(missing_ok=True)
         self.outcomes[asset] = {"asset": asset, "ok": reason is None, "reason": reason,
                                 **({"warnings": list(warnings)} if warnings else {})}

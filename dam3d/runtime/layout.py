@@ -101,6 +101,15 @@ def index(results: str | Path, model: str) -> Path:
     return indexes(results) / model
 
 
+def index_stamp(results: str | Path, model: str) -> Path:
+    """The `index` rule's output: which build of one model's index the run made (its manifest's SHA-1, time).
+
+    Not the index's manifest.json: Snakemake deletes a job's outputs before it runs the job, and the
+    index must stay searchable while its update runs (dam3d.search.update replaces the manifest last).
+    """
+    return indexes(results) / f"{model}.built.json"
+
+
 def fusion_choice(results: str | Path, model: str) -> Path:
     """The fusion that scored best on the configured labelled queries for one model's index (`search.fusion: auto`)."""
     return Path(results) / "evaluate" / f"{model}.fusion.json"
@@ -126,9 +135,19 @@ def query_cache(results: str | Path, model: str) -> Path:
     return Path(results) / "cache" / "queries" / model
 
 
+def stamps(results: str | Path, stage: str) -> Path:
+    """The folder of a stage's stamps: its store and its journal (dam3d.runtime.stamps)."""
+    return Path(results) / "stamps" / stage
+
+
 def stamp(results: str | Path, stage: str, asset: str) -> Path:
-    """The asset's key at `stage` and the chunk that computed it (written after its outputs)."""
-    return Path(results) / "stamps" / stage / f"{asset}.json"
+    """The asset's journal entry at `stage`: its key and the chunk that computed it (written after its outputs)."""
+    return stamps(results, stage) / f"{asset}.json"
+
+
+def stamp_store(results: str | Path, stage: str) -> Path:
+    """SQLite file of a stage's stamps, one row per asset, that the journal is compacted into (dam3d.runtime.stamps)."""
+    return stamps(results, stage) / "stamps.sqlite"
 
 
 def failures(results: str | Path) -> Path:

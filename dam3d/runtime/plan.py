@@ -8,8 +8,10 @@ into a chunk is decided here, per *asset*, when the workflow starts:
 
 - every asset has a key per stage: a hash of the stage, its settings, its own
   source (photo or provided mesh digest) and the keys of the stages it reads from;
-- a finished asset leaves a stamp, results/stamps/{stage}/{asset}.json, written
-  after its outputs (atomically, last), holding that key and its chunk;
+- a finished asset leaves a stamp (dam3d.runtime.stamps: a journal entry, compacted
+  into the stage's store at the end of the run), written after its outputs
+  (atomically, last), holding that key and its chunk; the plan reads a stage's
+  stamps in one pass;
 - an asset is pending when its stamp is missing, holds another key or an unexpected
   error (retried next run), an output is missing, or an upstream stage is pending for
   it. Pending assets are cut into chunks named by a hash of their members and keys
@@ -33,15 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from dam3d.runtime import layout
-
-
-
-
-def read_stamp(results: str | Path, stage: str, asset: str) -> dict[str, Any] | None:
-    try:
-        return json.loads(layout.stamp(results, stage, asset).read_text())
-    except (OSError, ValueError):
-        return None
+from dam3d.runtime.stamps import read_stamps
 
 
 def code_digest(path: str | Path) -> str:
@@ -80,7 +74,7 @@ class StagePlan:
     pending: list[str] = field(default_factory=list)
     chunks: dict[str, list[str]] = field(default_factory=dict)
     chunk_of: dict[str, str] = field(default_factory=dict)
-    # Per finished asset: the manifest of the chunk that made it (its stamp when that job died first).
+    # Per finished asset: the manifest of the chunk that made it (its members file when that job died first).
     made_by: dict[str, str] = field(default_factory=dict)
     # What a chunk job needs to know of each asset beyond key and outputs (set by the workflow).
     members: Callable[[str], dict[str, Any]] | None = None
@@ -89,8 +83,8 @@ class StagePlan:
         """The file an aggregate rule takes as input for this asset at this stage.
 
         Pending: the manifest of the chunk computing it now (ordering). Done: the
-        manifest of the chunk that computed it, or its stamp when that chunk's job
-        died before writing its manifest (its finished assets are kept).
+        manifest of the chunk that computed it, or that chunk's members file when its
+        job died before writing its manifest (its finished assets are kept).
         """
         if asset in self.chunk_of:
             return str(layout.chunk_manifest(self.results, self.stage, self.chunk_of[asset]))
@@ -119,22 +113,29 @@ def plan_stage(
     """Keys, pending assets and chunks of `stage` for `assets` (in catalogue order)."""
     results = str(results)
     plan = StagePlan(stage, results, keys={}, outputs={})
+    stamps = read_stamps(results, stage)
+    records: dict[str, str | None] = {}  # per chunk a stamp names: the file standing for what it made (one stat)
     for asset in assets:
         key = digest([stage, key_parts(asset), [up.keys[asset] for up in upstream]])
         plan.keys[asset] = key
         plan.outputs[asset] = outputs(asset)
-        stamp = read_stamp(results, stage, asset)
+        stamp = stamps.get(asset)
         done = (
             stamp is not None
-            and stamp.get("key") == key
+            and stamp["key"] == key
             # An unexpected error (not the asset's fault: a crash, the GPU) is tried again next run.
             and not stamp.get("retry")
             and not any(asset in up.chunk_of for up in upstream)
             and all(Path(p).exists() for p in plan.outputs[asset])
         )
+        record = None
         if done:
-            manifest = layout.chunk_manifest(results, stage, str(stamp.get("chunk")))
-            plan.made_by[asset] = str(manifest if manifest.exists() else layout.stamp(results, stage, asset))
+            chunk = str(stamp["chunk"])
+            if chunk not in records:
+                records[chunk] = _chunk_record(results, stage, chunk)
+            record = records[chunk]
+        if record is not None:
+            plan.made_by[asset] = record
         else:
             plan.pending.append(asset)
     n_chunks = math.ceil(len(plan.pending) / max(1, per_job))
@@ -151,6 +152,18 @@ def plan_stage(
         plan.chunks[name] = members
         plan.chunk_of.update(dict.fromkeys(members, name))
     return plan
+
+
+def _chunk_record(results: str, stage: str, chunk: str) -> str | None:
+    """The file standing for what `chunk` made: its manifest, or its members file if its job died first.
+
+    None if neither is left (the chunks folder removed by hand): its assets are computed again,
+    since nothing else would tell the index that they changed.
+    """
+    for path in (layout.chunk_manifest(results, stage, chunk), layout.chunk_members(results, stage, chunk)):
+        if path.exists():
+            return str(path)
+    return None
 
 
 def summary(plans: Mapping[str, StagePlan]) -> str:

@@ -66,7 +66,8 @@ def new_data_dir(out_dir: Path) -> Path:
 
 def current_data_dir(out_dir: Path) -> Path | None:
     """The finished data folder of the index in `out_dir`: the one its manifest.json names, else (the
-    manifest was removed, e.g. by Snakemake before it reruns the rule) the newest folder holding its own
+    manifest was removed: by hand, or by Snakemake before it reran the rule when the manifest was the rule's
+    output, as it was before layout.index_stamp) the newest folder holding its own
     manifest.json; None if there is none (no index yet, or one written before data folders)."""
     try:
         name = json.loads((out_dir / "manifest.json").read_text()).get("data")

@@ -29,6 +29,7 @@ from dam3d.stages.cutout import resolve_backend
 from dam3d.stages.embed import check_augment, embed_key, resolve_models
 from dam3d.runtime.atomic import write_text
 from dam3d.runtime.plan import code_digest, plan_stage, summary as plan_summary
+from dam3d.runtime.stamps import compact as compact_stamps
 from dam3d.stages.contact import sheet_assets
 from dam3d.stages.render import view_names
 
@@ -140,6 +141,14 @@ def write_chunk_members():
             write_text(layout.chunk_members(RESULTS, stage, name), json.dumps([chunk_member(stage, a) for a in assets]))
 
 
+def compact_journals():
+    """Merge each stage's journal of stamps into its store (dam3d.runtime.stamps), so the next run's plan
+    reads one file per stage: at the run's end (`onsuccess`, `onerror`: never on -n, nor when there was
+    nothing to do), with Snakemake's lock held and no job of this run left to write."""
+    for stage in PLANS:
+        compact_stamps(RESULTS, stage)
+
+
 def chunk_member(stage, asset):
     plan = PLANS[stage]
     return {"asset": asset, "key": plan.keys[asset], "outputs": plan.outputs[asset], **plan.members(asset)}
@@ -216,7 +225,7 @@ EXTRA_TARGETS = []
 
 
 def all_outputs():
-    outputs = [str(layout.index(RESULTS, model) / "manifest.json") for model in EMBED_MODELS]
+    outputs = [str(layout.index_stamp(RESULTS, model)) for model in EMBED_MODELS]
     outputs.append(f"{RESULTS}/failures.tsv")
     if VIEWS:
         outputs.append(f"{RESULTS}/contact_sheet.png")

@@ -8,7 +8,7 @@ from dam3d.evaluation.evaluate import read_queries
 # are not recomputed just to time them; it runs after the indexes, so after every stage.
 rule timings:
     input:
-        [str(layout.index(RESULTS, model) / "manifest.json") for model in EMBED_MODELS],
+        [str(layout.index_stamp(RESULTS, model)) for model in EMBED_MODELS],
     output:
         tsv=f"{RESULTS}/timings.tsv",
         html=report(f"{RESULTS}/timings.html", caption="../report/timings.rst", category="Timings"),
@@ -34,7 +34,7 @@ if config.get("queries"):
 
     rule evaluate:
         input:
-            index=str(layout.index(RESULTS, "{model}") / "manifest.json"),
+            index=str(layout.index_stamp(RESULTS, "{model}")),
             queries=config["queries"],
             images=QUERY_IMAGES,
         output:
@@ -53,6 +53,7 @@ if config.get("queries"):
                 labels={"model": "{model}", "figure": "top-k bar plot"},
             ),
         params:
+            index=lambda wildcards: str(layout.index(RESULTS, wildcards.model)),
             cache=lambda wildcards: str(layout.query_cache(RESULTS, wildcards.model)),
         benchmark:
             f"{RESULTS}/benchmarks/evaluate/{{model}}.tsv"

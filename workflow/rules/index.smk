@@ -2,10 +2,12 @@ rule index:
     input:
         lambda wildcards: stage_refs(f"embed-{wildcards.model}"),
     output:
-        # The index's files live in a data folder that manifest.json names (dam3d.search.update): an update
-        # reuses the previous folder's unchanged rows and switches by replacing manifest.json, written last.
-        manifest=str(layout.index(RESULTS, "{model}") / "manifest.json"),
+        # A stamp, not the index's manifest.json: Snakemake deletes a job's outputs before running it, and the
+        # index stays searchable while it is updated (its files live in a data folder that manifest.json names,
+        # dam3d.search.update: an update writes a new folder and switches by replacing manifest.json, last).
+        stamp=str(layout.index_stamp(RESULTS, "{model}")),
     params:
+        index=lambda wildcards: str(layout.index(RESULTS, wildcards.model)),
         embeddings=lambda wildcards: [str(layout.embedding(RESULTS, wildcards.model, a)) for a in ASSET_IDS],
         # The stages this index is made from: their failure records go into its manifest.
         stages=lambda wildcards: ["cutout", *(["mesh", "render"] if VIEWS else []), f"embed-{wildcards.model}"],
@@ -33,7 +35,7 @@ rule index:
 
 rule failure_report:
     input:
-        [str(layout.index(RESULTS, model) / "manifest.json") for model in EMBED_MODELS],
+        [str(layout.index_stamp(RESULTS, model)) for model in EMBED_MODELS],
         stage_refs("contact") if VIEWS else [],
     output:
         f"{RESULTS}/failures.tsv",

@@ -46,6 +46,10 @@ manifest = build_index(
 # The rule's output, written once the index is switched: which build this run made (see layout.index_stamp).
 write_text(smk.output.stamp, json.dumps({"manifest_sha1": manifest_digest(out_dir), "data": manifest["data"],
                                          "created": manifest["created"]}) + "\n")
+# Earlier builds' stamps name what the index was: one stamp per index, this build's.
+for stale in layout.index_stamps(config["results"], smk.wildcards.model):
+    if stale != Path(smk.output.stamp):
+        stale.unlink(missing_ok=True)
 counts = manifest["counts"]
 summary = [
     f"dam3d: index {out_dir}: {counts['indexed']}/{counts['assets']} assets, "

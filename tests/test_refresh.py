@@ -267,14 +267,15 @@ def test_the_index_stays_searchable_while_its_rule_reruns_and_fails(tmp_path: Pa
     flat = {"render": {"views": 0}}
     assert run(tmp_path, catalogue, **flat).returncode == 0
     results = tmp_path / "results"
-    stamp = json.loads(layout.index_stamp(results, "mobilenetv2").read_text())
+    (stamp_file,) = layout.index_stamps(results, "mobilenetv2")
+    stamp = json.loads(stamp_file.read_text())
     before = Index.load(layout.index(results, "mobilenetv2"))
     assert stamp["data"] == before.files.name and len(before.assets) == 3
     # The index rule run again and failing half-way: an embedding it must read is not an .npz any more.
     layout.embedding(results, "mobilenetv2", "blue-box").write_bytes(b"not an npz")
     failed = run(tmp_path, catalogue, "--forcerun", "index", **flat)
     assert failed.returncode != 0 and "index" in failed.stderr, failed.stderr[-3000:]
-    assert not layout.index_stamp(results, "mobilenetv2").exists()  # so the next run builds it again
+    assert not stamp_file.exists()  # so the next run builds it again
     after = Index.load(layout.index(results, "mobilenetv2"))
     assert after.files == before.files and sorted(a["sku"] for a in after.assets) == sorted(KINDS)
 

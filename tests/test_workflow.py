@@ -97,6 +97,19 @@ def test_2d_pipeline_end_to_end_with_bad_assets(tmp_path: Path, capsys: pytest.C
     again = snakemake(tmp_path, "-n", config={"catalogue": str(catalogue), "render": {"views": 0}})
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    # The results folder copied elsewhere (Snakemake has no records of it there): unchanged, nothing to do;
+    # with a setting changed, the stages it changes and the index run again.
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "results", copy / "results", symlinks=True)
+    same = snakemake(copy, "-n", config={"catalogue": str(catalogue), "render": {"views": 0}})
+    assert "Nothing to be done" in same.stdout + same.stderr, same.stderr[-3000:]
+    changed = snakemake(copy, "-n", config={"catalogue": str(catalogue), "render": {"views": 0}, "cutout": {"margin": 0.1}})
+    assert re.search(r"to compute \(assets/catalogue\): cutout (\d+)/\1 in", changed.stderr), changed.stderr[-3000:]
+    jobs = changed.stdout + changed.stderr
+    assert "Nothing to be done" not in jobs and re.search(r"^index\s+1$", jobs, re.M), jobs[-3000:]
+
     # These results as an older dam3d left them (no shard folders): the run refuses them; once migrated, it
     # computes nothing again.
     flatten(tmp_path / "results")

@@ -101,13 +101,21 @@ def index(results: str | Path, model: str) -> Path:
     return indexes(results) / model
 
 
-def index_stamp(results: str | Path, model: str) -> Path:
-    """The `index` rule's output: which build of one model's index the run made (its manifest's SHA-1, time).
+def index_stamp(results: str | Path, model: str, build: str) -> Path:
+    """The `index` rule's output: the build of one model's index the run made (its manifest's SHA-1, time).
 
     Not the index's manifest.json: Snakemake deletes a job's outputs before it runs the job, and the
     index must stay searchable while its update runs (dam3d.search.update replaces the manifest last).
+    `build` is a digest of what the index is made of (every SKU's embedding key, the catalogue, the
+    index settings): a results folder copied elsewhere, which Snakemake has no records of, still
+    rebuilds its index when a setting changes, because the stamp it asks for does not exist yet.
     """
-    return indexes(results) / f"{model}.built.json"
+    return indexes(results) / f"{model}.{build}.built.json"
+
+
+def index_stamps(results: str | Path, model: str) -> list[Path]:
+    """The `index_stamp` files of one model's index on disk (one after a successful run: the build's)."""
+    return sorted(indexes(results).glob(f"{model}.*.built.json"))
 
 
 def fusion_choice(results: str | Path, model: str) -> Path:

@@ -8,7 +8,7 @@ AUDIT = {"threshold": DEFAULT_THRESHOLD, "k": DEFAULT_K, "fusion": "auto", **con
 
 
 def audit_inputs(wildcards):
-    inputs = {"index": str(layout.index_stamp(RESULTS, wildcards.model))}
+    inputs = {"index": index_stamp(wildcards.model)}
     # `auto` follows the evaluation of labelled photos when there is one: wait for it.
     if AUDIT["fusion"] == "auto" and config["search"]["fusion"] == "auto" and config.get("queries"):
         inputs["choice"] = str(layout.fusion_choice(RESULTS, wildcards.model))

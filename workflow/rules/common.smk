@@ -28,7 +28,7 @@ from dam3d.runtime.backends import backend
 from dam3d.stages.cutout import resolve_backend
 from dam3d.stages.embed import check_augment, embed_key, resolve_models
 from dam3d.runtime.atomic import write_text
-from dam3d.runtime.plan import code_digest, plan_stage, summary as plan_summary
+from dam3d.runtime.plan import code_digest, digest, plan_stage, summary as plan_summary
 from dam3d.runtime.stamps import compact as compact_stamps
 from dam3d.stages.contact import sheet_assets
 from dam3d.stages.render import view_names
@@ -203,6 +203,23 @@ def contact_sheet_assets():
     return sheet_assets(ASSET_IDS, plan.chunk_of, made_at, config["contact_sheet"]["max_assets"])
 
 
+def index_build(model, settings):
+    """A digest of what one model's index is made of: each SKU's embedding key (which holds every stage's
+    key before it), the SKU table and the index rule's `settings`. It names the rule's output
+    (layout.index_stamp), so that a changed input means a stamp that does not exist yet, and Snakemake
+    rebuilds the index without needing its own records of the last run (a results folder copied
+    elsewhere has none: Snakemake then saw nothing to do, whatever had changed).
+    """
+    keys = PLANS[f"embed-{model}"].keys
+    sha1 = hashlib.sha1("\n".join(f"{asset} {keys[asset]}" for asset in ASSET_IDS).encode())
+    return digest([sha1.hexdigest(), CATALOGUE_DIGEST, settings])[:12]
+
+
+def index_stamp(model):
+    """This run's `index` output for one model (the input of the rules that read the index)."""
+    return str(layout.index_stamp(RESULTS, model, INDEX_BUILDS[model]))
+
+
 def provided_mesh(asset):
     """The DAM's own mesh for the `provided` backend; a missing one fails that asset, not the DAG."""
     mesh = ASSETS[asset].mesh
@@ -225,7 +242,7 @@ EXTRA_TARGETS = []
 
 
 def all_outputs():
-    outputs = [str(layout.index_stamp(RESULTS, model)) for model in EMBED_MODELS]
+    outputs = [index_stamp(model) for model in EMBED_MODELS]
     outputs.append(f"{RESULTS}/failures.tsv")
     if VIEWS:
         outputs.append(f"{RESULTS}/contact_sheet.png")

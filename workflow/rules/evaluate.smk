@@ -8,7 +8,7 @@ from dam3d.evaluation.evaluate import read_queries
 # are not recomputed just to time them; it runs after the indexes, so after every stage.
 rule timings:
     input:
-        [str(layout.index_stamp(RESULTS, model)) for model in EMBED_MODELS],
+        [index_stamp(model) for model in EMBED_MODELS],
     output:
         tsv=f"{RESULTS}/timings.tsv",
         html=report(f"{RESULTS}/timings.html", caption="../report/timings.rst", category="Timings"),
@@ -34,7 +34,7 @@ if config.get("queries"):
 
     rule evaluate:
         input:
-            index=str(layout.index_stamp(RESULTS, "{model}")),
+            index=lambda wildcards: index_stamp(wildcards.model),
             queries=config["queries"],
             images=QUERY_IMAGES,
         output:

@@ -1,3 +1,19 @@
+# What each index is made of beyond its SKUs' embeddings; a change rebuilds the index (see index_build).
+INDEX_SETTINGS = {
+    # How the vectors are stored.
+    "vectors": config["index"],
+    # The colour descriptors (dam3d.search.colour) made from the cutouts.
+    "colour": f"colour-{COLOUR_DESCRIPTOR_VERSION}",
+    "backends": {
+        "cutout": CUTOUT.name,
+        "cutout_model": CUTOUT.key(config["cutout"]),
+        "mesh": config["mesh"]["backend"] if VIEWS else None,
+        "render_engine": config["render"]["engine"] if VIEWS else None,
+    },
+}
+INDEX_BUILDS = {model: index_build(model, [INDEX_SETTINGS, asdict(spec)]) for model, spec in EMBED_MODELS.items()}
+
+
 rule index:
     input:
         lambda wildcards: stage_refs(f"embed-{wildcards.model}"),
@@ -5,28 +21,24 @@ rule index:
         # A stamp, not the index's manifest.json: Snakemake deletes a job's outputs before running it, and the
         # index stays searchable while it is updated (its files live in a data folder that manifest.json names,
         # dam3d.search.update: an update writes a new folder and switches by replacing manifest.json, last).
-        stamp=str(layout.index_stamp(RESULTS, "{model}")),
+        stamp=str(layout.index_stamp(RESULTS, "{model}", "{build}")),
+    wildcard_constraints:
+        build="[0-9a-f]{12}",
     params:
         index=lambda wildcards: str(layout.index(RESULTS, wildcards.model)),
         embeddings=lambda wildcards: [str(layout.embedding(RESULTS, wildcards.model, a)) for a in ASSET_IDS],
         # The stages this index is made from: their failure records go into its manifest.
         stages=lambda wildcards: ["cutout", *(["mesh", "render"] if VIEWS else []), f"embed-{wildcards.model}"],
         catalogue=CATALOGUE_DIGEST,
-        # How the vectors are stored: a change rebuilds the index (params are a rerun trigger).
-        vectors=config["index"],
-        # The colour descriptors (dam3d.search.colour) made from the cutouts: a new kind rebuilds the index.
-        colour=f"colour-{COLOUR_DESCRIPTOR_VERSION}",
+        # Also in the stamp's name (INDEX_BUILDS); as params they are a rerun trigger as well.
+        vectors=INDEX_SETTINGS["vectors"],
+        colour=INDEX_SETTINGS["colour"],
         spec=lambda wildcards: asdict(EMBED_MODELS[wildcards.model]),
-        backends={
-            "cutout": CUTOUT.name,
-            "cutout_model": CUTOUT.key(config["cutout"]),
-            "mesh": config["mesh"]["backend"] if VIEWS else None,
-            "render_engine": config["render"]["engine"] if VIEWS else None,
-        },
+        backends=INDEX_SETTINGS["backends"],
     benchmark:
-        f"{RESULTS}/benchmarks/index/{{model}}.tsv"
+        f"{RESULTS}/benchmarks/index/{{model}}.{{build}}.tsv"
     log:
-        f"{RESULTS}/logs/index/{{model}}.log",
+        f"{RESULTS}/logs/index/{{model}}.{{build}}.log",
     conda:
         "../../envs/embed.yaml"
     script:
@@ -35,7 +47,7 @@ rule index:
 
 rule failure_report:
     input:
-        [str(layout.index_stamp(RESULTS, model)) for model in EMBED_MODELS],
+        [index_stamp(model) for model in EMBED_MODELS],
         stage_refs("contact") if VIEWS else [],
     output:
         f"{RESULTS}/failures.tsv",

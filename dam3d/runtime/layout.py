@@ -16,7 +16,9 @@ written before the shards (the flat layout, cutout/ASSET.png) are moved into the
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 # The name of a shard folder: two lowercase hex digits.
@@ -64,6 +66,12 @@ def views(results: str | Path, asset: str) -> Path:
 
 def view(results: str | Path, asset: str, name: str) -> Path:
     return views(results, asset) / f"{name}.png"
+
+
+def view_files(results: str | Path, asset: str, names: Iterable[str]) -> list[str]:
+    """`view` of each name, as strings: one folder per asset, not one Path per view (the planner asks for every SKU's)."""
+    folder = str(views(results, asset))
+    return [os.path.join(folder, f"{name}.png") for name in names]
 
 
 def contacts(results: str | Path) -> Path:

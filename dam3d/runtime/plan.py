@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +127,8 @@ def plan_stage(
             # An unexpected error (not the asset's fault: a crash, the GPU) is tried again next run.
             and not stamp.get("retry")
             and not any(asset in up.chunk_of for up in upstream)
-            and all(Path(p).exists() for p in plan.outputs[asset])
+            # os.path on the strings: a Path per output costs more than its stat (1M views per 100k SKUs).
+            and all(os.path.exists(p) for p in plan.outputs[asset])
         )
         record = None
         if done:

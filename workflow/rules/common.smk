@@ -234,7 +234,7 @@ def conda_env(stage_backend):
 
 
 def view_paths(asset):
-    return [str(layout.view(RESULTS, asset, view)) for view in VIEWS]
+    return layout.view_files(RESULTS, asset, VIEWS)
 
 
 # Targets added by the optional evaluate.smk (evaluation, timings).

@@ -92,6 +92,62 @@ def test_box_hidden_faces_take_their_mirror_faces_colours():
         assert np.abs(hidden - np.array(colour) * 0.92).max() < 25, (axis, hidden)
 
 
+def printed_box_photo() -> np.ndarray:
+    """box_photo with a print on its red front: white vertical stripes 8 px wide, 16 px apart."""
+    rgba = box_photo(200, 300, 120, yaw=30, elevation=20).copy()
+    front = np.all(rgba[..., :3] == RED, axis=-1)
+    stripes = (np.arange(rgba.shape[1]) // 8) % 2 == 0
+    rgba[front & stripes[None, :], :3] = 255
+    return rgba
+
+
+@pytest.mark.parametrize("hidden", ["mirror", "blur", "plain"])
+def test_box_hidden_faces_mirror_the_print_blur_it_or_take_one_colour(hidden):
+    rgba = printed_box_photo()
+    mesh, fit = prior_mesh(rgba, rgba[..., 3] > 127, {**ORTHO, "hidden": hidden})
+    assert fit.shape == "cuboid"
+    seen, back = _colours_on(mesh, 2, +1), _colours_on(mesh, 2, -1)
+    assert seen.std(axis=0).max() > 40   # the print is on the front whatever `hidden` says
+    if hidden == "mirror":
+        assert back.std(axis=0).max() > 40
+    elif hidden == "blur":
+        # the stripes are averaged away; the colour stays the front's mean, darker
+        assert back.std(axis=0).max() < 15
+        assert np.abs(back.mean(axis=0) - seen.mean(axis=0) * 0.92).max() < 30
+    else:
+        obj = rgba[rgba[..., 3] > 127][:, :3].astype(float)
+        for axis in range(3):
+            hidden_face = _colours_on(mesh, axis, -1)
+            assert np.abs(hidden_face - np.median(obj, axis=0) * 0.92).max() <= 1.0, axis
+
+
+def test_unknown_hidden_mode_is_refused():
+    rgba = printed_box_photo()
+    with pytest.raises(ValueError, match="hidden"):
+        prior_mesh(rgba, rgba[..., 3] > 127, {**ORTHO, "hidden": "guess"})
+
+
+def test_vase_hidden_half_blurred_keeps_its_colour_without_its_print():
+    rgba = vase_photo(elevation=20).copy()
+    body = rgba[..., 3] > 127
+    stripes = (np.arange(rgba.shape[1]) // 6) % 2 == 0
+    rgba[body & stripes[None, :], :3] = (20, 20, 200)
+    params = {**BOTH, "azimuth": 0.0, "elevation": 20.0}
+    for hidden, spread in (("mirror", 40), ("blur", 20)):
+        mesh, fit = prior_mesh(rgba, rgba[..., 3] > 127, {**params, "hidden": hidden})
+        assert fit.shape == "revolution"
+        v, c = np.asarray(mesh.vertices), np.asarray(mesh.visual.vertex_colors)[:, :3].astype(float)
+        mid = np.abs(v[:, 1] - v[:, 1].mean()) < 0.2 * np.ptp(v[:, 1])
+        back = mid & (v[:, 2] < -0.5 * np.abs(v[:, 2]).max())
+        front = mid & (v[:, 2] > 0.5 * np.abs(v[:, 2]).max())
+        assert c[front].std(axis=0).max() > 40
+        if hidden == "mirror":
+            assert c[back].std(axis=0).max() > spread
+        else:
+            assert c[back].std(axis=0).max() < spread
+            assert np.abs(c[back].mean(axis=0) - c[front].mean(axis=0) * 0.92).max() < 30
+
+
 def test_vase_is_a_solid_of_revolution_closed_and_facing_the_catalogue_camera():
     rgba = vase_photo(elevation=20)
     mesh, fit = prior_mesh(rgba, rgba[..., 3] > 127, {**BOTH, "azimuth": 30.0, "elevation": 20.0})

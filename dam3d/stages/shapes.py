@@ -29,7 +29,7 @@ Frame: glTF (+Y up, front +Z); the catalogue camera ends at azimuth `ShapeFit.az
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import json
 import struct
@@ -52,6 +52,7 @@ PRIOR_DEFAULTS: dict[str, Any] = {
     "shapes": ["cuboid"],  # priors tried, best IoU wins; "revolution" too lost on the tuning benchmark (README)
     "cells": 48,          # grid cells along the longest side of a cuboid face / rings of a revolution
     "back_shade": 0.92,   # a hidden face repeats its mirror image's colours, a little darker
+    "hidden": "mirror",   # how hidden sides are painted: see HIDDEN
     "alpha_threshold": 127,
 }
 
@@ -65,6 +66,15 @@ CATALOGUE_FILL = 0.8  # share of the frame a catalogue shot's product spans (for
 EDGE_PIXELS = 3  # the cutout's outermost pixels, not painted from (at the cutout's 512 px)
 REVOLUTION_MARGIN = 0.01  # IoU a solid of revolution must gain over a cuboid to be chosen (seed-1 benchmark)
 DEPTH_PRIOR = 0.6  # depth / width of a box whose silhouette cannot tell (seen square-on): a typical carton
+# How the sides the catalogue camera did not see are painted (`hidden`). A package's back and
+# other side are printed differently from its front (a text table, a barcode, a side band), so
+# repeating the front's print may mislead more than it helps:
+#   mirror: the seen side's colours, as seen (a box's back is its front mirrored);
+#   blur:   the seen side's colours averaged over HIDDEN_BLUR of the object's longest side: its
+#           colour layout (base colour, bands) without its print;
+#   plain:  one colour, the median of the cutout's object pixels.
+HIDDEN = ("mirror", "blur", "plain")
+HIDDEN_BLUR = 0.25
 
 
 @dataclass(frozen=True)
@@ -299,6 +309,26 @@ class Painter:
         return np.stack([ndimage.map_coordinates(self.rgb[..., k], [py, px], order=1) for k in range(3)], axis=1)
 
 
+def hidden_painter(rgba: np.ndarray, p: dict, paint: Painter) -> Painter | Callable[[np.ndarray], np.ndarray]:
+    """What paints the sides the catalogue camera did not see (`p["hidden"]`, one of HIDDEN).
+
+    Returns a callable like `Painter`: image positions (N, 2) float (x, y, px) -> RGB (N, 3) float32.
+    Raises ValueError for an unknown `hidden`.
+    """
+    mode = p.get("hidden", "mirror")
+    if mode not in HIDDEN:
+        raise ValueError(f"mesh.prior.hidden must be one of {HIDDEN}, not {mode!r}")
+    if mode == "mirror":
+        return paint
+    visible = rgba[..., 3] > int(p["alpha_threshold"])
+    if mode == "plain":
+        colour = np.median(rgba[visible][:, :3].astype(np.float32), axis=0) if visible.any() else np.zeros(3)
+        return lambda xy: np.tile(colour.astype(np.float32), (len(xy), 1))
+    rows, cols = np.nonzero(visible)
+    extent = max(rows.max() + 1 - rows.min(), cols.max() + 1 - cols.min()) if len(rows) else 1
+    return Painter(rgba, int(p["alpha_threshold"]), max(int(round(HIDDEN_BLUR * extent)), 1))
+
+
 def _grid(n_a: int, n_b: int) -> tuple[np.ndarray, np.ndarray]:
     """(n_a+1)(n_b+1) parameters in [0,1]^2 and the faces of the grid, counter-clockwise in (a, b)."""
     a, b = np.meshgrid(np.linspace(0, 1, n_a + 1), np.linspace(0, 1, n_b + 1), indexing="ij")
@@ -321,6 +351,7 @@ def cuboid_mesh(rgba: np.ndarray, params: dict[str, float], top_left: tuple[floa
     top_left_xy = np.array(top_left)[::-1]   # image position of the projected box's top-left
     cell = max(width, height, depth) / int(p["cells"])
     paint = Painter(rgba, int(p["alpha_threshold"]), max(int(round(cell)), 1))
+    paint_hidden = hidden_painter(rgba, p, paint)
     # Mirror images through the box's planes; a face takes the best-seen one (itself when seen).
     mirrors = [np.array([sx, sy, sz], dtype=float) for sx in (1, -1) for sy in (1, -1) for sz in (1, -1)]
 
@@ -342,11 +373,12 @@ def cuboid_mesh(rgba: np.ndarray, params: dict[str, float], top_left: tuple[floa
             if float(cross @ normal) < 0:
                 grid_faces = grid_faces[:, ::-1]
             seen = max(mirrors, key=lambda m: float((m * normal) @ toward))
-            shade = 1.0 if np.all(seen == 1) else float(p["back_shade"])
+            visible = bool(np.all(seen == 1))
+            shade = 1.0 if visible else float(p["back_shade"])
             xy = (_project(pts * seen, yaw, elev, distance) - origin) * stretch + top_left_xy
             faces.append(grid_faces + sum(len(v) for v in vertices))
             vertices.append(pts)
-            colours.append(paint(xy) * shade)
+            colours.append((paint if visible else paint_hidden)(xy) * shade)
     return _coloured(np.vstack(vertices), np.vstack(faces), np.vstack(colours))
 
 
@@ -360,6 +392,7 @@ def revolution_mesh(rgba: np.ndarray, profile: dict[str, Any], elevation: float,
     heights = -(rows - rows[0]) / max(ce, 1e-6)   # a ring's centre projects to its row
     angle = np.linspace(0.0, 2 * np.pi, SEGMENTS, endpoint=False)   # 0: toward the camera (+Z here)
     paint = Painter(rgba, int(p["alpha_threshold"]), max(int(round(float(radii.max()) / int(p["cells"]))), 1))
+    paint_hidden = hidden_painter(rgba, p, paint)
 
     def ring_points(height: float, radius: np.ndarray, theta: np.ndarray) -> np.ndarray:
         return np.column_stack([radius * np.sin(theta), np.full(theta.shape, height), radius * np.cos(theta)])
@@ -373,8 +406,9 @@ def revolution_mesh(rgba: np.ndarray, profile: dict[str, Any], elevation: float,
     for row, radius, height in zip(rows, radii, heights, strict=True):
         r = np.full(SEGMENTS, radius)
         verts.append(ring_points(height, r, angle))
-        tint = np.where(np.cos(angle) >= 0, 1.0, shade)[:, None]
-        cols.append(paint(image_xy(r, angle, row, fold=True)) * tint)
+        front = np.cos(angle) >= 0
+        xy = image_xy(r, angle, row, fold=True)
+        cols.append(np.where(front[:, None], paint(xy), paint_hidden(xy) * shade))
     side = np.vstack(verts)
     n_r = len(rows)
     idx = np.arange(n_r * SEGMENTS).reshape(n_r, SEGMENTS)

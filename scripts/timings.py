@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from dam3d.evaluation.report import write_timings
+from dam3d.evaluation.report import TIMINGS_MAX_JOBS, recent_benchmarks, write_timings
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
-benchmarks = [tsv for folder in smk.params.benchmarks for tsv in sorted(Path(folder).glob("*.tsv"))]
-write_timings(benchmarks, Path(smk.output.tsv), Path(smk.output.html))
+benchmarks = recent_benchmarks(smk.params.benchmarks, TIMINGS_MAX_JOBS)
+write_timings(benchmarks, Path(smk.output.tsv), Path(smk.output.html), max_jobs=TIMINGS_MAX_JOBS)
 Path(smk.log[0]).parent.mkdir(parents=True, exist_ok=True)
 Path(smk.log[0]).write_text(Path(smk.output.tsv).read_text())

@@ -247,6 +247,26 @@ def test_report_files(tmp_path: Path, hand_index: Index) -> None:
         "cutout": ("2", "2.000", "4.000"), "render": ("1", "2.000", "2.000")}
 
 
+def test_timings_read_only_the_newest_jobs_of_each_stage(tmp_path: Path) -> None:
+    import os
+
+    from dam3d.evaluation.report import recent_benchmarks, write_timings
+
+    bench = tmp_path / "benchmarks"
+    (bench / "cutout").mkdir(parents=True)
+    for i, s in enumerate([10.0, 1.0, 2.0, 3.0]):   # a0 the oldest
+        tsv = bench / "cutout" / f"a{i}.tsv"
+        tsv.write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{s}\t0:00:01\t100.5\t0.9\n")
+        os.utime(tsv, ns=(1_000_000_000 * (i + 1), 1_000_000_000 * (i + 1)))
+    (bench / "cutout" / "notes.txt").write_text("not a benchmark")
+    chosen = recent_benchmarks([bench / "cutout", bench / "missing"], max_jobs=3)
+    assert [p.name for p in chosen] == ["a1.tsv", "a2.tsv", "a3.tsv"]
+    write_timings(chosen, tmp_path / "t.tsv", tmp_path / "t.html", max_jobs=3)
+    rows = list(csv.DictReader((tmp_path / "t.tsv").open(), delimiter="\t"))
+    assert [(r["jobs"], r["mean_s"], r["max_s"]) for r in rows] == [("3", "2.000", "3.000")]   # a0's 10 s left out
+    assert "newest 3 of each stage" in (tmp_path / "t.html").read_text()
+
+
 # --------------------------------------------------------------------------- the benchmark generator
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import html
+import os
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +20,9 @@ from dam3d.stages.contact import label_font
 from dam3d.evaluation.evaluate import TOPK, format_delta
 
 COLOURS = {1: (31, 119, 180), 3: (255, 127, 14), 5: (44, 160, 44)}
+# The timings page reads the newest benchmark files of each stage only: every chunk job that ever
+# ran left one, so a catalogue refreshed for years would otherwise make the page read them all.
+TIMINGS_MAX_JOBS = 1000
 _STYLE = ("<style>body{font-family:sans-serif;font-size:14px}table{border-collapse:collapse}"
           "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}"
           "td:first-child,th:first-child{text-align:left}</style>")
@@ -96,6 +100,22 @@ def accuracy_html(report: dict[str, dict], *, title: str, notes: Iterable[str] =
     return "\n".join(parts)
 
 
+def recent_benchmarks(folders: Iterable[Path | str], max_jobs: int = TIMINGS_MAX_JOBS) -> list[Path]:
+    """The newest `max_jobs` benchmark TSVs (by mtime) of each stage folder, oldest first; a missing folder has none.
+
+    One `os.scandir` per folder: the files are stat'ed once, not opened, to choose them.
+    """
+    chosen: list[Path] = []
+    for folder in folders:
+        try:
+            with os.scandir(folder) as entries:
+                tsvs = [(e.stat().st_mtime_ns, e.name, e.path) for e in entries if e.name.endswith(".tsv") and e.is_file()]
+        except FileNotFoundError:
+            continue
+        chosen += [Path(path) for _, _, path in sorted(tsvs)[-max_jobs:]]
+    return chosen
+
+
 def read_benchmarks(paths: Iterable[Path]) -> dict[str, list[dict[str, float]]]:
     """Snakemake `benchmark:` TSVs grouped by stage (the folder under benchmarks/: cutout, render, embed-model, ...)."""
     stages: dict[str, list[dict[str, float]]] = {}
@@ -128,8 +148,12 @@ def timings_table(stages: dict[str, list[dict[str, float]]]) -> list[dict[str, o
     return rows
 
 
-def write_timings(paths: Iterable[Path], tsv: Path, page: Path) -> None:
-    """Per-stage wall-clock seconds per job (from the benchmark TSVs) as TSV and as an HTML table."""
+def write_timings(paths: Iterable[Path], tsv: Path, page: Path, *, max_jobs: int = TIMINGS_MAX_JOBS) -> None:
+    """Per-stage wall-clock seconds per job (from the benchmark TSVs) as TSV and as an HTML table.
+
+    `max_jobs` is only said on the page: the caller chose at most that many files per stage
+    (`recent_benchmarks`).
+    """
     rows = timings_table(read_benchmarks(paths))
     cols = ["stage", "jobs", "mean_s", "median_s", "max_s", "total_s", "max_rss_mb"]
     lines = ["\t".join(cols)]
@@ -142,7 +166,8 @@ def write_timings(paths: Iterable[Path], tsv: Path, page: Path) -> None:
         for r in rows
     )
     write_text(page, f"<html><head><meta charset='utf-8'>{_STYLE}</head><body><h3>Seconds per job, by stage</h3>"
-                     "<p>From Snakemake's <code>benchmark:</code> files of the jobs that ran (wall clock, including "
+                     "<p>From Snakemake's <code>benchmark:</code> files of the jobs that ran, the newest "
+                     f"{max_jobs:,} of each stage (wall clock, including "
                      "model loading; a stage's first job pays for it).</p>"
                      "<table><tr><th>stage</th><th>jobs</th><th>mean s</th><th>median s</th><th>max s</th>"
                      f"<th>total s</th><th>max RSS MB</th></tr>{body}</table></body></html>\n")

@@ -13,7 +13,8 @@ rule timings:
         tsv=f"{RESULTS}/timings.tsv",
         html=report(f"{RESULTS}/timings.html", caption="../report/timings.rst", category="Timings"),
     params:
-        # The folders of the stages' `benchmark:` files (one file per chunk job); the script reads them all.
+        # The folders of the stages' `benchmark:` files (one file per chunk job); the script reads the newest
+        # of each (dam3d.evaluation.report.TIMINGS_MAX_JOBS).
         benchmarks=[
             f"{RESULTS}/benchmarks/{stage}"
             for stage in ["cutout", *(["mesh", "render"] if VIEWS else []), *(f"embed-{m}" for m in EMBED_MODELS), "index"]

@@ -82,7 +82,7 @@ def _colours_on(mesh, axis: int, sign: float) -> np.ndarray:
 
 def test_box_hidden_faces_take_their_mirror_faces_colours():
     rgba = box_photo(200, 300, 120, yaw=30, elevation=20)
-    mesh, fit = prior_mesh(rgba, rgba[..., 3] > 127, ORTHO)
+    mesh, fit = prior_mesh(rgba, rgba[..., 3] > 127, {**ORTHO, "hidden": "mirror"})
     assert fit.shape == "cuboid" and mesh is not None
     for axis, colour in ((2, RED), (0, GREEN), (1, BLUE)):
         seen = _colours_on(mesh, axis, +1).mean(axis=0)

@@ -5,7 +5,8 @@
 
 For each RESULTS folder (its index/{model}/ and cutout/), per fusion and weight: top-1 without and
 with colour re-ranking and the paired bootstrap 95 % interval of the per-query difference
-(dam3d.evaluation.evaluate.bootstrap_interval). Catalogue descriptors come from the index's
+(dam3d.evaluation.evaluate.bootstrap_interval); from the second RESULTS on, also the paired
+difference with the first RESULTS folder at the same weight (e.g. a mesher against inflate). Catalogue descriptors come from the index's
 colour.npy when it has one, else from RESULTS/cutout/{asset}.png (as build_index computes them);
 the queries' from the cutout QueryEncoder.prepare makes (cut-outs and query vectors are cached
 under --work, keyed as the query vector cache is).
@@ -66,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     weights = [float(w) for w in args.weights.split(",")]
     bin_sets = [tuple(int(b) for b in s.split(",")) for s in args.bins.split(";")]
     work = Path(args.work)
+    first: dict[tuple, np.ndarray] = {}   # the first RESULTS folder's hits, per (bins, fusion, weight)
     for results in args.results:
-        index = Index.load(next(layout.indexes(results).iterdir()))
+        index = Index.load(next(d for d in layout.indexes(results).iterdir() if d.is_dir()))
         cache = default_cache_dir(index)
         encoder = QueryEncoder(index, cache_dir=cache if cache.is_dir() else work / "vectors")
         cutouts = query_cutouts(encoder, [q.path for q in queries], work)
@@ -90,7 +92,14 @@ def main(argv: list[str] | None = None) -> int:
                     hits = np.array([1.0 if r == 1 else 0.0 for r in ranks_of(keys, targets)])
                     diff = hits - base
                     lo, hi = bootstrap_interval(diff)
-                    cells.append(f"w={w:g}: {hits.mean() * 100:5.1f} ({diff.mean() * 100:+.1f}, {lo * 100:+.1f} to {hi * 100:+.1f})")
+                    cell = f"w={w:g}: {hits.mean() * 100:5.1f} ({diff.mean() * 100:+.1f}, {lo * 100:+.1f} to {hi * 100:+.1f})"
+                    if (bins, fusion, w) in first:
+                        vs = hits - first[bins, fusion, w]
+                        lo, hi = bootstrap_interval(vs)
+                        cell += f" vs first {vs.mean() * 100:+.1f} ({lo * 100:+.1f} to {hi * 100:+.1f})"
+                    else:
+                        first[bins, fusion, w] = hits
+                    cells.append(cell)
                 print(f"  {fusion:4s} off {base.mean() * 100:5.1f} | " + " | ".join(cells))
             sys.stdout.flush()
     return 0

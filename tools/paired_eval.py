@@ -22,7 +22,7 @@ from dam3d.search.query import QueryEncoder
 
 def top1_hits(results: Path, queries: list) -> dict[str, np.ndarray]:
     """Per fusion, (Q,) float 1.0 where the query's SKU ranks first in the index of `results`."""
-    index = Index.load(next(Path(results, "index").iterdir()))
+    index = Index.load(next(d for d in Path(results, "index").iterdir() if d.is_dir()))
     vectors = QueryEncoder(index).encode_many([q.path for q in queries])
     row_of = {str(a["sku"]): i for i, a in enumerate(index.assets)}
     targets = [row_of.get(q.sku) for q in queries]

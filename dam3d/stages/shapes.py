@@ -11,12 +11,13 @@ silhouette says which, and fixes the shape:
   fitted by grid search on the silhouette's IoU (the bounding box fixes the scale; the
   camera is a pinhole of the catalogue lens's field of view `fov`, orthographic at 0).
   The visible faces (front, one side, top) are painted from the photo; each hidden face takes the colours of its mirror image through the box's
-  planes of symmetry (back = front, the other side = the seen side, bottom = top).
+  planes of symmetry (back = front, the other side = the seen side, bottom = top), as
+  they are (`hidden: mirror`), blurred (`blur`) or as one colour (`plain`): see HIDDEN.
 - **revolution**: a silhouette symmetric about a vertical axis is the envelope of
   the projected circles of a solid of revolution; each image row gives a circle's radius
   (the top and bottom rows are the caps' ellipses, `elevation` degrees above). The
   visible half is wrapped round: a point on the hidden side takes the colour of the
-  point with the same azimuth mirrored to the camera's side.
+  point with the same azimuth mirrored to the camera's side (blurred or plain as `hidden` says).
 
 A prior is used when its silhouette matches the cutout's with an IoU of at least
 `min_iou`; otherwise the caller inflates. The fit is recorded with the mesh
@@ -52,7 +53,7 @@ PRIOR_DEFAULTS: dict[str, Any] = {
     "shapes": ["cuboid"],  # priors tried, best IoU wins; "revolution" too lost on the tuning benchmark (README)
     "cells": 48,          # grid cells along the longest side of a cuboid face / rings of a revolution
     "back_shade": 0.92,   # a hidden face repeats its mirror image's colours, a little darker
-    "hidden": "mirror",   # how hidden sides are painted: see HIDDEN
+    "hidden": "blur",     # how hidden sides are painted: see HIDDEN (blur chosen on the products tuning seed, README)
     "alpha_threshold": 127,
 }
 

@@ -61,6 +61,8 @@ def safe_id(sku: str) -> str:
     The suffix keeps two SKUs apart that normalise to the same text
     ("Lamp 7" and "Lamp_7"), and is stable across runs.
     """
+    if SAFE_ID.fullmatch(sku) and not sku.endswith((".", "_", "-")):
+        return sku  # what the steps below leave unchanged, checked at once (every SKU, every run)
     ascii_text = unicodedata.normalize("NFKD", sku).encode("ascii", "ignore").decode("ascii")
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_text).strip("._-")
     if cleaned == sku and SAFE_ID.fullmatch(sku):
@@ -100,21 +102,29 @@ def _rows_from_folder(folder: Path) -> tuple[list[tuple[dict[str, str], None]], 
     # every run reads the catalogue, a million SKUs or not.
     with os.scandir(folder) as found:
         names = sorted(e.name for e in found if not e.name.startswith(".") and _is_file(e))
-    files = [folder / name for name in names]
-    meshes = {p.stem: p for p in files if p.suffix.lower() in MESH_SUFFIXES}
-    for path in files:
-        suffix = path.suffix.lower()
+    # Names and paths as strings (str(folder / name), Path's stem and suffix), not a Path per file.
+    prefix = "" if str(folder) == "." else os.path.join(str(folder), "")
+    files = [(name, *_stem_suffix(name)) for name in names]
+    meshes = {stem: prefix + name for name, stem, suffix in files if suffix.lower() in MESH_SUFFIXES}
+    for name, stem, suffix in files:
+        suffix = suffix.lower()
         if suffix in taken:
-            row = {"asset_id": path.stem, "image": str(path)}
-            if path.stem in meshes:
-                row["mesh"] = str(meshes[path.stem])
+            row = {"asset_id": stem, "image": prefix + name}
+            if stem in meshes:
+                row["mesh"] = meshes[stem]
             rows.append((row, None))
         elif suffix not in MESH_SUFFIXES:
-            skipped.append(Skipped(path.name, f"not a catalogue image type ({suffix or 'no extension'}); "
-                                              f"the catalogue takes {' '.join(sorted(taken))}"))
+            skipped.append(Skipped(name, f"not a catalogue image type ({suffix or 'no extension'}); "
+                                         f"the catalogue takes {' '.join(sorted(taken))}"))
     if not rows:
         raise CatalogueError(f"no images ({', '.join(sorted(taken))}) in catalogue folder {folder}")
     return rows, skipped
+
+
+def _stem_suffix(name: str) -> tuple[str, str]:
+    """Path(name).stem and .suffix (pathlib's rule: no suffix for a name ending in "." or only starting with one)."""
+    i = name.rfind(".")
+    return (name[:i], name[i:]) if 0 < i < len(name) - 1 else (name, "")
 
 
 def _is_file(entry: os.DirEntry[str]) -> bool:

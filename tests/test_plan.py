@@ -160,3 +160,18 @@ def test_code_digest_ignores_comments_docstrings_and_imports_only(tmp_path: Path
     assert code_digest(script) != before
     script.write_text('from a import c as b\n\ndef f(x):\n    return b(x) + 1\n')
     assert code_digest(script) != before  # another name imported: another computation
+
+
+def test_key_digests_are_digest_of_stage_parts_and_upstream_keys() -> None:
+    from dam3d.runtime.plan import _key_digests, digest
+
+    settings = {"size": 512, "margin": 0.08, "model": {"name": "é", "path": Path("/m")}, "views": [0, 45.5, None, True]}
+    parts_of_asset = [
+        ["3f" * 20, settings, "u2netp"], [settings, None, 1, "Ünïcode \"q\" \\ \u2028"], [], [settings, settings],
+        [[settings], {}], ("a tuple", settings), {"not": "a list"}, None, [float("inf"), -0.0, 10**30],
+    ]
+    for stage in ("cutout", "embed-vit-large"):
+        key = _key_digests(stage)
+        for parts in parts_of_asset * 2:  # the second time from the settings' JSON made the first time
+            for upstream_keys in ([], ["a" * 40], ["a" * 40, "b" * 40]):
+                assert key(parts, upstream_keys) == digest([stage, parts, upstream_keys])

@@ -32,6 +32,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,33 @@ _ENCODER = json.JSONEncoder(sort_keys=True, default=str)
 
 def digest(value: Any) -> str:
     return hashlib.sha1(_ENCODER.encode(value).encode()).hexdigest()
+
+
+def _key_digests(stage: str) -> Callable[[Any, list[str]], str]:
+    """`digest([stage, parts, upstream_keys])` of one asset after another: the same digests, about twice as fast.
+
+    An asset's key parts are mostly the stage's settings, the same objects for every SKU: their JSON is
+    made once per plan (by identity; each object is kept, so that its id is not reused, and the settings
+    do not change while a stage is planned). Strings are encoded as the encoder encodes them, and the
+    lists joined as json.dumps joins them.
+    """
+    head = f"[{encode_basestring_ascii(stage)}, ["
+    known: dict[int, tuple[Any, str]] = {}  # id -> (the object, its JSON)
+
+    def text(part: Any) -> str:
+        if isinstance(part, str):
+            return encode_basestring_ascii(part)
+        if id(part) not in known:
+            known[id(part)] = (part, _ENCODER.encode(part))
+        return known[id(part)][1]
+
+    def key(parts: Any, upstream_keys: list[str]) -> str:
+        if not isinstance(parts, list):
+            return digest([stage, parts, upstream_keys])
+        body, ups = ", ".join(map(text, parts)), ", ".join(map(encode_basestring_ascii, upstream_keys))
+        return hashlib.sha1(f"{head}{body}], [{ups}]]".encode()).hexdigest()
+
+    return key
 
 
 @dataclass
@@ -124,8 +152,9 @@ def plan_stage(
     records: dict[str, str | None] = {}  # per chunk a stamp names: the file standing for what it made (one stat)
     upstream_pending = set().union(*(up.chunk_of for up in upstream))
     exists = _exists_by_listing()
+    key_digest = _key_digests(stage)
     for asset in assets:
-        key = digest([stage, key_parts(asset), [up.keys[asset] for up in upstream]])
+        key = key_digest(key_parts(asset), [up.keys[asset] for up in upstream])
         plan.keys[asset] = key
         plan.outputs[asset] = outputs(asset)
         stamp = stamps.get(asset)

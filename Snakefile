@@ -28,6 +28,10 @@ if config.get("audit") is not None:
 if workflow.is_main_process:
     print(plan_summary(PLANS), file=sys.stderr)
 
+# Planned: what the plan made stays for the whole run, so collections from here on skip it (see common.smk).
+gc.freeze()
+gc.enable()
+
 
 rule all:
     input:

@@ -8,7 +8,9 @@ names; the index keeps the original SKU, so search answers in the brand's ids.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,8 @@ def safe_id(sku: str) -> str:
     The suffix keeps two SKUs apart that normalise to the same text
     ("Lamp 7" and "Lamp_7"), and is stable across runs.
     """
+    if SAFE_ID.fullmatch(sku) and not sku.endswith((".", "_", "-")):
+        return sku  # what the steps below leave unchanged, checked at once (every SKU, every run)
     ascii_text = unicodedata.normalize("NFKD", sku).encode("ascii", "ignore").decode("ascii")
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_text).strip("._-")
     if cleaned == sku and SAFE_ID.fullmatch(sku):
@@ -94,21 +98,41 @@ def read_catalogue(source: str | Path) -> Catalogue:
 def _rows_from_folder(folder: Path) -> tuple[list[tuple[dict[str, str], None]], list[Skipped]]:
     rows, skipped = [], []
     taken = IMAGE_SUFFIXES
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    meshes = {p.stem: p for p in files if p.suffix.lower() in MESH_SUFFIXES}
-    for path in files:
-        suffix = path.suffix.lower()
+    # One listing, file types from it (no stat per file), sorted by name (as the Paths of one folder sort):
+    # every run reads the catalogue, a million SKUs or not.
+    with os.scandir(folder) as found:
+        names = sorted(e.name for e in found if not e.name.startswith(".") and _is_file(e))
+    # Names and paths as strings (str(folder / name), Path's stem and suffix), not a Path per file.
+    prefix = "" if str(folder) == "." else os.path.join(str(folder), "")
+    files = [(name, *_stem_suffix(name)) for name in names]
+    meshes = {stem: prefix + name for name, stem, suffix in files if suffix.lower() in MESH_SUFFIXES}
+    for name, stem, suffix in files:
+        suffix = suffix.lower()
         if suffix in taken:
-            row = {"asset_id": path.stem, "image": str(path)}
-            if path.stem in meshes:
-                row["mesh"] = str(meshes[path.stem])
+            row = {"asset_id": stem, "image": prefix + name}
+            if stem in meshes:
+                row["mesh"] = meshes[stem]
             rows.append((row, None))
         elif suffix not in MESH_SUFFIXES:
-            skipped.append(Skipped(path.name, f"not a catalogue image type ({suffix or 'no extension'}); "
-                                              f"the catalogue takes {' '.join(sorted(taken))}"))
+            skipped.append(Skipped(name, f"not a catalogue image type ({suffix or 'no extension'}); "
+                                         f"the catalogue takes {' '.join(sorted(taken))}"))
     if not rows:
         raise CatalogueError(f"no images ({', '.join(sorted(taken))}) in catalogue folder {folder}")
     return rows, skipped
+
+
+def _stem_suffix(name: str) -> tuple[str, str]:
+    """Path(name).stem and .suffix (pathlib's rule: no suffix for a name ending in "." or only starting with one)."""
+    i = name.rfind(".")
+    return (name[:i], name[i:]) if 0 < i < len(name) - 1 else (name, "")
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """Path.is_file of a listed entry (a link is followed; a dangling one or a loop is no file)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return Path(entry.path).is_file()  # what pathlib ignores (a link loop) or raises, as it does
 
 
 def _read_csv(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[Skipped]]:
@@ -238,18 +262,30 @@ def file_digests(paths: list[Path], cache_file: Path) -> dict[Path, str]:
         cache = {}
     digests: dict[Path, str] = {}
     fresh: dict[str, list] = {}
+    real_folders: dict[str, str] = {}
     for path in paths:
+        # One lstat per photo: Path.stat, is_file and resolve made ~8 system calls each (every run, every SKU).
         try:
-            stat = path.stat()
+            st = os.lstat(path)
+            link = stat.S_ISLNK(st.st_mode)
+            if link:
+                st = os.stat(path)
         except OSError:
-            stat = None
-        if stat is None or not path.is_file():  # missing, a folder, a URL: the cutout stage reports it
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):  # missing, a folder, a URL: the cutout stage reports it
             digests[path] = "missing"
             continue
-        key = str(path.resolve())
+        # str(path.resolve()): the link's target resolved, else the resolved folder (once per folder) and the name.
+        if link:
+            key = os.path.realpath(path)
+        else:
+            folder, name = os.path.split(os.fspath(path))
+            if folder not in real_folders:
+                real_folders[folder] = os.path.realpath(folder)
+            key = os.path.join(real_folders[folder], name)
         entry = cache.get(key)
-        if entry is None or entry[:2] != [stat.st_size, stat.st_mtime_ns]:
-            entry = [stat.st_size, stat.st_mtime_ns, hashlib.sha1(path.read_bytes()).hexdigest()]
+        if entry is None or entry[:2] != [st.st_size, st.st_mtime_ns]:
+            entry = [st.st_size, st.st_mtime_ns, hashlib.sha1(path.read_bytes()).hexdigest()]
         fresh[key] = entry
         digests[path] = entry[2]
     if fresh != cache:

@@ -148,3 +148,29 @@ def test_quoted_line_breaks_and_unicode_separators_stay_in_their_cell(tmp_path: 
     assets = {a.sku: a for a in load_catalogue(tmp_path / "c.csv")}
     assert set(assets) == {"A", "B"}
     assert assets["A"].metadata["note"] == "line1\nline2" and assets["B"].metadata["note"] == "x\u2028y"
+
+
+def test_a_catalogue_folder_takes_files_and_links_to_files_only_and_digests_by_resolved_path(tmp_path: Path) -> None:
+    import json
+
+    from dam3d.catalogue import file_digests
+
+    folder, elsewhere = tmp_path / "cat", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    (folder / "B.jpg").write_bytes(b"b")
+    (elsewhere / "A.jpg").write_bytes(b"a")
+    (folder / "A.jpg").symlink_to(elsewhere / "A.jpg")
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (folder / "loop1.jpg").symlink_to(folder / "loop2.jpg")
+    (folder / "loop2.jpg").symlink_to(folder / "loop1.jpg")
+    (folder / "dir.jpg").mkdir()
+    (tmp_path / "linked").symlink_to(folder)
+    assets = load_catalogue(folder)
+    assert [(a.asset_id, a.image) for a in assets] == [("A", folder / "A.jpg"), ("B", folder / "B.jpg")]
+    paths = [a.image for a in assets] + [tmp_path / "linked" / "B.jpg", folder / "gone.jpg", folder / "dir.jpg"]
+    digests = file_digests(paths, tmp_path / "digests.json")
+    assert list(digests.values())[2:] == [digests[folder / "B.jpg"], "missing", "missing"]
+    # One cache entry per file, named by its resolved path (a link's target, a linked folder resolved).
+    assert sorted(json.loads((tmp_path / "digests.json").read_text())) == sorted(
+        [str((elsewhere / "A.jpg").resolve()), str((folder / "B.jpg").resolve())])

@@ -108,6 +108,46 @@ def test_an_unexpected_failure_is_tried_again_next_run_an_asset_error_is_not(tmp
     assert plan(tmp_path, "mesh", ["A", "B"]).pending == ["A"]
 
 
+def test_outputs_are_found_by_listing_their_folders_as_exists_would(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    from dam3d.runtime.plan import _exists_by_listing
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "file").write_text("x")
+    (tmp_path / "d" / "sub").mkdir()
+    (tmp_path / "d" / "link").symlink_to("file")
+    (tmp_path / "d" / "dangling").symlink_to("nowhere")
+    monkeypatch.chdir(tmp_path)  # a bare name is in the working folder
+    (tmp_path / "bare").write_text("x")
+    exists = _exists_by_listing()
+    paths = [f"{tmp_path}/d/{name}" for name in ("file", "sub", "link", "dangling", "none")]
+    paths += [f"{tmp_path}/none/file", f"{tmp_path}/d/file/x", "bare", "d/file", "none", "/", "d/", f"{tmp_path}//d/file"]
+    assert [exists(p) for p in paths] == [os.path.exists(p) for p in paths]
+    assert [exists(p) for p in paths] == [True, True, True, False, False, False, False, True, True, False, True, True, True]
+    # An output that is a dangling link is missing: its asset is computed again.
+    p = plan(tmp_path, "cutout", ["A", "B"])
+    finish(tmp_path, p)
+    (tmp_path / "cutout" / "B.out").unlink()
+    (tmp_path / "cutout" / "B.out").symlink_to("nowhere")
+    assert plan(tmp_path, "cutout", ["A", "B"]).pending == ["B"]
+
+
+def test_a_folder_that_cannot_be_listed_is_asked_per_file(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    from dam3d.runtime import plan as plan_module
+
+    (tmp_path / "f").write_text("x")
+
+    def refused(folder: str) -> None:
+        raise PermissionError(folder)
+
+    monkeypatch.setattr(plan_module.os, "scandir", refused)
+    exists = plan_module._exists_by_listing()
+    assert exists(f"{tmp_path}/f") and not exists(f"{tmp_path}/g") and os.path.exists(f"{tmp_path}/f")
+
+
 def test_code_digest_ignores_comments_docstrings_and_imports_only(tmp_path: Path) -> None:
     from dam3d.runtime.plan import code_digest
 
@@ -120,3 +160,18 @@ def test_code_digest_ignores_comments_docstrings_and_imports_only(tmp_path: Path
     assert code_digest(script) != before
     script.write_text('from a import c as b\n\ndef f(x):\n    return b(x) + 1\n')
     assert code_digest(script) != before  # another name imported: another computation
+
+
+def test_key_digests_are_digest_of_stage_parts_and_upstream_keys() -> None:
+    from dam3d.runtime.plan import _key_digests, digest
+
+    settings = {"size": 512, "margin": 0.08, "model": {"name": "é", "path": Path("/m")}, "views": [0, 45.5, None, True]}
+    parts_of_asset = [
+        ["3f" * 20, settings, "u2netp"], [settings, None, 1, "Ünïcode \"q\" \\ \u2028"], [], [settings, settings],
+        [[settings], {}], ("a tuple", settings), {"not": "a list"}, None, [float("inf"), -0.0, 10**30],
+    ]
+    for stage in ("cutout", "embed-vit-large"):
+        key = _key_digests(stage)
+        for parts in parts_of_asset * 2:  # the second time from the settings' JSON made the first time
+            for upstream_keys in ([], ["a" * 40], ["a" * 40, "b" * 40]):
+                assert key(parts, upstream_keys) == digest([stage, parts, upstream_keys])

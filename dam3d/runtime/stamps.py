@@ -117,9 +117,17 @@ def _read_store(path: Path) -> dict[str, dict[str, Any]]:
     except sqlite3.Error as exc:
         raise RuntimeError(f"stamps store {path} is unreadable ({exc}); remove it and the stage's assets "
                            "are computed again") from exc
-    return {asset: _normal(asset, {"key": key, "chunk": chunk, "ok": bool(ok), "reason": reason, "retry": bool(retry),
-                                   "warnings": json.loads(warnings)})
-            for asset, key, chunk, ok, reason, retry, warnings in rows}
+    # The rows as _normal gives them, built directly: every run's plan reads every SKU's row of every stage.
+    stamps = {}
+    for asset, key, chunk, ok, reason, retry, warnings in rows:
+        stamp = {"key": key, "chunk": chunk, "ok": bool(ok), "reason": reason}
+        if retry:
+            stamp["retry"] = True
+        if warnings != "[]":  # compact writes json.dumps of a list: "[]" when there are none
+            if found := json.loads(warnings):
+                stamp["warnings"] = list(found)
+        stamps[asset] = stamp
+    return stamps
 
 
 def read_stamps(results: str | Path, stage: str, assets: Iterable[str] | None = None) -> StageStamps:

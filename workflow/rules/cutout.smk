@@ -8,7 +8,7 @@ CUTOUT_KEY = [
 
 add_plan(
     "cutout",
-    outputs=lambda asset: [str(layout.cutout(RESULTS, asset))],
+    outputs=lambda asset: [layout.cutout_file(RESULTS, asset)],
     # The photo's content, not its mtime: a touched or copied file reruns nothing.
     key_parts=lambda asset: [DIGESTS[ASSETS[asset].image], *CUTOUT_KEY],
     per_job=CHUNKS["cutout"],

@@ -1,14 +1,14 @@
 for model, spec in EMBED_MODELS.items():
     add_plan(
         f"embed-{model}",
-        outputs=lambda asset, model=model: [str(layout.embedding(RESULTS, model, asset))],
+        outputs=lambda asset, model=model: [layout.embedding_file(RESULTS, model, asset)],
         key_parts=lambda asset, key=embed_key(spec, AUGMENT): [key, BACKGROUND, script_digest("embed")],
         upstream=["cutout", "render"] if VIEWS else ["cutout"],
         per_job=CHUNKS["embed"],
         members=lambda asset: {
-            "cutout": str(layout.cutout(RESULTS, asset)),
+            "cutout": layout.cutout_file(RESULTS, asset),
             "views": view_paths(asset),
-            "requires": [str(layout.cutout(RESULTS, asset))],
+            "requires": [layout.cutout_file(RESULTS, asset)],
         },
     )
 

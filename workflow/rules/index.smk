@@ -26,7 +26,8 @@ rule index:
         build="[0-9a-f]{12}",
     params:
         index=lambda wildcards: str(layout.index(RESULTS, wildcards.model)),
-        embeddings=lambda wildcards: [str(layout.embedding(RESULTS, wildcards.model, a)) for a in ASSET_IDS],
+        # Each SKU's embedding file: the embed stage's one output, as its plan has it (no path built again per SKU).
+        embeddings=lambda wildcards: [PLANS[f"embed-{wildcards.model}"].outputs[a][0] for a in ASSET_IDS],
         # The stages this index is made from: their failure records go into its manifest.
         stages=lambda wildcards: ["cutout", *(["mesh", "render"] if VIEWS else []), f"embed-{wildcards.model}"],
         catalogue=CATALOGUE_DIGEST,

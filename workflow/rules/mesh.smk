@@ -2,14 +2,14 @@ MESH_KEY = [MESH.name, MESH.key(config["mesh"])]  # once, not once per asset
 
 add_plan(
     "mesh",
-    outputs=lambda asset: [str(layout.mesh(RESULTS, asset))],
+    outputs=lambda asset: [layout.mesh_file(RESULTS, asset)],
     key_parts=lambda asset: [*MESH_KEY, DIGESTS.get(provided_mesh(asset), "none"), script_digest("mesh")],
     upstream=["cutout"],
     per_job=CHUNKS["mesh"],
     members=lambda asset: {
-        "cutout": str(layout.cutout(RESULTS, asset)),
+        "cutout": layout.cutout_file(RESULTS, asset),
         "provided": str(mesh) if (mesh := provided_mesh(asset)) else None,
-        "requires": [str(layout.cutout(RESULTS, asset))],
+        "requires": [layout.cutout_file(RESULTS, asset)],
     },
 )
 

@@ -8,7 +8,7 @@ add_plan(
     key_parts=lambda asset: [RENDER_SETTINGS, config["render"]["blender"], script_digest("render")],
     upstream=["mesh"],
     per_job=CHUNKS["render"],
-    members=lambda asset: {"mesh": str(layout.mesh(RESULTS, asset)), "requires": [str(layout.mesh(RESULTS, asset))]},
+    members=lambda asset: {"mesh": layout.mesh_file(RESULTS, asset), "requires": [layout.mesh_file(RESULTS, asset)]},
 )
 
 
@@ -40,14 +40,14 @@ rule render:
 
 add_plan(
     "contact",
-    outputs=lambda asset: [str(layout.contact(RESULTS, asset))],
+    outputs=lambda asset: [layout.contact_file(RESULTS, asset)],
     key_parts=lambda asset: [BACKGROUND, ASSETS[asset].sku, script_digest("contact")],
     upstream=["cutout", "render"],
     per_job=CHUNKS["contact"],
     members=lambda asset: {
-        "cutout": str(layout.cutout(RESULTS, asset)),
+        "cutout": layout.cutout_file(RESULTS, asset),
         "views": view_paths(asset),
-        "mesh": str(layout.mesh(RESULTS, asset)),
+        "mesh": layout.mesh_file(RESULTS, asset),
         "sku": ASSETS[asset].sku,
     },
 )
@@ -81,7 +81,7 @@ rule contact_sheet:
         report(f"{RESULTS}/contact_sheet.png", caption="../report/contact_sheet.rst", category="Renders"),
     params:
         # The sheets shown: a rerun trigger, so the run's sheet follows the newest SKUs.
-        sheets=[str(layout.contact(RESULTS, asset)) for asset in CONTACT_SHEET_ASSETS],
+        sheets=[layout.contact_file(RESULTS, asset) for asset in CONTACT_SHEET_ASSETS],
     log:
         f"{RESULTS}/logs/contact_sheet.log",
     conda:

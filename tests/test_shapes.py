@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 from dam3d.stages.shapes import _box_corners, _project, fit_shape, prior_mesh
 
 ORTHO = {"fov": 0.0}  # the drawings below are orthographic
-BOTH = {"shapes": ["cuboid", "revolution"]}  # the default tries cuboids only
+BOTH = {"shapes": ["cuboid", "revolution"]}  # the default, named
 RED, GREEN, BLUE = (220, 30, 30), (30, 200, 40), (40, 60, 230)
 
 
@@ -173,8 +173,9 @@ def test_a_round_thing_is_not_taken_for_a_box_nor_a_box_for_a_round_thing():
     box = box_photo(200, 300, 120, yaw=25, elevation=15)
     assert fit_shape(vase[..., 3] > 127, BOTH)[0].shape == "revolution"
     assert fit_shape(box[..., 3] > 127, {**BOTH, **ORTHO})[0].shape == "cuboid"
-    # by default only cuboids are tried: the vase is inflated
-    assert fit_shape(vase[..., 3] > 127)[0].shape == "inflate"
+    # the default tries both; told to try cuboids only, the vase is inflated
+    assert fit_shape(vase[..., 3] > 127)[0].shape == "revolution"
+    assert fit_shape(vase[..., 3] > 127, {"shapes": ["cuboid"]})[0].shape == "inflate"
 
 
 # --- the `prior` mesh backend --------------------------------------------------------------------

@@ -189,11 +189,13 @@ def test_dot_test_configs_run_as_the_community_workflows_run_them(tmp_path: Path
         assert manifest["counts"]["indexed"] == 3 and manifest["counts"]["views_per_asset"] == views, manifest["counts"]
         assert sorted(pq.read_table(index_files(index) / "assets.parquet").column("sku").to_pylist()) == [
             "CHAIR-0002", "FAN-0010", "LAMP 0007"]
-    # config-3d.yaml's mesh backend `prior` records, per SKU, the shape it chose (none fits a chair, a fan, a lamp)
+    # config-3d.yaml's mesh backend `prior` records, per SKU, the shape it chose: the lamp's stand (u2netp leaves
+    # out its white shade) is a solid of revolution; no prior fits the chair or the fan, which are inflated
     from dam3d.stages.shapes import shape_record
 
-    records = [shape_record(p) for p in sorted(layout.meshes(workdir / "results-3d").glob("*/*.glb"))]
-    assert [r["shape"] for r in records] == ["inflate"] * 3, records
+    records = {p.stem: shape_record(p) for p in layout.meshes(workdir / "results-3d").glob("*/*.glb")}
+    shapes = {asset: record["shape"] for asset, record in records.items()}
+    assert shapes == {"CHAIR-0002": "inflate", "FAN-0010": "inflate", "LAMP_0007-0669d907": "revolution"}, records
     # contact_sheet.max_assets 2 of 3 SKUs: the run's sheet stacks 2 asset sheets; each SKU keeps its own.
     sheets = sorted(layout.contacts(workdir / "results-3d").glob("*/*.png"))
     assert len(sheets) == 3

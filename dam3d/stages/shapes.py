@@ -50,7 +50,7 @@ PRIOR_DEFAULTS: dict[str, Any] = {
     "elevation": 20.0,    # catalogue camera's elevation (degrees): used for solids of revolution, and the
                           # tie-break of a cuboid's fit (which fits its own elevation in [0, 45])
     "min_iou": 0.94,      # a prior whose silhouette matches the cutout's less well is not used (inflate)
-    "shapes": ["cuboid"],  # priors tried, best IoU wins; "revolution" too lost on the tuning benchmark (README)
+    "shapes": ["cuboid", "revolution"],  # priors tried, best IoU wins (README: Shape priors, Hidden sides)
     "cells": 48,          # grid cells along the longest side of a cuboid face / rings of a revolution
     "back_shade": 0.92,   # a hidden face repeats its mirror image's colours, a little darker
     "hidden": "blur",     # how hidden sides are painted: see HIDDEN (blur chosen on the products tuning seed, README)

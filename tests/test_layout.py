@@ -62,15 +62,18 @@ def test_each_asset_has_a_known_stable_shard() -> None:
     assert layout.view(results, "CHAIR-0001", "az000") == results / "render" / "6a" / "CHAIR-0001" / "az000.png"
     assert layout.contact(results, "CHAIR-0001") == results / "contact" / "6a" / "CHAIR-0001.png"
     assert layout.embedding(results, "m", "CHAIR-0001") == results / "embed" / "m" / "6a" / "CHAIR-0001.npz"
-    # The planner's string versions spell each path as the Path versions do, however the results folder is written.
+    # The planner's string versions spell each path as pathlib joins it, however the results folder is written.
     for folder in ("results", "./results/", "/srv//dam/results", Path("a/../results"), "."):
         for asset in ("CHAIR-0001", "6a"):
-            assert layout.cutout_file(folder, asset) == str(layout.cutout(folder, asset))
-            assert layout.mesh_file(folder, asset) == str(layout.mesh(folder, asset))
-            assert layout.contact_file(folder, asset) == str(layout.contact(folder, asset))
-            assert layout.embedding_file(folder, "m", asset) == str(layout.embedding(folder, "m", asset))
+            at = Path(folder)
+            part = layout.shard(asset)
+            assert layout.cutout_file(folder, asset) == str(at / "cutout" / part / f"{asset}.png")
+            assert layout.mesh_file(folder, asset) == str(at / "mesh" / part / f"{asset}.glb")
+            assert layout.contact_file(folder, asset) == str(at / "contact" / part / f"{asset}.png")
+            assert layout.embedding_file(folder, "m", asset) == str(at / "embed" / "m" / part / f"{asset}.npz")
             assert layout.view_files(folder, asset, ["az000", "az180"]) == [
-                str(layout.view(folder, asset, "az000")), str(layout.view(folder, asset, "az180"))]
+                str(at / "render" / part / asset / "az000.png"), str(at / "render" / part / asset / "az180.png")]
+            assert layout.views(folder, asset) == at / "render" / part / asset
     # 256 shards, evenly filled: 25,600 SKUs give about 100 per folder.
     counts = Counter(layout.shard(f"SKU-{i:06d}") for i in range(25_600))
     assert len(counts) == 256 and all(layout.SHARD_NAME.fullmatch(s) for s in counts)

@@ -19,7 +19,7 @@ import functools
 import hashlib
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 # The name of a shard folder: two lowercase hex digits.
@@ -45,7 +45,7 @@ def cutouts(results: str | Path) -> Path:
 
 def cutout(results: str | Path, asset: str) -> Path:
     """RGBA PNG, square, object recentred."""
-    return cutouts(results) / shard(asset) / f"{asset}.png"
+    return Path(cutout_file(results, asset))
 
 
 def meshes(results: str | Path) -> Path:
@@ -55,7 +55,7 @@ def meshes(results: str | Path) -> Path:
 
 def mesh(results: str | Path, asset: str) -> Path:
     """GLB in the canonical frame (+Y up, front +Z, unit size, centred)."""
-    return meshes(results) / shard(asset) / f"{asset}.glb"
+    return Path(mesh_file(results, asset))
 
 
 def renders(results: str | Path) -> Path:
@@ -65,7 +65,7 @@ def renders(results: str | Path) -> Path:
 
 def views(results: str | Path, asset: str) -> Path:
     """The folder of the asset's rendered views, one PNG per view name (az000.png, ...)."""
-    return renders(results) / shard(asset) / asset
+    return Path(_views_folder(results, asset))
 
 
 def view(results: str | Path, asset: str, name: str) -> Path:
@@ -74,37 +74,41 @@ def view(results: str | Path, asset: str, name: str) -> Path:
 
 def view_files(results: str | Path, asset: str, names: Iterable[str]) -> list[str]:
     """`view` of each name, as strings: one folder per asset, not one Path per view (the planner asks for every SKU's)."""
-    folder = f"{_folder(results, 'render')}/{shard(asset)}/{asset}"
+    folder = _views_folder(results, asset)
     return [f"{folder}/{name}.png" for name in names]
 
 
-# The per-asset artefacts as strings (str of the Path functions' result, same spelling): the planner asks
-# for every SKU's at every stage, and a Path per file cost more than the rest of the plan (pathlib parses
-# each part; 765,000 parses at 10,000 SKUs).
+# The per-asset artefacts are spelled here, as strings; the Path functions above wrap them. The planner
+# asks for every SKU's at every stage, and a Path per file cost more than the rest of the plan (pathlib
+# parses each part; 765,000 parses at 10,000 SKUs).
 @functools.lru_cache(maxsize=64)
-def _folder(results: str | Path, *parts: str) -> str:
-    # Through pathlib once per folder: "./results/" and "results" give the same strings as the Path functions.
-    return str(Path(results, *parts))
+def _folder(stage_folder: Callable[..., Path], results: str | Path, *args: str) -> str:
+    # The stage folder through pathlib once: "./results/" and "results" spell it as the Path functions do.
+    return str(stage_folder(results, *args))
+
+
+def _views_folder(results: str | Path, asset: str) -> str:
+    return f"{_folder(renders, results)}/{shard(asset)}/{asset}"
 
 
 def cutout_file(results: str | Path, asset: str) -> str:
     """`cutout` as a string."""
-    return f"{_folder(results, 'cutout')}/{shard(asset)}/{asset}.png"
+    return f"{_folder(cutouts, results)}/{shard(asset)}/{asset}.png"
 
 
 def mesh_file(results: str | Path, asset: str) -> str:
     """`mesh` as a string."""
-    return f"{_folder(results, 'mesh')}/{shard(asset)}/{asset}.glb"
+    return f"{_folder(meshes, results)}/{shard(asset)}/{asset}.glb"
 
 
 def contact_file(results: str | Path, asset: str) -> str:
     """`contact` as a string."""
-    return f"{_folder(results, 'contact')}/{shard(asset)}/{asset}.png"
+    return f"{_folder(contacts, results)}/{shard(asset)}/{asset}.png"
 
 
 def embedding_file(results: str | Path, model: str, asset: str) -> str:
     """`embedding` as a string."""
-    return f"{_folder(results, 'embed', model)}/{shard(asset)}/{asset}.npz"
+    return f"{_folder(model_embeddings, results, model)}/{shard(asset)}/{asset}.npz"
 
 
 def contacts(results: str | Path) -> Path:
@@ -114,7 +118,7 @@ def contacts(results: str | Path) -> Path:
 
 def contact(results: str | Path, asset: str) -> Path:
     """The asset's contact sheet: cutout and views in one row."""
-    return contacts(results) / shard(asset) / f"{asset}.png"
+    return Path(contact_file(results, asset))
 
 
 def embeddings(results: str | Path) -> Path:
@@ -129,7 +133,7 @@ def model_embeddings(results: str | Path, model: str) -> Path:
 
 def embedding(results: str | Path, model: str, asset: str) -> Path:
     """NPZ: vec2d (D,), vec3d (V, D), view_ok (V,)."""
-    return model_embeddings(results, model) / shard(asset) / f"{asset}.npz"
+    return Path(embedding_file(results, model, asset))
 
 
 def indexes(results: str | Path) -> Path:

@@ -72,6 +72,28 @@ def test_inflate_is_watertight_canonical_and_coloured_from_the_image() -> None:
     assert front[:3].astype(int).sum() > back[:3].astype(int).sum()
 
 
+@pytest.mark.parametrize("hidden", ["mirror", "blur", "plain"])
+def test_inflate_back_repeats_blurs_or_flattens_the_fronts_print(hidden: str) -> None:
+    img = Image.new("RGBA", (256, 256), (255, 255, 255, 0))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([40, 40, 216, 216], fill=(*RED, 255))
+    for x in range(48, 208, 16):   # a print: white stripes 8 px wide
+        draw.rectangle([x, 40, x + 7, 216], fill=(255, 255, 255, 255))
+    mesh = M.inflate(img, "sku1", {"hidden": hidden, "resolution": 64})
+    v, c = mesh.vertices, np.asarray(mesh.visual.vertex_colors)[:, :3].astype(float)
+    n = len(v) // 2   # front sheet, then back sheet
+    inner = (np.abs(v[:n, 0]) < 0.3) & (np.abs(v[:n, 1]) < 0.3)   # away from the rim
+    front, back = c[:n][inner], c[n:][inner]
+    assert front.std(axis=0).max() > 40   # the stripes are on the front whatever `hidden` says
+    if hidden == "mirror":
+        assert np.abs(back - front * 0.85).max() <= 1.0
+    elif hidden == "blur":
+        assert back.std(axis=0).max() < 15
+        assert np.abs(back.mean(axis=0) - front.mean(axis=0) * 0.85).max() < 25
+    else:
+        assert np.ptp(back, axis=0).max() <= 1.0
+
+
 def test_inflate_params_change_resolution_and_depth() -> None:
     coarse = M.inflate(cutout(), "sku1", {"resolution": 32})
     fine = M.inflate(cutout(), "sku1", {"resolution": 96})

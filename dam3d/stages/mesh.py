@@ -21,7 +21,7 @@ from dam3d.runtime.atomic import atomic_path
 from dam3d.runtime.backends import Backend, hub_available, register
 from dam3d.runtime.backends import backend as get_backend
 from dam3d.errors import AssetError
-from dam3d.stages.shapes import PRIOR_DEFAULTS, SHAPE_KEY, Painter, prior_mesh
+from dam3d.stages.shapes import PRIOR_DEFAULTS, SHAPE_KEY, Painter, hidden_painter, prior_mesh
 
 STAGE = "mesh"
 
@@ -32,6 +32,7 @@ INFLATE_DEFAULTS: dict[str, Any] = {
     "back_ratio": 1.0,      # back surface height relative to the front
     "alpha_threshold": 127,
     "back_shade": 0.85,     # the back repeats the front's colours, a little darker
+    "hidden": "mirror",     # the back: the front's print (mirror), its colours blurred (blur), one colour (plain)
     "smooth": 2.0,          # gaussian sigma (cells) on the distance field: rounds the medial-axis ridge
     "hole_fill": 0.01,      # holes under this fraction of the object's area are matting noise and get
                             # filled; larger ones (a bag handle's opening) stay open as real holes
@@ -256,8 +257,10 @@ def inflate(image: Image.Image, asset: str, params: dict) -> trimesh.Trimesh:
     # first take their nearest foreground colour so the rim does not pick up the background.
     # not `mask`: filled pinholes have no colour of their own; the rim keeps its own pixels (edge 0)
     paint = Painter(rgba, int(p["alpha_threshold"]), max(int(round(cell)), 1), edge=0)
-    colour = paint(np.column_stack([x0 + cj * cell, y0 + ci * cell]))
-    back_colour = colour * float(p["back_shade"])
+    corners = np.column_stack([x0 + cj * cell, y0 + ci * cell])
+    colour = paint(corners)
+    # The back was never seen: painted as `hidden` says (dam3d.stages.shapes.HIDDEN), a little darker.
+    back_colour = hidden_painter(rgba, p, paint)(corners) * float(p["back_shade"])
     rgb8 = np.clip(np.rint(np.vstack([colour, back_colour])), 0, 255).astype(np.uint8)
     vertex_colors = np.column_stack([rgb8, np.full(2 * n, 255, dtype=np.uint8)])
 

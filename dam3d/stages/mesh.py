@@ -31,8 +31,8 @@ INFLATE_DEFAULTS: dict[str, Any] = {
                             # (capped at the widest inscribed circle: a horizontal belt stays round, not a fin)
     "back_ratio": 1.0,      # back surface height relative to the front
     "alpha_threshold": 127,
-    "back_shade": 0.85,     # the back repeats the front's colours, a little darker
-    "hidden": "mirror",     # the back: the front's print (mirror), its colours blurred (blur), one colour (plain)
+    "back_shade": 0.85,     # the back is a little darker than the front
+    "hidden": "blur",       # the back: the front's colours blurred (blur), its print (mirror), one colour (plain)
     "smooth": 2.0,          # gaussian sigma (cells) on the distance field: rounds the medial-axis ridge
     "hole_fill": 0.01,      # holes under this fraction of the object's area are matting noise and get
                             # filled; larger ones (a bag handle's opening) stay open as real holes

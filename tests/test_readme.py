@@ -73,6 +73,9 @@ COMMANDS = {
         "test_evaluate.py::test_bench_make_tiny",
     ".venv/bin/dam3d bench make /tmp/bp_t11 --sources products --objects 80 --queries-per-object 2 --seed 11":
         "test_bench_products.py::test_a_tiny_products_benchmark",
+    ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/be_t11/catalogue results=/tmp/be_t11/r_inflblur "
+    "'mesh={inflate: {hidden: blur}}'":
+        "test_workflow.py::test_dot_test_configs_run_as_the_community_workflows_run_them",
     ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bp_t11/catalogue results=/tmp/bp_t11/r_blur "
     "'mesh={backend: prior, prior: {shapes: [cuboid, revolution], hidden: blur}}'":
         "test_workflow.py::test_dot_test_configs_run_as_the_community_workflows_run_them",

@@ -260,7 +260,8 @@ def inflate(image: Image.Image, asset: str, params: dict) -> trimesh.Trimesh:
     corners = np.column_stack([x0 + cj * cell, y0 + ci * cell])
     colour = paint(corners)
     # The back was never seen: painted as `hidden` says (dam3d.stages.shapes.HIDDEN), a little darker.
-    back_colour = hidden_painter(rgba, p, paint)(corners) * float(p["back_shade"])
+    paint_back = hidden_painter(rgba, p, paint)
+    back_colour = (colour if paint_back is paint else paint_back(corners)) * float(p["back_shade"])
     rgb8 = np.clip(np.rint(np.vstack([colour, back_colour])), 0, 255).astype(np.uint8)
     vertex_colors = np.column_stack([rgb8, np.full(2 * n, 255, dtype=np.uint8)])
 

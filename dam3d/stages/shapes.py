@@ -404,12 +404,15 @@ def revolution_mesh(rgba: np.ndarray, profile: dict[str, Any], elevation: float,
         return np.column_stack([axis + radius * np.sin(theta), row + radius * depth * se])
 
     verts, cols, shade = [], [], float(p["back_shade"])
+    front = np.cos(angle) >= 0   # the half the catalogue camera saw
     for row, radius, height in zip(rows, radii, heights, strict=True):
         r = np.full(SEGMENTS, radius)
         verts.append(ring_points(height, r, angle))
-        front = np.cos(angle) >= 0
         xy = image_xy(r, angle, row, fold=True)
-        cols.append(np.where(front[:, None], paint(xy), paint_hidden(xy) * shade))
+        ring = np.empty((SEGMENTS, 3), dtype=np.float32)
+        ring[front] = paint(xy[front])
+        ring[~front] = paint_hidden(xy[~front]) * shade
+        cols.append(ring)
     side = np.vstack(verts)
     n_r = len(rows)
     idx = np.arange(n_r * SEGMENTS).reshape(n_r, SEGMENTS)

@@ -54,10 +54,12 @@ counts = manifest["counts"]
 summary = [
     f"dam3d: index {out_dir}: {counts['indexed']}/{counts['assets']} assets, "
     f"{counts['with_views']} with views, {counts['failed']} failed",
-    # incremental: unchanged SKUs' rows copied from the previous index; full: why every embedding was read
-    "dam3d: index update {mode}: {reused} rows reused, {read} embeddings read, {dropped} dropped ({reason})".format(
-        **manifest["update"]),
+    # incremental: unchanged SKUs' rows kept from the previous index; full: why every embedding was read
+    "dam3d: index update {mode}: {reused} rows reused, {read} embeddings read, {dropped} dropped, vector store {store} "
+    "({reason})".format(**manifest["update"]),
 ]
+if manifest.get("ann"):
+    summary.append("dam3d: ANN graphs {built}: {delta} SKUs beside them, {tombstones} tombstones".format(**manifest["ann"]))
 summary += [f"dam3d: failed {f['asset']} at {f['stage']}: {f['reason']}" for f in failures]
 summary += [f"dam3d: warning {w['asset']} at {w['stage']}: {w['warning']}" for w in warnings]
 Path(smk.log[0]).parent.mkdir(parents=True, exist_ok=True)

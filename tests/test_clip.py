@@ -81,8 +81,8 @@ def own_text_vector(clip_dir: Path, text: str) -> np.ndarray:
 
 def own_scores(index_dir: Path, query: np.ndarray, fusion: str) -> np.ndarray:
     """Each SKU's score for `query` from the stored vectors, as README's fusions define it: (N,) float64."""
-    files = Index.load(index_dir).files   # the data folder of the current build
-    v2, v3, vm = (np.load(files / f"vectors_{n}.npy").astype(np.float64) for n in ("2d", "3d", "mean"))
+    index = Index.load(index_dir)   # the current build's vectors, as stored
+    v2, v3, vm = (np.asarray(v).astype(np.float64) for v in (index.vec2d, index.vec3d, index.vecmean))
     s2, s3 = v2 @ query, np.einsum("nvd,d->nv", v3, query).max(axis=1)
     return {"2d": s2, "3d": s3, "mean": vm @ query, "max": np.maximum(s2, s3)}[fusion]
 

@@ -297,8 +297,14 @@ def test_float16_is_the_default_and_ranks_as_float32_for_every_fusion(tmp_path: 
     assert f16.manifest["vectors"]["dtype"] == "float16" and f32.manifest["vectors"]["dtype"] == "float32"
     assert {v.dtype for v in (f16.vec2d, f16.vec3d, f16.vecmean)} == {np.dtype(np.float16)}
     assert isinstance(f16.vec3d, np.memmap)
+    from dam3d.search.store import vector_file
+
+    def stored(index: Index, name: str) -> int:
+        return vector_file(index.directory / index.manifest["vectors"]["store"]["folder"], name).stat().st_size
+
     for name in ("2d", "3d", "mean"):
-        assert (f16.files / f"vectors_{name}.npy").stat().st_size < 0.52 * (f32.files / f"vectors_{name}.npy").stat().st_size
+        assert stored(f16, name) == 300 * f16.manifest["vectors"]["bytes_per_sku"][name]
+        assert stored(f16, name) == 0.5 * stored(f32, name)
     assert f16.manifest["vectors"]["bytes_per_sku"] == {"2d": 64 * 2, "3d": 4 * 64 * 2, "mean": 64 * 2}
     rng = np.random.default_rng(3)
     queries = unit(np.asarray(f32.vec3d)[rng.integers(0, 300, 60), 1] + 0.1 * rng.normal(size=(60, 64)))
@@ -323,7 +329,8 @@ def test_pca_index_projects_the_queries_and_scores_as_brute_force_in_the_reduced
     record = index.manifest["vectors"]
     assert record["dim"] == 6 and record["input_dim"] == 32 and record["pca"]["dim"] == 6
     assert record["pca"]["explained_variance"] == pytest.approx(1.0, abs=1e-5) and record["pca"]["fitted_on"] == 150 * 4
-    components = np.load(index.files / "pca_components.npy")
+    components = np.load(index.directory / index.manifest["vectors"]["store"]["folder"] / "pca_components.npy")
+    np.testing.assert_array_equal(components, index.pca_components)
     assert components.shape == (6, 32)
     np.testing.assert_allclose(components @ components.T, np.eye(6), atol=1e-5)
     assert index.vec2d.shape == (150, 6) and index.vec3d.shape == (150, 3, 6) and index.vecmean.shape == (150, 6)
@@ -349,7 +356,8 @@ def test_pca_index_projects_the_queries_and_scores_as_brute_force_in_the_reduced
 def test_pca_off_by_default_and_a_bad_setting_is_refused(tmp_path: Path) -> None:
     assets, paths = clustered_embeddings(tmp_path, 20, 2, 8)
     manifest = build_index(assets, paths, tmp_path / "i", {})
-    assert manifest["vectors"]["pca"] is None and not (Index.load(tmp_path / "i").files / "pca_components.npy").exists()
+    assert manifest["vectors"]["pca"] is None and not (tmp_path / "i" / manifest["vectors"]["store"]["folder"] / "pca_components.npy").exists()
+    assert Index.load(tmp_path / "i").pca_components is None
     with pytest.raises(ValueError, match="index.pca"):
         build_index(assets, paths, tmp_path / "i", {}, pca=8)
     with pytest.raises(ValueError, match="index.dtype"):
@@ -364,8 +372,10 @@ def test_an_index_built_before_compact_vectors_loads_and_searches(tmp_path: Path
     build_index(assets, paths, tmp_path / "new", {}, dtype="float32")
     old = tmp_path / "old"
     old.mkdir()
-    for name in ("assets.parquet", "vectors_2d.npy", "vectors_3d.npy", "vectors_mean.npy"):
-        (old / name).write_bytes((Index.load(tmp_path / "new").files / name).read_bytes())
+    (old / "assets.parquet").write_bytes((Index.load(tmp_path / "new").files / "assets.parquet").read_bytes())
+    written = Index.load(tmp_path / "new")
+    for name, vectors in (("2d", written.vec2d), ("3d", written.vec3d), ("mean", written.vecmean)):
+        np.save(old / f"vectors_{name}.npy", np.asarray(vectors))   # as the versions before stores wrote them
     manifest = json.loads((tmp_path / "new" / "manifest.json").read_text())
     del manifest["vectors"], manifest["data"]   # files at the top of the folder, as before data folders
     (old / "manifest.json").write_text(json.dumps(manifest))

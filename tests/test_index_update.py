@@ -80,7 +80,10 @@ def test_add_change_delete_gives_what_a_full_rebuild_gives(tmp_path: Path, embed
     ids = change(embed)
     manifest = build_index(*catalogue(embed, ids), out, {"model": {"name": "m"}})
     assert manifest["update"] == {"mode": "incremental", "reason": f"previous index {first['data']}",
-                                  "reused": 37, "read": 3, "dropped": 2}   # S5 read again; S7, S12 dropped
+                                  "reused": 37, "read": 3, "dropped": 2,   # S5 read again; S7, S12 dropped
+                                  "store": "appended"}
+    # 3 rows appended to the 40 of the first build; S5's old row, S7's and S12's stay unreferenced (tombstones)
+    assert manifest["vectors"]["store"] == {**first["vectors"]["store"], "rows": 43}
     full = build_index(*catalogue(embed, ids), tmp_path / "full", {"model": {"name": "m"}}, incremental=False)
     assert full["update"]["mode"] == "full" and full["update"]["read"] == 40
     inc, ref = Index.load(out), Index.load(tmp_path / "full")
@@ -88,8 +91,9 @@ def test_add_change_delete_gives_what_a_full_rebuild_gives(tmp_path: Path, embed
     for name in ("vec2d", "vec3d", "vecmean"):
         np.testing.assert_array_equal(getattr(inc, name), getattr(ref, name))   # bit for bit
     assert results(inc) == results(ref)
-    assert {k: manifest[k] for k in ("counts", "views", "dim", "vectors", "failed_assets")} == \
-        {k: full[k] for k in ("counts", "views", "dim", "vectors", "failed_assets")}
+    assert {k: manifest[k] for k in ("counts", "views", "dim", "failed_assets")} == \
+        {k: full[k] for k in ("counts", "views", "dim", "failed_assets")}
+    assert {**manifest["vectors"], "store": None} == {**full["vectors"], "store": None}
     assert manifest["failed_assets"] == ["S12"]
 
 
@@ -126,16 +130,14 @@ def test_a_failed_update_leaves_the_previous_index_searchable(tmp_path: Path, em
     reader = Index.load(out)   # a search process that loaded the index before the update
     ids = change(embed)
     calls = {"n": 0}
-    if fail_at == "vectors":   # killed while writing the second vector file
-        real = np.lib.format.open_memmap
+    if fail_at == "vectors":   # killed after appending rows to the store, before the new data folder is complete
+        real = index_module.StoreWriter.append
 
-        def failing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise OSError("disk full")
-            return real(*args, **kwargs)
+        def failing(self, *args):  # noqa: ANN001, ANN002, ANN202
+            real(self, *args)
+            raise OSError("disk full")
 
-        monkeypatch.setattr(np.lib.format, "open_memmap", failing)
+        monkeypatch.setattr(index_module.StoreWriter, "append", failing)
     else:   # killed after the new data folder is complete, before manifest.json is replaced
         real_write = index_module.write_text
 
@@ -152,8 +154,11 @@ def test_a_failed_update_leaves_the_previous_index_searchable(tmp_path: Path, em
     assert results(Index.load(out)) == before and results(reader) == before
     after = build_index(*catalogue(embed, ids), out, {"model": {"name": "m"}})   # the next run completes it
     assert after["update"]["mode"] == "incremental" and after["update"]["read"] == 3
+    assert after["vectors"]["store"]["rows"] == 43   # what the failed append left past row 40 was dropped first
+    store = out / after["vectors"]["store"]["folder"]
+    assert (store / "vectors_3d.bin").stat().st_size == 43 * VIEWS * DIM * 2
     assert results(reader) == before   # the previous data folder is kept one update for such readers
-    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", reader.files.name, after["data"]])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", reader.files.name, after["data"], store.name])
 
 
 def test_settings_that_change_every_row_rebuild_in_full(tmp_path: Path, embed: Path) -> None:
@@ -212,36 +217,72 @@ def same_hits(index: Index, query: np.ndarray, fusion: str) -> bool:
         np.allclose([h["score"] for h in ann], [h["score"] for h in exact], atol=1e-6)
 
 
-def test_ann_graphs_are_updated_in_place_and_compacted_when_removals_pile_up(tmp_path: Path) -> None:
+@pytest.mark.parametrize("delta_max", [1024, 4])   # the delta kept beside the graphs; past the threshold: put into them
+def test_ann_graphs_take_updates_and_are_compacted_when_removals_pile_up(tmp_path: Path, delta_max: int,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import dam3d.search.index as index_module
+
+    monkeypatch.setattr(index_module, "ANN_DELTA_MAX", delta_max)
     embed = tmp_path / "embed"
     embed.mkdir()
     for i in range(300):
         write_embedding(embed, i, seed=0)
     out = tmp_path / "index" / "m"
-    build_index(*catalogue(embed, list(range(300))), out, {"model": {"name": "m"}}, ann_min_skus=100)
+    first = build_index(*catalogue(embed, list(range(300))), out, {"model": {"name": "m"}}, ann_min_skus=100)
+    graph = out / first["data"] / "ann_views.usearch"
     for i in range(300, 305):
         write_embedding(embed, i, seed=0)
-    for i in range(10, 15):   # changed: removed from the graphs, added again under a new key
+    for i in range(10, 15):   # changed: a new key; the old one a tombstone, or removed from the graphs
         write_embedding(embed, i, seed=1)
     ids = [i for i in range(305) if not 20 <= i < 25]
     m = build_index(*catalogue(embed, ids), out, {"model": {"name": "m"}}, ann_min_skus=100)
-    assert m["ann"]["built"] == "updated" and m["ann"]["removed"] == 10 and m["update"]["read"] == 10
+    assert m["update"]["read"] == 10 and m["update"]["store"] == "appended"
+    if delta_max == 1024:   # 10 new rows and 10 tombstones: the graphs are the same files, linked
+        assert {k: m["ann"][k] for k in ("built", "removed", "delta", "tombstones")} == \
+            {"built": "kept", "removed": 0, "delta": 10, "tombstones": 10}
+        assert (out / m["data"] / "ann_views.usearch").stat().st_ino == graph.stat().st_ino
+    else:
+        assert {k: m["ann"][k] for k in ("built", "removed", "delta", "tombstones")} == \
+            {"built": "updated", "removed": 10, "delta": 0, "tombstones": 0}
     index = Index.load(out)
-    assert index.ann() is not None
+    assert index.ann() is not None and len(index.ann().delta) == m["ann"]["delta"]
     rng = np.random.default_rng(5)
     picks = rng.choice(len(index.assets), 15, replace=False)
     for q in unit(np.asarray(index.vec2d, dtype=np.float32)[picks] + 0.05 * rng.normal(size=(15, DIM))):
         for fusion in FUSIONS:
             assert same_hits(index, q, fusion), fusion
     changed = Index.load(out).search(np.asarray(index.vec2d, dtype=np.float32)[ids.index(12)], k=1, fusion="2d")
-    assert changed[0]["asset_id"] == "S12"   # found by its new vector, through the graphs
-    # Deleting a fifth more of the catalogue: more than ANN_COMPACT_SHARE removed since the last full build.
+    assert changed[0]["asset_id"] == "S12"   # found by its new vector, through the graphs or the delta
+    # Deleting a fifth more of the catalogue: more than ANN_COMPACT_SHARE removed since the last full build,
+    # and more than COMPACT_SHARE of the store unreferenced: a new store and new graphs.
     m = build_index(*catalogue(embed, ids[:230]), out, {"model": {"name": "m"}}, ann_min_skus=100)
     assert m["ann"]["built"] == "full" and m["ann"]["removed"] == 0 and m["update"]["mode"] == "incremental"
+    assert m["update"]["store"] == "written" and m["vectors"]["store"]["rows"] == 230
     index = Index.load(out)
     for q in unit(np.asarray(index.vec2d, dtype=np.float32)[:10] + 0.05):
         for fusion in FUSIONS:
             assert same_hits(index, q, fusion), fusion
+
+
+def test_a_tombstone_in_the_graphs_is_never_a_hit(tmp_path: Path) -> None:
+    """A changed SKU's old vector stays in the graphs (a tombstone) until the delta is put in: a query right on it
+    finds the SKU's new row or another SKU, never a row that is not in the index."""
+    embed = tmp_path / "embed"
+    embed.mkdir()
+    for i in range(200):
+        write_embedding(embed, i, seed=0)
+    out = tmp_path / "index" / "m"
+    build_index(*catalogue(embed, list(range(200))), out, {"model": {"name": "m"}}, ann_min_skus=100)
+    old = Index.load(out)
+    on_old = np.asarray(old.vec2d[7], dtype=np.float32)
+    write_embedding(embed, 7, seed=3)
+    m = build_index(*catalogue(embed, list(range(200))), out, {"model": {"name": "m"}}, ann_min_skus=100)
+    assert m["ann"]["built"] == "kept" and m["ann"]["tombstones"] == 1
+    index = Index.load(out)
+    for fusion in FUSIONS:
+        assert same_hits(index, on_old, fusion), fusion
+        assert [h["asset_id"] for h in index.search(on_old, k=20, fusion=fusion)] == \
+            [h["asset_id"] for h in index.search(on_old, k=20, fusion=fusion, exact=True)]
 
 
 def test_embeddings_moved_into_shard_folders_by_migrate_layout_are_reused(tmp_path: Path) -> None:
@@ -265,3 +306,48 @@ def test_embeddings_moved_into_shard_folders_by_migrate_layout_are_reused(tmp_pa
     manifest = build_index(assets, moved, out, {"model": {"name": "m"}})
     assert manifest["update"]["mode"] == "incremental" and manifest["update"]["read"] == 0, manifest["update"]
     assert results(Index.load(out)) == before
+
+
+def test_an_index_written_before_stores_loads_and_its_next_update_writes_one(tmp_path: Path, embed: Path) -> None:
+    """The layout of earlier versions: vectors_{2d,3d,mean}.npy in the data folder, no `vectors.store`, no `store_row`."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "index" / "m"
+    m = build_index(*catalogue(embed, list(range(40))), out, {"model": {"name": "m"}})
+    before = results(Index.load(out))
+    folder, store = out / m["data"], out / m["vectors"]["store"]["folder"]
+    index = Index.load(out)
+    for name, vectors in (("2d", index.vec2d), ("3d", index.vec3d), ("mean", index.vecmean)):
+        np.save(folder / f"vectors_{name}.npy", np.asarray(vectors))
+    del index
+    import shutil
+
+    shutil.rmtree(store)
+    pq.write_table(pq.read_table(folder / "rows.parquet").drop(["store_row"]), folder / "rows.parquet")
+    old = {**m, "vectors": {k: v for k, v in m["vectors"].items() if k != "store"}}
+    for path in (folder / "manifest.json", out / "manifest.json"):
+        path.write_text(json.dumps(old))
+    assert results(Index.load(out)) == before
+    ids = change(embed)
+    after = build_index(*catalogue(embed, ids), out, {"model": {"name": "m"}})
+    assert after["update"]["mode"] == "incremental" and after["update"]["read"] == 3 and after["update"]["store"] == "written"
+    full = build_index(*catalogue(embed, ids), tmp_path / "full", {"model": {"name": "m"}}, incremental=False)
+    assert results(Index.load(out)) == results(Index.load(tmp_path / "full"))
+    assert after["vectors"]["store"]["rows"] == full["vectors"]["store"]["rows"] == 40
+
+
+def test_stored_rows_read_the_rows_asked_for() -> None:
+    from dam3d.search.store import StoredRows, rows_of
+
+    array = np.arange(6 * 2 * 3, dtype=np.float16).reshape(6, 2, 3)
+    order = np.array([4, 0, 1, 2])
+    rows = StoredRows(array, order)
+    assert rows.shape == (4, 2, 3) and len(rows) == 4 and rows.dtype == np.float16
+    np.testing.assert_array_equal(np.asarray(rows), array[order])
+    np.testing.assert_array_equal(rows[1:4], array[0:3])           # a run of store rows: one slice
+    np.testing.assert_array_equal(rows[np.array([3, 0])], array[[2, 4]])
+    np.testing.assert_array_equal(rows[0], array[4])
+    np.testing.assert_array_equal(rows[np.array([True, False, True, False])], array[[4, 1]])
+    np.testing.assert_array_equal(rows[1:3, 1], array[0:2, 1])
+    np.testing.assert_array_equal(rows[2, 1], array[1, 1])
+    assert rows_of(array, np.arange(4)).shape == (4, 2, 3) and rows_of(array, None) is array

@@ -32,6 +32,7 @@ import yaml
 from conftest import REPO, product_photo
 from local_slurm import LocalSlurm, SlurmUnavailable
 from tiny_models import make_tiny_vit
+from dam3d.search.index import Index
 from dam3d.search.update import index_files
 
 pytestmark = pytest.mark.slow
@@ -184,9 +185,9 @@ def test_pipeline_on_slurm_with_gpu_profile(slurm: LocalSlurm, tmp_path: Path) -
         assert sorted(m["asset"] for m in members) == sorted(KINDS) and all(m["ok"] for m in members), members
 
     # The same index as the local run.
-    for name in ("vectors_2d.npy", "vectors_3d.npy", "vectors_mean.npy"):
-        a = np.load(index_files(results / "index" / "tiny") / name)
-        b = np.load(index_files(local_dir / "results" / "index" / "tiny") / name)
+    cluster_index, local_index = Index.load(results / "index" / "tiny"), Index.load(local_dir / "results" / "index" / "tiny")
+    for name in ("vec2d", "vec3d", "vecmean"):
+        a, b = np.asarray(getattr(cluster_index, name)), np.asarray(getattr(local_index, name))
         assert a.shape == b.shape and a.shape[0] == len(KINDS), name
         np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
     skus = pq.read_table(index_files(results / "index" / "tiny") / "assets.parquet").column("sku").to_pylist()

@@ -4,7 +4,9 @@
     python -m dam3d.benchmarks.scale --update [--skus 10000] [--views 8] [--dim 1280] [--ann]
 
 `--update` times the index build instead (`index_update`): a full rebuild from N embedding .npz
-files against the incremental update after one SKU is added, without ANN graphs.
+files against the incremental update after one SKU is added (its rows appended to the vector
+store, dam3d.search.store) and an update with nothing changed; without ANN graphs, or with
+`--ann` with them at any size (built in full, then kept beside a delta or updated).
 
 Draws vectors in clusters, as real embeddings come (look-alike products; each SKU's views
 near its 2D vector), stores them as an index does (`--dtype`, `--pca`: dam3d.search.index.write_vectors),
@@ -33,8 +35,8 @@ import numpy as np
 
 from dam3d.search.ann import build_ann
 from dam3d.search.index import DEFAULT_DTYPE, DTYPES, FUSIONS, Index, write_vectors
+from dam3d.search.store import NAMES, open_index_vectors, open_store, vector_file
 
-VECTOR_FILES = ("vectors_2d.npy", "vectors_3d.npy", "vectors_mean.npy")
 
 
 def clustered(rng: np.random.Generator, skus: int, views: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -61,7 +63,7 @@ def mapped_resident(folder: Path) -> int | None:
     except OSError:
         return None
     total, inside = 0, False
-    names = {str(folder.resolve() / name) for name in VECTOR_FILES}
+    names = {str(vector_file(folder.resolve(), name)) for name in NAMES}
     for line in lines:
         fields = line.split()
         if fields and "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):   # a mapping's header
@@ -71,11 +73,10 @@ def mapped_resident(folder: Path) -> int | None:
     return total
 
 
-def stored_index(folder: Path, assets: list[dict]) -> Index:
-    """The index written in `folder` by write_vectors (+ build_ann), vectors memory-mapped, as Index.load maps them."""
-    vectors = [np.load(folder / name, mmap_mode="r") for name in VECTOR_FILES]
-    components = np.load(folder / "pca_components.npy") if (folder / "pca_components.npy").exists() else None
-    return Index(folder, {}, assets, *vectors, pca_components=components)
+def stored_index(folder: Path, stored: dict, assets: list[dict]) -> Index:
+    """The index whose store write_vectors wrote in `folder` (`stored`: what it returned) and whose graphs build_ann
+    wrote there, vectors memory-mapped, as Index.load maps them."""
+    return Index(folder, {}, assets, *open_index_vectors(folder.parent, folder, {"vectors": stored}, None))
 
 
 def top10(index: Index, query: np.ndarray, fusion: str, *, exact: bool) -> set[str]:
@@ -114,6 +115,7 @@ def index_update(folder: Path, skus: int, views: int, dim: int, *, seed: int = 0
         timings[name] = time.perf_counter() - t
         timings[f"{name}_read"] = manifest["update"]["read"]
         timings[f"{name}_ann"] = (manifest["ann"] or {}).get("built", "none")
+        timings[f"{name}_store"] = manifest["update"]["store"]
     return timings
 
 
@@ -140,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(load average {os.getloadavg()[0]:.1f}):\n"
               f"  wrote the .npz files in {t['write_npz']:.1f} s\n"
               f"  full rebuild   {t['full']:7.2f} s ({t['full_read']:,} .npz read)\n"
-              f"  one SKU added  {t['add_one']:7.2f} s ({t['add_one_read']:,} .npz read, the other rows copied)\n"
-              f"  nothing changed {t['unchanged']:6.2f} s ({t['unchanged_read']:,} .npz read)")
+              f"  one SKU added  {t['add_one']:7.2f} s ({t['add_one_read']:,} .npz read; vector store {t['add_one_store']})\n"
+              f"  nothing changed {t['unchanged']:6.2f} s ({t['unchanged_read']:,} .npz read; vector store {t['unchanged_store']})")
         return 0
     rng = np.random.default_rng(a.seed)
 
@@ -161,21 +163,22 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         stored = write_vectors(folder, vec2d, vec3d, vecmean, dtype=a.dtype, pca=a.pca)
         t = time.perf_counter()
-        files = build_ann(folder, *(np.load(folder / name, mmap_mode="r") for name in VECTOR_FILES))
+        files = build_ann(folder, *open_store(folder, stored["store"]))
         build = time.perf_counter() - t
         sizes = {f.name: f.stat().st_size for f in files}
         pca = stored["pca"]
         print(f"  vectors stored {a.dtype}, {stored['dim']}-d"
               + (f" (PCA of {a.dim}-d, {pca['explained_variance']:.3f} of the sum of squares kept)" if pca else "")
-              + "; bytes per SKU on disk: " + ", ".join(f"{name} {(folder / name).stat().st_size / a.skus:,.0f}"
-                                                       for name in VECTOR_FILES))
+              + "; bytes per SKU on disk: " + ", ".join(f"{vector_file(folder, name).name} "
+                                                       f"{vector_file(folder, name).stat().st_size / a.skus:,.0f}"
+                                                       for name in NAMES))
         print(f"  ANN graphs (usearch HNSW, float16): built in {build:.1f} s; on disk "
               + ", ".join(f"{n} {s / 2**20:.0f} MiB ({s / a.skus:,.0f} B/SKU)" for n, s in sizes.items()))
         print(f"  {'fusion':<6} {'ANN p50':>9} {'ANN p95':>9} {'exact p50':>10} {'exact p95':>10} {'f32 p50':>9} "
               f"{'ANN r@10':>9} {'vs f32 r@10':>12} {'resident B/SKU':>15}")
         for fusion in FUSIONS:
             gc.collect()   # the previous fusion's maps are gone: what is resident now, this fusion read
-            index = stored_index(folder, assets)
+            index = stored_index(folder, stored, assets)
             ann_ms, exact_ms, f32_ms, recall, recall_f32 = [], [], [], [], []
             for q in queries:
                 t = time.perf_counter()

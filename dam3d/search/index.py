@@ -32,6 +32,7 @@ files beside manifest.json) loads as it did.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -47,11 +48,12 @@ from dam3d import __version__
 from dam3d.catalogue import Asset
 from dam3d.runtime import layout
 from dam3d.runtime.atomic import atomic_path, write_text
-from dam3d.search.ann import ANN_MIN_SKUS, OVERFETCH, AnnCandidates, build_ann, update_ann
+from dam3d.search.ann import ANN_DELTA_MAX, ANN_MIN_SKUS, OVERFETCH, TOMBSTONES_FILE, AnnCandidates, build_ann, update_ann
 from dam3d.search.colour import DEFAULT_BINS, DESCRIPTOR_VERSION, colour_descriptor, rerank_depth, similarity
 from dam3d.search.filters import Filter, parse_filter
 from dam3d.search.update import (ANN_COMPACT_SHARE, ROWS_FILE, PreviousRows, current_data_dir, embedding_source, load_previous,
                                  new_data_dir, remove_stale)
+from dam3d.search.store import COMPACT_SHARE, STORE_PREFIX, StoreWriter, open_index_vectors, row_shapes
 from dam3d.stages.embed import l2_normalise
 
 if TYPE_CHECKING:
@@ -144,33 +146,39 @@ def project(vectors: np.ndarray, components: np.ndarray | None) -> np.ndarray:
     return l2_normalise(vectors @ components.T).astype(np.float32, copy=False)
 
 
-def write_vectors(out_dir: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np.ndarray, *,
+def _stored_record(dtype: str, shapes: dict[str, tuple[int, ...]], input_dim: int, pca_record: dict | None,
+                   store: dict) -> dict:
+    """The manifest's `vectors`: dtype, dim (stored), input_dim (the model's), pca, bytes_per_sku of each kind, store."""
+    size = np.dtype(dtype).itemsize
+    return {"dtype": dtype, "dim": int(shapes["2d"][0]), "input_dim": int(input_dim), "pca": pca_record,
+            "bytes_per_sku": {name: int(np.prod(shape)) * size for name, shape in shapes.items()}, "store": store}
+
+
+def write_vectors(store: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np.ndarray, *,
                   dtype: str = DEFAULT_DTYPE, pca: int = 0) -> dict:
-    """Write an index's vectors_{2d,3d,mean}.npy (and pca_components.npy) and return the manifest's `vectors`.
+    """Write a new vector store (dam3d.search.store) in the folder `store` and return the manifest's `vectors`.
 
     vec2d (N, D), vec3d (N, V, D), vecmean (N, D): float32, L2-normalised. With `pca` > 0 they are
     projected onto `pca` components fitted on vec2d and the view vectors (see `fit_pca`), then
-    re-normalised. They are stored as `dtype` (DTYPES). Returns what was stored: dtype, dim (stored),
-    input_dim (the model's, what queries come in at), pca (None, or dim, explained_variance, fitted_on)
-    and bytes_per_sku of each file. ValueError for an unknown dtype or a bad `pca`.
+    re-normalised (pca_components.npy in the store). They are stored as `dtype` (DTYPES). Returns what
+    was stored: dtype, dim (stored), input_dim (the model's, what queries come in at), pca (None, or dim,
+    explained_variance, fitted_on), bytes_per_sku of each kind and `store` (its folder's name, rows, ...).
+    ValueError for an unknown dtype or a bad `pca`.
     """
     if dtype not in DTYPES:
         raise ValueError(f"index.dtype must be one of {DTYPES}, not {dtype!r}")
     n, views, dim = vec3d.shape
     pca_record = None
-    (out_dir / "pca_components.npy").unlink(missing_ok=True)
+    store.mkdir(parents=True, exist_ok=True)
     if pca:
         sample = np.concatenate([vec2d, vec3d.reshape(n * views, dim)])
         components, explained = fit_pca(sample, pca)
         vec2d, vec3d, vecmean = (project(v, components) for v in (vec2d, vec3d, vecmean))
-        _save_npy(out_dir / "pca_components.npy", components)
+        _save_npy(store / "pca_components.npy", components)
         pca_record = {"dim": pca, "explained_variance": round(explained, 6), "fitted_on": int(min(len(sample), PCA_SAMPLE))}
-    sizes = {}
-    for name, vectors in (("2d", vec2d), ("3d", vec3d), ("mean", vecmean)):
-        stored = np.ascontiguousarray(vectors, dtype=dtype)
-        _save_npy(out_dir / f"vectors_{name}.npy", stored)
-        sizes[name] = stored.nbytes // max(n, 1)
-    return {"dtype": dtype, "dim": int(vec2d.shape[1]), "input_dim": dim, "pca": pca_record, "bytes_per_sku": sizes}
+    with StoreWriter(store, dtype) as writer:
+        writer.append(vec2d, vec3d, vecmean)
+    return _stored_record(dtype, writer.shapes, dim, pca_record, writer.record())
 
 
 def write_colours(out_dir: Path, cutouts: Sequence[Path | None], bins: tuple[int, int, int] = DEFAULT_BINS, *,
@@ -183,18 +191,20 @@ def write_colours(out_dir: Path, cutouts: Sequence[Path | None], bins: tuple[int
     """
     from PIL import Image
 
-    rows = []
-    for i, path in enumerate(cutouts):
-        if previous is not None and previous_rows is not None and previous_rows[i] >= 0:
-            rows.append(np.asarray(previous[previous_rows[i]], dtype=np.float32))
-        elif path is not None and Path(path).is_file():
+    size = int(np.prod(bins))
+    out = np.zeros((len(cutouts), size), dtype=np.float32)   # a missing cutout: no colour evidence
+    copied = np.zeros(len(cutouts), dtype=bool)
+    if previous is not None and previous_rows is not None:
+        copied = np.asarray(previous_rows) >= 0
+        out[copied] = previous[np.asarray(previous_rows)[copied]]
+    for i in np.flatnonzero(~copied).tolist():
+        path = cutouts[i]
+        if path is not None and Path(path).is_file():
             with Image.open(path) as image:
-                rows.append(colour_descriptor(image, bins=bins))
-        else:
-            rows.append(np.zeros(int(np.prod(bins)), dtype=np.float32))
-    _save_npy(out_dir / COLOUR_FILE, np.stack(rows).astype(np.float32) if rows else np.zeros((0, int(np.prod(bins))), np.float32))
+                out[i] = colour_descriptor(image, bins=bins)
+    _save_npy(out_dir / COLOUR_FILE, out)
     return {"version": DESCRIPTOR_VERSION, "space": "CIELAB D65", "bins": list(bins), "histogram": "soft, normalised", "similarity": "intersection",
-            "dtype": "float32", "missing": sum(1 for r in rows if not r.any())}
+            "dtype": "float32", "missing": int((~out.any(axis=1)).sum())}
 
 
 def _read_embeddings(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -232,54 +242,72 @@ class _ViewsChanged(Exception):
     """A new embedding has other views than the previous index: none of its rows fits (full rebuild)."""
 
 
-def _write_rows(folder: Path, paths: Sequence[Path], previous_rows: np.ndarray, previous: PreviousRows | None,
-                dtype: str) -> tuple[dict, np.ndarray, list[str]]:
-    """Write vectors_{2d,3d,mean}.npy of N rows into `folder` as `dtype`, without PCA, COPY_BLOCK rows at a time.
+def _write_rows(out_dir: Path, paths: Sequence[Path], previous_rows: np.ndarray, previous: PreviousRows | None,
+                dtype: str) -> tuple[dict, np.ndarray, list[str], np.ndarray]:
+    """Store the vectors of N rows (without PCA) as `dtype`, COPY_BLOCK rows at a time; return (the manifest's `vectors`,
+    views_ok (N,) int64, the view names, store_rows (N,) int64: each row's row in the store).
 
-    paths (N,): each row's embedding .npz; previous_rows (N,) int64: the previous index's row a row copies
-    from its memory-mapped vectors, -1 where the row is new (its .npz is opened; only those are).
-    Unchanged rows keep their order, so the copy reads the previous files sequentially: O(N) bytes,
-    no .npz opened for them. Returns (the manifest's `vectors`, views_ok (N,) int64, the view names).
-    _ViewsChanged if a new .npz has other views than `previous`.
+    paths (N,): each row's embedding .npz; previous_rows (N,) int64: the previous index's row a row reuses, -1 where
+    the row is new or changed (its .npz is opened; only those are). If the previous index has a store of this dtype
+    that would hold at most COMPACT_SHARE unreferenced rows after it, the new rows are appended to it: O(change)
+    bytes written. Otherwise (no previous store, another dtype, compaction) a new store is written in index order,
+    the reused rows copied from the previous vectors. _ViewsChanged if a new .npz has other views than `previous`.
     """
     n = len(paths)
     views_ok = np.zeros(n, dtype=np.int64)
     reused = previous_rows >= 0
+    fresh = np.flatnonzero(~reused)
     views = list(previous.views) if previous is not None else []
     if previous is not None:
         views_ok[reused] = previous.views_ok[previous_rows[reused]]
-    outs: list[np.ndarray] = []
-    for s in range(0, n, COPY_BLOCK):
-        block = np.arange(s, min(s + COPY_BLOCK, n))
-        fresh = block[previous_rows[block] < 0]
-        new = _read_embeddings([paths[i] for i in fresh]) if len(fresh) else None
-        if new is not None:
-            if previous is not None and new[4] != previous.views:
-                raise _ViewsChanged(f"the views changed ({previous.views} -> {new[4]})")
-            views = new[4]
-            views_ok[fresh] = new[3].sum(axis=1)
-        if not outs:
-            shapes = [v.shape[1:] for v in (new[:3] if new is not None else (previous.vec2d, previous.vec3d, previous.vecmean))]
-            outs = [np.lib.format.open_memmap(folder / f"vectors_{name}.npy", mode="w+", dtype=dtype, shape=(n, *shape))
-                    for name, shape in zip(("2d", "3d", "mean"), shapes, strict=True)]
-        kept = block[previous_rows[block] >= 0]
-        for k, out in enumerate(outs):
-            if new is not None:
-                out[fresh] = new[k]
-            if len(kept):
-                old = (previous.vec2d, previous.vec3d, previous.vecmean)[k]
-                rows = previous_rows[kept]
-                if len(kept) == len(block) and (np.diff(rows) == 1).all():
-                    out[s : s + len(block)] = old[rows[0] : rows[-1] + 1]   # a run of unchanged rows: one slice
+    record = previous.store_record if previous is not None else None
+    appendable = record is not None and record["dtype"] == dtype and \
+        (int(record["rows"]) + len(fresh) - n) <= COMPACT_SHARE * (int(record["rows"]) + len(fresh))
+
+    def read(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        nonlocal views
+        new = _read_embeddings([paths[i] for i in rows])
+        if previous is not None and new[4] != previous.views:
+            raise _ViewsChanged(f"the views changed ({previous.views} -> {new[4]})")
+        views = new[4]
+        views_ok[rows] = new[3].sum(axis=1)
+        return new[:3]
+
+    store_rows = np.full(n, -1, dtype=np.int64)
+    if appendable:
+        store = out_dir / record["folder"]
+        store_rows[reused] = previous.store_rows[previous_rows[reused]]
+        with StoreWriter(store, dtype, rows=int(record["rows"])) as writer:
+            for s in range(0, len(fresh), COPY_BLOCK):
+                block = fresh[s : s + COPY_BLOCK]
+                store_rows[block] = writer.append(*read(block))
+        shapes = writer.shapes or row_shapes(record)
+    else:
+        store = new_data_dir(out_dir, prefix=STORE_PREFIX)
+        with StoreWriter(store, dtype) as writer:
+            for s in range(0, n, COPY_BLOCK):
+                block = np.arange(s, min(s + COPY_BLOCK, n))
+                is_new = previous_rows[block] < 0
+                new = read(block[is_new]) if is_new.any() else None
+                if is_new.all():
+                    parts = new
                 else:
-                    out[kept] = old[rows]
-    sizes = {}
-    for name, out in zip(("2d", "3d", "mean"), outs, strict=True):
-        out.flush()
-        sizes[name] = out.nbytes // max(n, 1)
-    dim = int(outs[0].shape[1])
-    del outs
-    return {"dtype": dtype, "dim": dim, "input_dim": dim, "pca": None, "bytes_per_sku": sizes}, views_ok, views
+                    rows = previous_rows[block[~is_new]]
+                    olds = (previous.vec2d, previous.vec3d, previous.vecmean)
+                    # a run of unchanged rows in the previous order: one slice
+                    pick = slice(rows[0], rows[-1] + 1) if (np.diff(rows) == 1).all() else rows
+                    parts = [np.asarray(old[pick], dtype=dtype) for old in olds]
+                    if new is not None:
+                        merged = []
+                        for part, fresh_part in zip(parts, new, strict=True):
+                            full = np.empty((len(block), *part.shape[1:]), dtype=dtype)
+                            full[~is_new], full[is_new] = part, fresh_part
+                            merged.append(full)
+                        parts = merged
+                store_rows[block] = writer.append(*parts)
+        shapes = writer.shapes
+    dim = int(shapes["2d"][0])
+    return _stored_record(dtype, shapes, dim, None, writer.record(shapes)), views_ok, views, store_rows
 
 
 def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Path, manifest: dict, *,
@@ -335,34 +363,54 @@ def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Pa
     return manifest
 
 
-def _write_ann(folder: Path, previous: PreviousRows | None, previous_rows: np.ndarray, keys: np.ndarray,
-               ann_min_skus: int) -> dict:
-    """Write the ANN graphs of the N rows in `folder` (vectors already written there); return the manifest's `ann`.
+def _link(source: Path, target: Path) -> None:
+    """`target` as another name of the finished file `source` (a hard link; a copy where links are refused)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
-    previous_rows (N,) int64: the previous index's row each row was copied from (-1: new); keys (N,) int64: the
-    rows' graph keys. If the previous index has graphs, they are updated (dam3d.search.ann.update_ann: the
-    previous SKUs that are gone or changed removed, the new rows added) unless the SKUs removed since their
-    last full build would exceed ANN_COMPACT_SHARE of N; otherwise the graphs are built over every row.
-    `ann.removed` counts the removed SKUs still marked in the graphs; `ann.built` says how they were made.
+
+def _write_ann(folder: Path, previous: PreviousRows | None, previous_rows: np.ndarray, keys: np.ndarray,
+               stored: tuple[np.ndarray, ...]) -> dict:
+    """Write (or link) the ANN graphs of the N rows of the index in `folder`; return the manifest's `ann`.
+
+    previous_rows (N,) int64: the previous index's row each row reuses (-1: new or changed); keys (N,) int64: the
+    rows' graph keys; stored: the rows' (vec2d, vec3d, vecmean) as stored. The graphs hold the keys below
+    `covered`; rows with a key at or above it (the delta) are not in them and every ANN search scores them
+    exactly; the keys of SKUs gone since (tombstones, tombstones.npy) are still in the graphs and dropped from
+    their answers. If the previous index has graphs, an update keeps them (hard links, nothing rewritten) while the
+    delta and the tombstones number at most ANN_DELTA_MAX; past that it puts them into the graphs
+    (dam3d.search.ann.update_ann: tombstones removed, delta added); once the SKUs removed from the graphs since
+    their last full build would exceed ANN_COMPACT_SHARE of N, or without previous graphs, the graphs are built
+    over every row. `ann.built` says which (`kept`, `updated`, `full`); `ann.removed` counts the removed SKUs
+    still marked in the graphs.
     """
     import usearch
 
-    record = {"library": f"usearch {usearch.__version__}", "graph": "HNSW", "vectors": "float16", "min_skus": ann_min_skus}
-    stored = [np.load(folder / f"vectors_{n}.npy", mmap_mode="r") for n in ("2d", "3d", "mean")]
+    record = {"library": f"usearch {usearch.__version__}", "graph": "HNSW", "vectors": "float16"}
     previous_ann = previous.ann if previous is not None else None
     if previous_ann is not None and AnnCandidates.available(previous.folder):
+        covered = int(previous_ann.get("covered", previous.keys.max() + 1 if len(previous.keys) else 0))
         used = np.zeros(len(previous.keys), dtype=bool)
         used[previous_rows[previous_rows >= 0]] = True
         gone = previous.keys[~used]
-        removed = int(previous_ann.get("removed", 0)) + len(gone)
-        if removed <= ANN_COMPACT_SHARE * len(keys):
-            new_rows = np.flatnonzero(previous_rows < 0)
-            # graphs hold the vectors as stored, so candidates and exact scores agree
-            update_ann(previous.folder, folder, gone, keys[new_rows], *(v[new_rows] for v in stored))
-            return {**record, "removed": removed, "built": "updated"}
-    # the graphs hold the vectors as stored (projected, if PCA), so candidates and exact scores agree
+        tombstones = np.union1d(previous.tombstones, gone[gone < covered]).astype(np.int64)
+        removed = int(previous_ann.get("removed", 0))
+        delta = np.flatnonzero(keys >= covered)
+        if removed + len(tombstones) <= ANN_COMPACT_SHARE * len(keys):
+            if len(delta) + len(tombstones) <= ANN_DELTA_MAX:
+                for path in AnnCandidates.files(previous.folder):
+                    _link(path, folder / path.name)
+                if len(tombstones):
+                    _save_npy(folder / TOMBSTONES_FILE, tombstones)
+                return {**record, "built": "kept", "removed": removed, "covered": covered, "delta": len(delta),
+                        "tombstones": len(tombstones)}
+            update_ann(previous.folder, folder, tombstones, keys[delta], *(v[delta] for v in stored))
+            return {**record, "built": "updated", "removed": removed + len(tombstones), "covered": int(keys.max()) + 1,
+                    "delta": 0, "tombstones": 0}
     build_ann(folder, *stored, keys=keys)
-    return {**record, "removed": 0, "built": "full"}
+    return {**record, "built": "full", "removed": 0, "covered": int(keys.max()) + 1, "delta": 0, "tombstones": 0}
 
 
 def _previous_colours(previous: PreviousRows | None) -> np.ndarray | None:
@@ -380,39 +428,47 @@ def _build_into(folder: Path, indexed: list[tuple[Asset, Path, str]], previous: 
                 cutout_of: dict[str, Path] | None = None) -> dict:
     """Write the rows, vectors and graphs of `indexed` (asset, .npz, source) into `folder`; return the manifest."""
     paths = [p for _, p, _ in indexed]
+    out_dir = folder.parent
     if pca:   # the axes are fitted on every row: all embeddings are read at once (no previous index, see load_previous)
         new = _read_embeddings(paths)
-        stored = write_vectors(folder, *new[:3], dtype=dtype, pca=pca)
+        stored = write_vectors(new_data_dir(out_dir, prefix=STORE_PREFIX), *new[:3], dtype=dtype, pca=pca)
         previous_rows, views_ok, views = np.full(len(indexed), -1, dtype=np.int64), new[3].sum(axis=1), new[4]
+        store_rows = np.arange(len(indexed), dtype=np.int64)
     else:
         reusable = [None if previous is None else previous.reusable(a.asset_id, s) for a, _, s in indexed]
         previous_rows = np.array([-1 if r is None else r for r in reusable], dtype=np.int64)
         try:
-            stored, views_ok, views = _write_rows(folder, paths, previous_rows, previous, dtype)
+            stored, views_ok, views, store_rows = _write_rows(out_dir, paths, previous_rows, previous, dtype)
         except _ViewsChanged as changed:   # no row of the previous index fits: read them all
             previous, reason = None, str(changed)
             previous_rows[:] = -1
-            stored, views_ok, views = _write_rows(folder, paths, previous_rows, None, dtype)
+            stored, views_ok, views, store_rows = _write_rows(out_dir, paths, previous_rows, None, dtype)
     new_rows = np.flatnonzero(previous_rows < 0)
     reused = previous_rows >= 0
     keys = np.arange(len(indexed), dtype=np.int64)   # each row's key in the ANN graphs: kept while its SKU is unchanged
     if previous is not None:
         keys[reused] = previous.keys[previous_rows[reused]]
-        keys[new_rows] = (int(previous.keys.max()) + 1 if len(previous.keys) else 0) + np.arange(len(new_rows))
+        keys[new_rows] = previous.next_key + np.arange(len(new_rows))
     rows = [{"asset_id": a.asset_id, "sku": a.sku, "image": str(a.image), "views_ok": int(v), **a.metadata}
             for (a, _, _), v in zip(indexed, views_ok.tolist(), strict=True)]
     pq.write_table(pa.Table.from_pylist(rows), folder / "assets.parquet")
     pq.write_table(pa.table({"asset_id": [a.asset_id for a, _, _ in indexed], "source": [s for _, _, s in indexed],
-                             "views_ok": views_ok, "key": keys}), folder / ROWS_FILE)
-    ann = _write_ann(folder, previous, previous_rows, keys, ann_min_skus) if len(rows) > ann_min_skus else None
+                             "views_ok": views_ok, "key": keys, "store_row": store_rows}), folder / ROWS_FILE)
+    ann = None
+    if len(rows) > ann_min_skus:
+        vectors = open_index_vectors(out_dir, folder, {"vectors": stored}, store_rows)[:3]
+        ann = {**_write_ann(folder, previous, previous_rows, keys, vectors), "min_skus": ann_min_skus}
     colour = None
     if cutout_of is not None:
         before = _previous_colours(previous)
         colour = write_colours(folder, [cutout_of.get(a.asset_id) for a, _, _ in indexed],
                                previous=before, previous_rows=previous_rows if before is not None else None)
     dropped = 0 if previous is None else len(previous.row_of.keys() - {a.asset_id for a, _, _ in indexed})
+    appended = previous is not None and previous.store_record is not None and \
+        previous.store_record["folder"] == stored["store"]["folder"]
     update = {"mode": "incremental" if previous is not None else "full", "reason": reason,
-              "reused": int((previous_rows >= 0).sum()), "read": int(len(new_rows)), "dropped": dropped}
+              "reused": int((previous_rows >= 0).sum()), "read": int(len(new_rows)), "dropped": dropped,
+              "store": "appended" if appended else "written"}
     return {
         **manifest,
         "dam3d_version": __version__,
@@ -434,9 +490,10 @@ def _build_into(folder: Path, indexed: list[tuple[Asset, Path, str]], previous: 
 class Index:
     """A built index, its vectors memory-mapped (float16, or float32 for indexes built before `index.dtype`).
 
-    vec2d (N, d), vec3d (N, V, d), vecmean (N, d): L2-normalised as stored; d is the model's
-    dimension D, or `index.pca` when the index was built with PCA, in which case
-    pca_components (d, D) float32 project the queries (`project`).
+    vec2d (N, d), vec3d (N, V, d), vecmean (N, d): L2-normalised as stored, in index order (memory maps of
+    the index's vector store, or dam3d.search.store.StoredRows over them where the store holds rows of other
+    builds: indexing either gives ndarrays); d is the model's dimension D, or `index.pca` when the index was
+    built with PCA, in which case pca_components (d, D) float32 project the queries (`project`).
     """
 
     directory: Path
@@ -459,16 +516,15 @@ class Index:
         if not manifest_path.exists():
             raise FileNotFoundError(f"no index at {directory} (manifest.json missing): build it with `snakemake --cores 8`")
         manifest = json.loads(manifest_path.read_text())
-        with_pca = bool((manifest.get("vectors") or {}).get("pca"))
         data = directory / manifest["data"] if manifest.get("data") else directory   # older indexes: files at the top
+        store_rows = None   # a store without rows.parquet (e.g. serve's synthetic index): its rows in order
+        if (manifest.get("vectors") or {}).get("store") and (data / ROWS_FILE).is_file():
+            store_rows = pq.read_table(data / ROWS_FILE, columns=["store_row"]).column("store_row").to_numpy()
         return cls(
             directory,
             manifest,
             pq.read_table(data / "assets.parquet").to_pylist(),
-            np.load(data / "vectors_2d.npy", mmap_mode="r"),
-            np.load(data / "vectors_3d.npy", mmap_mode="r"),
-            np.load(data / "vectors_mean.npy", mmap_mode="r"),
-            np.load(data / "pca_components.npy") if with_pca else None,
+            *open_index_vectors(directory, data, manifest, store_rows),
             np.load(data / COLOUR_FILE, mmap_mode="r") if manifest.get("colour") and (data / COLOUR_FILE).is_file() else None,
             data_dir=data,
         )
@@ -635,7 +691,10 @@ class Index:
             keys = None   # the graphs' key of each row (an updated index's); older indexes: the row number
             if (self.files / ROWS_FILE).is_file():
                 keys = pq.read_table(self.files / ROWS_FILE, columns=["key"]).column("key").to_numpy()
-            self._ann = AnnCandidates(self.files, views=int(np.shape(self.vec3d)[1]), size=len(self.assets), keys=keys)
+            covered = (self.manifest.get("ann") or {}).get("covered")
+            delta = None if keys is None or covered is None else np.flatnonzero(keys >= covered)
+            self._ann = AnnCandidates(self.files, views=int(self.vec3d.shape[1]), size=len(self.assets), keys=keys,
+                                      delta=delta)
         return self._ann
 
     def search(self, query: np.ndarray, *, k: int = 5, fusion: str | None = None, exact: bool = False,

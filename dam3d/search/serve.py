@@ -510,7 +510,7 @@ def synthetic_index(out_dir: Path, *, skus: int, config: dict, seed: int = 0) ->
     rows = [{"asset_id": f"SKU-{i:07d}", "sku": f"SKU-{i:07d}", "image": f"SKU-{i:07d}.jpg", "views_ok": len(views)} for i in range(skus)]
     pq.write_table(pa.Table.from_pylist(rows), out_dir / "assets.parquet")
     # stored as the configured index stores them (index.dtype; PCA is left out: random vectors have no principal axes)
-    stored = write_vectors(out_dir, unit(skus), unit(skus, max(len(views), 1)), unit(skus),
+    stored = write_vectors(out_dir / "store-000001", unit(skus), unit(skus, max(len(views), 1)), unit(skus),
                            dtype=config.get("index", {}).get("dtype", DEFAULT_DTYPE))
     manifest = {"config": config, "backends": {"cutout": backend}, "model": dataclasses.asdict(spec), "views": views, "dim": dim,
                 "vectors": stored, "counts": {"indexed": skus}, "synthetic": True}

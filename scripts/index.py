@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from dam3d.runtime.chunk import read_failures
 smk = snakemake  # noqa: F821 - injected by Snakemake's script directive
 config = smk.config
 assets = load_catalogue(config["catalogue"])
-by_id = {Path(p).stem: Path(p) for p in smk.params.embeddings}
+# Paths as strings, not Path objects: at 100,000 SKUs each Path parse costs a second or more (README, Overhead).
+by_id = {os.path.splitext(os.path.basename(p))[0]: p for p in smk.params.embeddings}
 out_dir = Path(smk.params.index)
 failures = [f for f in read_failures(config["results"]) if f["asset"] in by_id and f["stage"] in smk.params.stages]
 # What the cutout stage warned about (a photo too small to be trusted) stays with the index.
@@ -41,7 +43,7 @@ manifest = build_index(
     dtype=config.get("index", {}).get("dtype", "float16"),
     pca=int(config.get("index", {}).get("pca", 0)),
     # the colour descriptors are made here, from the cutouts, once for every model's index (dam3d.search.colour)
-    cutouts=[layout.cutout(config["results"], a.asset_id) for a in assets],
+    cutouts=[layout.cutout_file(config["results"], a.asset_id) for a in assets],
 )
 # The rule's output, written once the index is switched: which build this run made (see layout.index_stamp).
 write_text(smk.output.stamp, json.dumps({"manifest_sha1": manifest_digest(out_dir), "data": manifest["data"],

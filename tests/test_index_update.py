@@ -115,6 +115,7 @@ def test_an_update_opens_only_new_and_changed_embeddings(tmp_path: Path, embed: 
     opened.clear()
     manifest = build_index(*catalogue(embed, ids), out, {"model": {"name": "m"}})   # nothing changed
     assert not [n for n in opened if n.endswith(".npz")] and manifest["update"]["read"] == 0
+    assert manifest["update"]["store"] == "unchanged"
     monkeypatch.undo()
     assert results(Index.load(out)) == results(Index.load(out))
 
@@ -176,6 +177,20 @@ def test_settings_that_change_every_row_rebuild_in_full(tmp_path: Path, embed: P
     assert m["update"]["mode"] == "full" and "model" in m["update"]["reason"]
     m = build_index(assets, paths, out, {"model": {"name": "other"}}, dtype="float32")
     assert m["update"]["mode"] == "incremental" and m["update"]["reused"] == 40
+
+
+def test_a_vector_store_removed_by_hand_gives_a_full_rebuild(tmp_path: Path, embed: Path) -> None:
+    import shutil
+
+    out = tmp_path / "index" / "m"
+    first = build_index(*catalogue(embed, list(range(40))), out, {"model": {"name": "m"}})
+    shutil.rmtree(out / first["vectors"]["store"]["folder"])
+    ids = change(embed)
+    m = build_index(*catalogue(embed, ids), out, {"model": {"name": "m"}})
+    assert m["update"]["mode"] == "full" and "cannot be read" in m["update"]["reason"] and m["update"]["read"] == 40
+    assert m["update"]["store"] == "written"
+    build_index(*catalogue(embed, ids), tmp_path / "full", {"model": {"name": "m"}}, incremental=False)
+    assert results(Index.load(out)) == results(Index.load(tmp_path / "full"))
 
 
 def test_an_update_finds_the_previous_rows_when_snakemake_removed_the_manifest(tmp_path: Path, embed: Path) -> None:

@@ -23,10 +23,11 @@ their mean: cosine scores are dot products about 0, and on a real index (README)
 kept far less of the full-dimension ranking at the same dimension. An index written before this
 (float32 files, no `vectors` in its manifest) loads and searches as it did.
 
-Files (dam3d.search.update): an index's files are in a data folder that its manifest.json names;
-a rebuild copies the rows of SKUs whose embedding is unchanged from the previous data folder and
-switches to the new one by replacing manifest.json. An index written before data folders (its
-files beside manifest.json) loads as it did.
+Files (dam3d.search.update): an index's files are in a data folder that its manifest.json names, its
+vectors in a store folder beside it (dam3d.search.store); an update keeps the rows of SKUs whose
+embedding is unchanged where they are, appends the new and changed SKUs' rows to the store (or, past
+COMPACT_SHARE of unreferenced rows, writes a new one) and switches to its new data folder by replacing
+manifest.json. Indexes written before stores or before data folders load as they did.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def write_vectors(store: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np
     return _stored_record(dtype, writer.shapes, dim, pca_record, writer.record())
 
 
-def write_colours(out_dir: Path, cutouts: Sequence[Path | None], bins: tuple[int, int, int] = DEFAULT_BINS, *,
+def write_colours(out_dir: Path, cutouts: Sequence[str | Path | None], bins: tuple[int, int, int] = DEFAULT_BINS, *,
                   previous: np.ndarray | None = None, previous_rows: np.ndarray | None = None) -> dict:
     """Write colour.npy, (N, B) float32, the colour descriptor (dam3d.search.colour) of each indexed row's cutout
     (RGBA PNG; a missing one gives all zeros: no colour evidence); return the manifest's `colour`.
@@ -310,9 +311,9 @@ def _write_rows(out_dir: Path, paths: Sequence[Path], previous_rows: np.ndarray,
     return _stored_record(dtype, shapes, dim, None, writer.record(shapes)), views_ok, views, store_rows
 
 
-def build_index(assets: Sequence[Asset], embeddings: Sequence[Path], out_dir: Path, manifest: dict, *,
+def build_index(assets: Sequence[Asset], embeddings: Sequence[str | Path], out_dir: Path, manifest: dict, *,
                 ann_min_skus: int = ANN_MIN_SKUS, dtype: str = DEFAULT_DTYPE, pca: int = 0,
-                incremental: bool = True, cutouts: Sequence[Path] | None = None) -> dict:
+                incremental: bool = True, cutouts: Sequence[str | Path] | None = None) -> dict:
     """Write the index for the assets whose embedding exists (non-empty); return the manifest.
 
     With `cutouts` (one RGBA PNG per asset, as `assets`) it also writes the colour descriptors of the
@@ -464,11 +465,11 @@ def _build_into(folder: Path, indexed: list[tuple[Asset, Path, str]], previous: 
         colour = write_colours(folder, [cutout_of.get(a.asset_id) for a, _, _ in indexed],
                                previous=before, previous_rows=previous_rows if before is not None else None)
     dropped = 0 if previous is None else len(previous.row_of.keys() - {a.asset_id for a, _, _ in indexed})
-    appended = previous is not None and previous.store_record is not None and \
+    same_store = previous is not None and previous.store_record is not None and \
         previous.store_record["folder"] == stored["store"]["folder"]
     update = {"mode": "incremental" if previous is not None else "full", "reason": reason,
               "reused": int((previous_rows >= 0).sum()), "read": int(len(new_rows)), "dropped": dropped,
-              "store": "appended" if appended else "written"}
+              "store": "written" if not same_store else "appended" if len(new_rows) else "unchanged"}
     return {
         **manifest,
         "dam3d_version": __version__,

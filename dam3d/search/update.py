@@ -167,7 +167,10 @@ def load_previous(out_dir: Path, manifest: dict, *, dtype: str, pca: int) -> tup
     row_of = {a: (i, s) for i, (a, s) in enumerate(zip(table["asset_id"], table["source"], strict=True))}
     n = len(row_of)
     store_rows = np.asarray(table["store_row"], dtype=np.int64) if "store_row" in table else np.arange(n, dtype=np.int64)
-    vectors = open_index_vectors(out_dir, folder, previous, store_rows if "store_row" in table else None)[:3]
+    try:
+        vectors = open_index_vectors(out_dir, folder, previous, store_rows if "store_row" in table else None)[:3]
+    except (OSError, ValueError) as damaged:   # removed or cut short by hand: nothing to reuse
+        return None, f"the previous index's vectors cannot be read ({damaged})"
     keys = np.asarray(table["key"], dtype=np.int64) if "key" in table else np.arange(n, dtype=np.int64)
     ann = previous.get("ann")
     tombstones = np.load(folder / TOMBSTONES_FILE) if (folder / TOMBSTONES_FILE).is_file() else np.zeros(0, np.int64)

@@ -366,3 +366,37 @@ def test_stored_rows_read_the_rows_asked_for() -> None:
     np.testing.assert_array_equal(rows[1:3, 1], array[0:2, 1])
     np.testing.assert_array_equal(rows[2, 1], array[1, 1])
     assert rows_of(array, np.arange(4)).shape == (4, 2, 3) and rows_of(array, None) is array
+
+
+def test_an_embedding_of_another_width_is_refused_and_the_store_is_untouched(tmp_path: Path, embed: Path) -> None:
+    """The store is shared with the index being searched: rows that do not fit it are refused before anything is cut."""
+    out = tmp_path / "index" / "m"
+    first = build_index(*catalogue(embed, list(range(40))), out, {"model": {"name": "m"}})
+    reader = Index.load(out)
+    before = results(reader)
+    store = out / first["vectors"]["store"]["folder"]
+    sizes = {p.name: p.stat().st_size for p in store.iterdir()}
+    np.savez(embed / "S40.npz", vec2d=unit(np.ones(DIM // 2)), vec3d=unit(np.ones((VIEWS, DIM // 2))),
+             view_ok=np.ones(VIEWS, bool), views=np.array([f"v{j}" for j in range(VIEWS)]), model=np.array("m"))
+    with pytest.raises(ValueError, match="do not fit the vector store"):
+        build_index(*catalogue(embed, list(range(41))), out, {"model": {"name": "m"}})
+    assert {p.name: p.stat().st_size for p in store.iterdir()} == sizes
+    assert results(reader) == before and results(Index.load(out)) == before
+
+
+def test_an_index_whose_rows_file_is_gone_is_refused(tmp_path: Path, embed: Path) -> None:
+    """Which store row is which SKU's is in rows.parquet only: without it the index does not load (no silent mix-up)."""
+    out = tmp_path / "index" / "m"
+    m = build_index(*catalogue(embed, list(range(40))), out, {"model": {"name": "m"}})
+    (out / m["data"] / "rows.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="rows.parquet"):
+        Index.load(out)
+
+
+def test_stored_rows_refuse_what_they_would_index_otherwise_than_numpy() -> None:
+    from dam3d.search.store import StoredRows
+
+    rows = StoredRows(np.zeros((5, 3, 4), np.float16), np.array([3, 1, 0]))
+    for key in (Ellipsis, None, (Ellipsis, 0), (np.array([0, 1]), np.array([0, 2])), np.array([[0, 1]])):
+        with pytest.raises(IndexError):
+            rows[key]

@@ -278,7 +278,7 @@ def _write_rows(out_dir: Path, paths: Sequence[Path], previous_rows: np.ndarray,
     if appendable:
         store = out_dir / record["folder"]
         store_rows[reused] = previous.store_rows[previous_rows[reused]]
-        with StoreWriter(store, dtype, rows=int(record["rows"])) as writer:
+        with StoreWriter(store, dtype, rows=int(record["rows"]), shapes=row_shapes(record)) as writer:
             for s in range(0, len(fresh), COPY_BLOCK):
                 block = fresh[s : s + COPY_BLOCK]
                 store_rows[block] = writer.append(*read(block))
@@ -518,8 +518,11 @@ class Index:
             raise FileNotFoundError(f"no index at {directory} (manifest.json missing): build it with `snakemake --cores 8`")
         manifest = json.loads(manifest_path.read_text())
         data = directory / manifest["data"] if manifest.get("data") else directory   # older indexes: files at the top
-        store_rows = None   # a store without rows.parquet (e.g. serve's synthetic index): its rows in order
-        if (manifest.get("vectors") or {}).get("store") and (data / ROWS_FILE).is_file():
+        store_rows = None   # an index without data folders (e.g. serve's synthetic one): its store's rows in order
+        if (manifest.get("vectors") or {}).get("store") and manifest.get("data"):
+            if not (data / ROWS_FILE).is_file():   # which store row is which SKU's is only written there
+                raise FileNotFoundError(f"index {directory}: {data / ROWS_FILE} is missing; rebuild the index "
+                                        f"(remove {directory} and run snakemake)")
             store_rows = pq.read_table(data / ROWS_FILE, columns=["store_row"]).column("store_row").to_numpy()
         return cls(
             directory,

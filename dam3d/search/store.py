@@ -66,8 +66,10 @@ class StoreWriter:
     flushed and fsync'ed, and `record` is the manifest's `vectors.store` of the store as written.
     """
 
-    def __init__(self, store: Path, dtype: str, *, rows: int = 0) -> None:
+    def __init__(self, store: Path, dtype: str, *, rows: int = 0, shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+        """`shapes` (an existing store's `row_shapes`): the shapes its rows have, checked before anything is written."""
         self.store, self.dtype, self.rows = Path(store), np.dtype(dtype), rows
+        self.expected = shapes
         self.shapes: dict[str, tuple[int, ...]] | None = None
         self._files: dict[str, object] = {}
 
@@ -81,16 +83,20 @@ class StoreWriter:
 
     def append(self, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np.ndarray) -> np.ndarray:
         """Write n rows (vec2d (n, d), vec3d (n, V, d), vecmean (n, d), converted to the store's dtype) after the
-        store's rows; return their store rows (n,) int64. ValueError if a row's shape differs from the store's."""
+        store's rows; return their store rows (n,) int64. ValueError, with nothing written, if their shapes differ
+        from the store's (`shapes` given to the writer, or those of the rows appended before)."""
         n = len(vec2d)
-        shapes = {"2d": vec2d.shape[1:], "3d": vec3d.shape[1:], "mean": vecmean.shape[1:]}
+        shapes = {"2d": tuple(vec2d.shape[1:]), "3d": tuple(vec3d.shape[1:]), "mean": tuple(vecmean.shape[1:])}
+        expected = self.shapes or self.expected
+        if expected is not None and shapes != {k: tuple(v) for k, v in expected.items()}:
+            # before any truncation: the store is shared with the index being searched
+            raise ValueError(f"rows of shapes {shapes} do not fit the vector store {self.store}, whose rows are {expected} "
+                             "(embeddings of another dimension or number of views than the index's)")
         if self.shapes is None:
             self.shapes = shapes
             for name, f in self._files.items():   # from here on the files hold exactly `rows` rows, then appends
                 f.truncate(self.rows * int(np.prod(shapes[name])) * self.dtype.itemsize)
                 f.seek(0, os.SEEK_END)
-        elif shapes != self.shapes:
-            raise ValueError(f"rows of shapes {shapes} appended to a store of {self.shapes}")
         for name, vectors in zip(NAMES, (vec2d, vec3d, vecmean), strict=True):
             self._files[name].write(np.ascontiguousarray(vectors, dtype=self.dtype).tobytes())
         first = self.rows
@@ -133,6 +139,9 @@ class StoredRows:
         rest: tuple = ()
         if isinstance(key, tuple):
             key, rest = key[0], key[1:]
+        if key is None or key is Ellipsis or np.ndim(key) > 1 or \
+                any(r is None or r is Ellipsis or np.ndim(r) > 0 for r in rest):
+            raise IndexError("StoredRows takes an int, a slice, a 1-D int or bool array of rows, then ints or slices")
         picked = self.store_rows[key]
         if np.ndim(picked) == 0:
             out = self.array[int(picked)]

@@ -179,7 +179,7 @@ def write_vectors(store: Path, vec2d: np.ndarray, vec3d: np.ndarray, vecmean: np
         pca_record = {"dim": pca, "explained_variance": round(explained, 6), "fitted_on": int(min(len(sample), PCA_SAMPLE))}
     with StoreWriter(store, dtype) as writer:
         writer.append(vec2d, vec3d, vecmean)
-    return _stored_record(dtype, writer.shapes, dim, pca_record, writer.record())
+    return _stored_record(dtype, writer.row_shapes, dim, pca_record, writer.record())
 
 
 def write_colours(out_dir: Path, cutouts: Sequence[str | Path | None], bins: tuple[int, int, int] = DEFAULT_BINS, *,
@@ -262,7 +262,8 @@ def _write_rows(out_dir: Path, paths: Sequence[Path], previous_rows: np.ndarray,
     if previous is not None:
         views_ok[reused] = previous.views_ok[previous_rows[reused]]
     record = previous.store_record if previous is not None else None
-    appendable = record is not None and record["dtype"] == dtype and \
+    # (load_previous gives no previous index of another dtype: its rows are kept as they are stored)
+    appendable = record is not None and \
         (int(record["rows"]) + len(fresh) - n) <= COMPACT_SHARE * (int(record["rows"]) + len(fresh))
 
     def read(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -282,7 +283,6 @@ def _write_rows(out_dir: Path, paths: Sequence[Path], previous_rows: np.ndarray,
             for s in range(0, len(fresh), COPY_BLOCK):
                 block = fresh[s : s + COPY_BLOCK]
                 store_rows[block] = writer.append(*read(block))
-        shapes = writer.shapes or row_shapes(record)
     else:
         store = new_data_dir(out_dir, prefix=STORE_PREFIX)
         with StoreWriter(store, dtype) as writer:
@@ -306,9 +306,8 @@ def _write_rows(out_dir: Path, paths: Sequence[Path], previous_rows: np.ndarray,
                             merged.append(full)
                         parts = merged
                 store_rows[block] = writer.append(*parts)
-        shapes = writer.shapes
-    dim = int(shapes["2d"][0])
-    return _stored_record(dtype, shapes, dim, None, writer.record(shapes)), views_ok, views, store_rows
+    shapes = writer.row_shapes
+    return _stored_record(dtype, shapes, int(shapes["2d"][0]), None, writer.record()), views_ok, views, store_rows
 
 
 def build_index(assets: Sequence[Asset], embeddings: Sequence[str | Path], out_dir: Path, manifest: dict, *,

@@ -110,11 +110,18 @@ class StoreWriter:
                 os.fsync(f.fileno())
             f.close()
 
-    def record(self, shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
-        """The manifest's `vectors.store`: folder (name), rows, views, dim, dtype."""
-        shapes = self.shapes or shapes
+    @property
+    def row_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of one row of each file: those appended, else those the writer was given (`shapes`).
+        ValueError if neither (a new store nothing was written to)."""
+        shapes = self.shapes or self.expected
         if shapes is None:
             raise ValueError(f"nothing was written to the store {self.store}")
+        return shapes
+
+    def record(self) -> dict:
+        """The manifest's `vectors.store`: folder (name), rows, views, dim, dtype."""
+        shapes = self.row_shapes
         return {"folder": self.store.name, "rows": self.rows, "views": int(shapes["3d"][0]), "dim": int(shapes["2d"][0]),
                 "dtype": self.dtype.name}
 

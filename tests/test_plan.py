@@ -120,11 +120,14 @@ def test_outputs_are_found_by_listing_their_folders_as_exists_would(tmp_path: Pa
     (tmp_path / "d" / "dangling").symlink_to("nowhere")
     monkeypatch.chdir(tmp_path)  # a bare name is in the working folder
     (tmp_path / "bare").write_text("x")
-    exists = _exists_by_listing()
+    all_exist = _exists_by_listing()
     paths = [f"{tmp_path}/d/{name}" for name in ("file", "sub", "link", "dangling", "none")]
     paths += [f"{tmp_path}/none/file", f"{tmp_path}/d/file/x", "bare", "d/file", "none", "/", "d/", f"{tmp_path}//d/file"]
-    assert [exists(p) for p in paths] == [os.path.exists(p) for p in paths]
-    assert [exists(p) for p in paths] == [True, True, True, False, False, False, False, True, True, False, True, True, True]
+    assert [all_exist([p]) for p in paths] == [os.path.exists(p) for p in paths]
+    assert [all_exist([p]) for p in paths] == [True, True, True, False, False, False, False, True, True, False, True, True, True]
+    # A list holds when each of its paths does (the 8 views of an asset are one list).
+    assert all_exist(paths[:3]) and all_exist([]) and not all_exist([*paths[:3], paths[3]])
+    assert not all_exist([paths[4], *paths[:3]])
     # An output that is a dangling link is missing: its asset is computed again.
     p = plan(tmp_path, "cutout", ["A", "B"])
     finish(tmp_path, p)
@@ -144,8 +147,9 @@ def test_a_folder_that_cannot_be_listed_is_asked_per_file(tmp_path: Path, monkey
         raise PermissionError(folder)
 
     monkeypatch.setattr(plan_module.os, "scandir", refused)
-    exists = plan_module._exists_by_listing()
-    assert exists(f"{tmp_path}/f") and not exists(f"{tmp_path}/g") and os.path.exists(f"{tmp_path}/f")
+    all_exist = plan_module._exists_by_listing()
+    assert all_exist([f"{tmp_path}/f"]) and not all_exist([f"{tmp_path}/g"]) and os.path.exists(f"{tmp_path}/f")
+    assert not all_exist([f"{tmp_path}/f", f"{tmp_path}/g"])
 
 
 def test_code_digest_ignores_comments_docstrings_and_imports_only(tmp_path: Path) -> None:
@@ -175,3 +179,20 @@ def test_key_digests_are_digest_of_stage_parts_and_upstream_keys() -> None:
         for parts in parts_of_asset * 2:  # the second time from the settings' JSON made the first time
             for upstream_keys in ([], ["a" * 40], ["a" * 40, "b" * 40]):
                 assert key(parts, upstream_keys) == digest([stage, parts, upstream_keys])
+
+
+def test_a_stage_with_a_folder_per_asset_is_done_while_the_folder_is_there(tmp_path: Path) -> None:
+    def views_plan():
+        return plan_stage("render", tmp_path, ["A", "B"], key_parts=lambda a: [1],
+                          outputs=lambda a: [f"{tmp_path}/render/{a}/az{i:03d}.png" for i in (0, 180)],
+                          present=lambda a: [f"{tmp_path}/render/{a}"], per_job=64)
+
+    first = views_plan()
+    assert first.pending == ["A", "B"] and first.outputs["A"][1].endswith("/render/A/az180.png")
+    finish(tmp_path, first)
+    (tmp_path / "render" / "A" / "az180.png").unlink()   # a file inside the folder: not looked at
+    assert views_plan().pending == []
+    for view in (tmp_path / "render" / "B").iterdir():
+        view.unlink()
+    (tmp_path / "render" / "B").rmdir()                   # the folder: the asset is rendered again
+    assert views_plan().pending == ["B"]

@@ -151,3 +151,21 @@ def test_a_bad_journal_entry_is_no_stamp(tmp_path: Path) -> None:
     write_stamp(tmp_path, "cutout", "A", stamp("a1"))
     layout.stamp(tmp_path, "cutout", "B").write_text(json.dumps(["not", "a", "stamp"]))
     assert set(read_stamps(tmp_path, "cutout").by_asset) == {"A"}
+
+
+def test_a_compaction_applies_the_journal_to_the_store_and_clears_what_a_killed_one_left(tmp_path: Path) -> None:
+    for asset, key in (("A", "a1"), ("B", "b1"), ("C", "c1")):
+        write_stamp(tmp_path, "mesh", asset, stamp(key))
+    compact(tmp_path, "mesh")
+    store = layout.stamp_store(tmp_path, "mesh")
+    # What a compaction killed mid-write leaves: its temporary store and SQLite's rollback journal beside it.
+    leftovers = [store.parent / ".stamps.x1.tmp.sqlite", store.parent / ".stamps.x1.tmp.sqlite-journal"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"torn")
+    write_stamp(tmp_path, "mesh", "B", stamp("b2"))
+    read_stamps(tmp_path, "mesh").clear("C")
+    write_stamp(tmp_path, "mesh", "D", stamp("d1"))
+    assert compact(tmp_path, "mesh") == 3
+    assert {a: s["key"] for a, s in read_stamps(tmp_path, "mesh").by_asset.items()} == {"A": "a1", "B": "b2", "D": "d1"}
+    assert journal(tmp_path, "mesh") == [] and not any(p.exists() for p in leftovers)
+    assert sorted(p.name for p in store.parent.iterdir()) == ["stamps.sqlite"]

@@ -30,9 +30,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def remove_leftovers(path: str | os.PathLike[str]) -> None:
-    """Remove the temporaries that a killed writer of `path` left next to it (see atomic_path)."""
+    """Remove the temporaries that a killed writer of `path` left next to it (see atomic_path), and their
+    side files (SQLite's `-journal` of a temporary store)."""
     target = Path(path)
-    for tmp in target.parent.glob(f".{target.stem}.*.tmp{target.suffix}"):
+    for tmp in target.parent.glob(f".{target.stem}.*.tmp{target.suffix}*"):
         tmp.unlink(missing_ok=True)
 
 

@@ -65,7 +65,7 @@ def renders(results: str | Path) -> Path:
 
 def views(results: str | Path, asset: str) -> Path:
     """The folder of the asset's rendered views, one PNG per view name (az000.png, ...)."""
-    return Path(_views_folder(results, asset))
+    return Path(views_folder(results, asset))
 
 
 def view(results: str | Path, asset: str, name: str) -> Path:
@@ -74,7 +74,7 @@ def view(results: str | Path, asset: str, name: str) -> Path:
 
 def view_files(results: str | Path, asset: str, names: Iterable[str]) -> list[str]:
     """`view` of each name, as strings: one folder per asset, not one Path per view (the planner asks for every SKU's)."""
-    folder = _views_folder(results, asset)
+    folder = views_folder(results, asset)
     return [f"{folder}/{name}.png" for name in names]
 
 
@@ -87,7 +87,8 @@ def _folder(stage_folder: Callable[..., Path], results: str | Path, *args: str) 
     return str(stage_folder(results, *args))
 
 
-def _views_folder(results: str | Path, asset: str) -> str:
+def views_folder(results: str | Path, asset: str) -> str:
+    """`views` as a string."""
     return f"{_folder(renders, results)}/{shard(asset)}/{asset}"
 
 

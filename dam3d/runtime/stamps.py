@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -130,16 +131,12 @@ def _read_store(path: Path) -> dict[str, dict[str, Any]]:
     return stamps
 
 
-def read_stamps(results: str | Path, stage: str, assets: Iterable[str] | None = None) -> StageStamps:
-    """The stamps of `stage`: one read of its store, then its journal entries, which win over the store.
+def _read_journal(results: Path, stage: str, assets: Iterable[str] | None = None
+                  ) -> dict[str, tuple[dict[str, Any] | None, FileId]]:
+    """Per asset, its journal entry (None for a clearing entry) and the entry's identity.
 
-    Every journal entry (one directory scan; what a run's plan and the index read), or with `assets`
-    only theirs (one open each: a chunk job reading its members', whatever else the journal holds).
+    Every entry (one directory scan), or with `assets` only theirs (one open each).
     """
-    results = Path(results)
-    stamps = StageStamps(results, stage)
-    store = _read_store(layout.stamp_store(results, stage))
-    stamps.by_asset, stamps.in_store = store, set(store)
     if assets is None:
         try:
             with os.scandir(layout.stamps(results, stage)) as found:
@@ -150,11 +147,25 @@ def read_stamps(results: str | Path, stage: str, assets: Iterable[str] | None = 
             entries = []
     else:
         entries = [(asset, layout.stamp(results, stage, asset)) for asset in assets]
+    journal = {}
     for asset, path in entries:
         read = _read_entry(path, asset)
-        if read is None:
-            continue
-        stamp, identity = read
+        if read is not None:
+            journal[asset] = read
+    return journal
+
+
+def read_stamps(results: str | Path, stage: str, assets: Iterable[str] | None = None) -> StageStamps:
+    """The stamps of `stage`: one read of its store, then its journal entries, which win over the store.
+
+    Every journal entry (one directory scan; what a run's plan and the index read), or with `assets`
+    only theirs (one open each: a chunk job reading its members', whatever else the journal holds).
+    """
+    results = Path(results)
+    stamps = StageStamps(results, stage)
+    store = _read_store(layout.stamp_store(results, stage))
+    stamps.by_asset, stamps.in_store = store, set(store)
+    for asset, (stamp, identity) in _read_journal(results, stage, assets).items():
         stamps.journal[asset] = identity
         if stamp is None:
             stamps.by_asset.pop(asset, None)
@@ -169,19 +180,29 @@ def compact(results: str | Path, stage: str) -> int:
     For the main process once no job of the run is left (the run's end, its lock held). An entry
     rewritten since it was read is kept (it wins over the store next time). Returns how many entries
     were merged; nothing is written when the journal is empty.
+
+    The store is copied and the journal applied to the copy, which then replaces the store: a run that
+    stamped a few SKUs rewrites no other row (writing every row again cost 0.7 s per stage at 100,000
+    SKUs, at the end of every run: README, Overhead on a large catalogue).
     """
-    stamps = read_stamps(results, stage)
-    if not stamps.journal:
+    results = Path(results)
+    journal = _read_journal(results, stage)
+    if not journal:
         return 0
     store = layout.stamp_store(results, stage)
     remove_leftovers(store)  # a compaction killed while writing
+    cleared = [(asset,) for asset, (s, _) in sorted(journal.items()) if s is None]
     rows = [(asset, s["key"], s["chunk"], bool(s["ok"]), s["reason"], bool(s.get("retry")), json.dumps(s.get("warnings", [])))
-            for asset, s in sorted(stamps.by_asset.items())]
-    with atomic_path(store) as tmp, contextlib.closing(sqlite3.connect(tmp)) as db:
-        db.execute("CREATE TABLE stamps (asset TEXT PRIMARY KEY, key TEXT NOT NULL, chunk TEXT, ok INTEGER NOT NULL, "
-                   "reason TEXT, retry INTEGER NOT NULL, warnings TEXT NOT NULL)")
-        db.executemany("INSERT INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        db.commit()
+            for asset, (s, _) in sorted(journal.items()) if s is not None]
+    with atomic_path(store) as tmp:
+        if store.is_file():
+            shutil.copyfile(store, tmp)
+        with contextlib.closing(sqlite3.connect(tmp)) as db:
+            db.execute("CREATE TABLE IF NOT EXISTS stamps (asset TEXT PRIMARY KEY, key TEXT NOT NULL, chunk TEXT, "
+                       "ok INTEGER NOT NULL, reason TEXT, retry INTEGER NOT NULL, warnings TEXT NOT NULL)")
+            db.executemany("DELETE FROM stamps WHERE asset = ?", cleared)
+            db.executemany("INSERT OR REPLACE INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.commit()
 
     def remove_if_unchanged(asset: str) -> None:
         entry = layout.stamp(results, stage, asset)
@@ -189,11 +210,11 @@ def compact(results: str | Path, stage: str) -> int:
             st = entry.stat()
         except FileNotFoundError:
             return
-        if (st.st_ino, st.st_mtime_ns, st.st_size) == stamps.journal[asset]:
+        if (st.st_ino, st.st_mtime_ns, st.st_size) == journal[asset][1]:
             entry.unlink(missing_ok=True)
 
     # Threads: removing a file just written waits on the disk (~2.5 ms each here, ~0.2 ms with 8 at once).
     with ThreadPoolExecutor(max_workers=UNLINK_THREADS) as pool:
-        for _ in pool.map(remove_if_unchanged, stamps.journal):
+        for _ in pool.map(remove_if_unchanged, journal):
             pass
-    return len(stamps.journal)
+    return len(journal)

@@ -110,8 +110,11 @@ def script_digest(name):
     return code_digest(Path(workflow.basedir, "scripts", f"{name}.py"))
 
 
-def add_plan(stage, *, outputs, key_parts, upstream=(), per_job, members):
+def add_plan(stage, *, outputs, key_parts, upstream=(), per_job, members, present=None):
     """Plan `stage` and remember how its chunk jobs describe each asset (`members(asset) -> dict`).
+
+    `present(asset)`: the paths whose existence says a stamped asset's outputs are there (plan_stage's; default
+    the outputs themselves).
 
     Only the main Snakemake process's plan counts: a job that Snakemake re-parses the
     workflow for (cluster, group job) would see other chunks already done and cut
@@ -126,6 +129,7 @@ def add_plan(stage, *, outputs, key_parts, upstream=(), per_job, members):
         key_parts=key_parts,
         upstream=[PLANS[up] for up in upstream],
         per_job=per_job,
+        present=present,
     )
     plan.members = members
     PLANS[stage] = plan

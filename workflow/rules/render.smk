@@ -4,6 +4,10 @@ RENDER_SETTINGS = {k: v for k, v in config["render"].items() if k not in ("blend
 add_plan(
     "render",
     outputs=view_paths,
+    # A stamped asset's views are there when their folder is: they are written before the stamp, and a job that
+    # renders an asset again clears its stamp first. One listing per shard folder instead of one per SKU (~1 s at
+    # 100,000 SKUs: README, Overhead on a large catalogue).
+    present=lambda asset: [layout.views_folder(RESULTS, asset)],
     # The Blender build too: another version may render differently.
     key_parts=lambda asset: [RENDER_SETTINGS, config["render"]["blender"], script_digest("render")],
     upstream=["mesh"],

@@ -286,7 +286,8 @@ def file_digests(paths: list[Path], cache_file: Path) -> dict[Path, str]:
                 real_folders[folder] = os.path.join(os.path.realpath(folder.rstrip("/") or folder or "."), "")
             key = real_folders[folder] + text[cut:]
         entry = cache.get(key)
-        if entry is None or entry[0] != st.st_size or entry[1] != st.st_mtime_ns:
+        # A damaged cache's entry (not [size, mtime_ns, sha1]) is hashed again, as a missing one is.
+        if not isinstance(entry, list) or len(entry) != 3 or entry[0] != st.st_size or entry[1] != st.st_mtime_ns:
             entry = [st.st_size, st.st_mtime_ns, hashlib.sha1(path.read_bytes()).hexdigest()]
         fresh[key] = entry
         digests[path] = entry[2]

@@ -174,3 +174,24 @@ def test_a_catalogue_folder_takes_files_and_links_to_files_only_and_digests_by_r
     # One cache entry per file, named by its resolved path (a link's target, a linked folder resolved).
     assert sorted(json.loads((tmp_path / "digests.json").read_text())) == sorted(
         [str((elsewhere / "A.jpg").resolve()), str((folder / "B.jpg").resolve())])
+
+
+def test_a_damaged_digest_cache_entry_is_hashed_again(tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    from dam3d.catalogue import file_digests
+
+    photos = [tmp_path / f"{name}.jpg" for name in "abcd"]
+    for photo in photos:
+        photo.write_bytes(photo.name.encode())
+    cache = tmp_path / "digests.json"
+    file_digests(photos, cache)
+    entries = json.loads(cache.read_text())
+    keys = sorted(entries)
+    # Hand-edited or truncated entries: none may crash the plan or stand for the photo's digest.
+    for key, damaged in zip(keys, ([], [entries[keys[1]][0]], "text", [*entries[keys[3]][:2], "0" * 40, 1])):
+        entries[key] = damaged
+    cache.write_text(json.dumps(entries))
+    assert file_digests(photos, cache) == {p: hashlib.sha1(p.name.encode()).hexdigest() for p in photos}
+    assert all(len(entry) == 3 for entry in json.loads(cache.read_text()).values())

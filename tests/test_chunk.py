@@ -170,6 +170,8 @@ def test_an_asset_that_kills_its_job_is_found_and_failed_while_the_others_finish
     assert [read_stamp(tmp_path, "mesh", a)["ok"] for a in "ABC"] == [True, True, True]
     x = read_stamp(tmp_path, "mesh", "X")
     assert not x["ok"] and "process died 2 times while computing this asset" in x["reason"]
+    # What to do about it: a command that removes what the plan checks (for the views, their folder).
+    assert f"to try again: dam3d rerun X --from mesh --results {tmp_path}" in x["reason"]
     assert [f["asset"] for f in read_failures(tmp_path)] == ["X"]
     assert not list(tmp_path.rglob("*.starts"))
 

@@ -103,8 +103,9 @@ def test_the_filter_excludes_before_ranking(index: Index) -> None:
         everything = {h["sku"]: h for h in index.search(q, k=10, fusion=fusion)}
         assert [h["sku"] for h in hits] == [s for s in everything if s in {"CH-1", "CH-3", "LA-1"}]
         assert [h["rank"] for h in hits] == [1, 2, 3]
-        for hit in hits:
-            assert hit["score"] == everything[hit["sku"]]["score"] and hit["matched"] == everything[hit["sku"]]["matched"]
+        for hit in hits:   # scores to float32 rounding: BLAS may sum a subset's dot products in another order
+            assert hit["score"] == pytest.approx(everything[hit["sku"]]["score"], abs=1e-6)
+            assert hit["matched"] == everything[hit["sku"]]["matched"]
     assert index.search(q, where='colour == "purple"') == []
     # A bool mask or an array of rows restricts the same way.
     mask = np.array([a["sku"] in ("CH-1", "LA-2") for a in index.assets])

@@ -345,7 +345,11 @@ def test_pca_index_projects_the_queries_and_scores_as_brute_force_in_the_reduced
         for q, row in zip(queries, brute[fusion], strict=True):
             want = sorted(range(150), key=lambda i: (-row[i], i))[:5]
             assert [h["asset_id"] for h in index.search(q, k=5, fusion=fusion, exact=True)] == [f"S{i}" for i in want]
-            assert index.search(q, k=5, fusion=fusion) == index.search(q, k=5, fusion=fusion, exact=True)   # graphs
+            # through the graphs: the same hits; scores to float32 rounding (BLAS kernels sum a subset's dot
+            # products in another order on some CPUs, e.g. AVX-512, than the whole catalogue's)
+            graphs, exact = index.search(q, k=5, fusion=fusion), index.search(q, k=5, fusion=fusion, exact=True)
+            assert [{**h, "score": None} for h in graphs] == [{**h, "score": None} for h in exact]
+            assert [h["score"] for h in graphs] == pytest.approx([h["score"] for h in exact], abs=1e-6)
         # nothing is lost when the vectors (and the query) span no more dimensions than are kept
         within = unit(queries @ components.T @ components)
         np.testing.assert_allclose(index.scores(within, fusion), full.scores(within, fusion), atol=2e-3)

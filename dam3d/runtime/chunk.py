@@ -189,9 +189,10 @@ class ChunkRunner:
                 self._finish(member, f"an earlier stage failed for this asset (placeholder {failed_inputs[0]})",
                              record=False)
             elif died >= MAX_DEATHS:
+                # `dam3d rerun` removes what the plan checks (a rendered asset's views folder, not one view file).
                 self._finish(member, f"the {self.stage} process died {died} times while computing this asset (a "
-                                     f"crash in native code or a memory limit); delete its placeholder "
-                                     f"{member['outputs'][0]} to try again")
+                                     f"crash in native code or a memory limit); to try again: dam3d rerun {asset} "
+                                     f"--from {self.stage.split('-', 1)[0]} --results {self.results}")
             elif died:
                 suspects.append(member)
             else:

@@ -283,7 +283,7 @@ def file_digests(paths: list[Path], cache_file: Path) -> dict[Path, str]:
             cut = text.rfind("/") + 1   # os.path.split and join, without their cost per photo
             folder = text[:cut]
             if folder not in real_folders:
-                real_folders[folder] = os.path.join(os.path.realpath(folder.rstrip("/") or folder or "."), "")
+                real_folders[folder] = os.path.join(os.path.realpath(folder or "."), "")
             key = real_folders[folder] + text[cut:]
         entry = cache.get(key)
         # A damaged cache's entry (not [size, mtime_ns, sha1]) is hashed again, as a missing one is.

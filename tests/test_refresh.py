@@ -319,3 +319,36 @@ def test_a_run_compacts_the_stamps_a_dry_run_writes_nothing_and_an_old_journal_p
     assert journal() == {s: [] for s in stages}
     assert all(layout.stamp_store(results, s).exists() and len(read_stamps(results, s).by_asset) == 4 for s in stages)
     assert job_counts(run(tmp_path, catalogue, **flat)) == {}
+
+
+def test_the_refresh_benchmark_links_past_the_filesystems_link_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from dam3d.benchmarks import refresh
+
+    real_link = os.link
+
+    def limited_link(src, dst):  # noqa: ANN001, ANN202 - ext4's limit of 65,000 links per file, here 3
+        if os.stat(src).st_nlink >= 3:
+            raise OSError(errno.EMLINK, "Too many links", str(src))
+        real_link(src, dst)
+
+    monkeypatch.setattr(refresh.os, "link", limited_link)
+    source = tmp_path / "real.png"
+    source.write_bytes(b"artefact")
+    sources: dict[Path, Path] = {}
+    targets = [tmp_path / "big" / f"{i:02d}" / "a.png" for i in range(7)]
+    for target in targets:
+        refresh._link(source, target, sources)
+    assert all(t.read_bytes() == b"artefact" for t in targets)
+    # Past the limit a copy starts anew and the next targets link to it: 7 files in 3 inodes, none over 3 links.
+    assert len({os.stat(t).st_ino for t in [source, *targets]}) == 3
+    assert max(os.stat(t).st_nlink for t in [source, *targets]) == 3
+
+    def refused(src, dst):  # noqa: ANN001, ANN202
+        raise PermissionError(errno.EACCES, "Permission denied", str(dst))
+
+    monkeypatch.setattr(refresh.os, "link", refused)
+    with pytest.raises(PermissionError):   # any other error is not the link limit: no copy is made
+        refresh._link(source, tmp_path / "other.png", sources)
+    assert not (tmp_path / "other.png").exists()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from dam3d.runtime import layout, rerun
+from dam3d.runtime import layout
 from dam3d.runtime.atomic import remove_leftovers, write_text
 from dam3d.runtime.stamps import read_stamps, write_stamp
 from dam3d.errors import AssetError, AssetWarning
@@ -191,8 +191,8 @@ class ChunkRunner:
             elif died >= MAX_DEATHS:
                 # `dam3d rerun` removes what the plan checks (a rendered asset's views folder, not one view file).
                 self._finish(member, f"the {self.stage} process died {died} times while computing this asset (a "
-                                     f"crash in native code or a memory limit); to try again: "
-                                     f"{rerun.command(asset, self.stage, self.results)}")
+                                     f"crash in native code or a memory limit); to try again: dam3d rerun {asset} "
+                                     f"--from {self.stage.split('-', 1)[0]} --results {self.results}")
             elif died:
                 suspects.append(member)
             else:

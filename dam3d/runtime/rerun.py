@@ -32,11 +32,6 @@ class RerunError(Exception):
     """An asset this results folder has no artefact of."""
 
 
-def command(asset: str, stage: str, results: str | Path) -> str:
-    """The `dam3d rerun` command line that computes `asset` again from a chunk stage on (`embed-{model}`: embed)."""
-    return f"dam3d rerun {asset} --from {stage.split('-', 1)[0]} --results {results}"
-
-
 def stages_from(stage: str) -> list[str]:
     """`stage` and every stage computed again after it, in pipeline order."""
     found = {stage}

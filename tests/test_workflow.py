@@ -48,6 +48,18 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path, config: dict, 
     assert message in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(("value", "hinted"), [("25", True), ("high", False)])
+def test_a_number_nested_in_command_line_config_is_explained(tmp_path: Path, value: str, hinted: bool) -> None:
+    """Snakemake hands `--config 'render={elevation: 25}'` over as the text '25', which the schema refuses."""
+    product_photo("red-vase").save(tmp_path / "A.jpg")
+    config = [f"catalogue={tmp_path}", f"results={tmp_path / 'results'}", f"render={{elevation: {value}}}"]
+    result = subprocess.run([*SNAKEMAKE, "-n", "--config", *config], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "is not of type 'number'" in out
+    assert ("--configfile FILE" in out) is hinted
+
+
 def test_missing_catalogue_is_reported(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "-n", config={"catalogue": str(tmp_path / "nowhere")})
     assert result.returncode != 0 and "catalogue not found" in result.stdout + result.stderr

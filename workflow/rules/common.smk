@@ -4,10 +4,12 @@ import gc
 import hashlib
 import json
 import os
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import yaml
 from snakemake.utils import min_version, validate
 
 min_version("8.0")
@@ -40,7 +42,20 @@ from dam3d.stages.contact import sheet_assets
 from dam3d.stages.render import view_names
 
 
-validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+try:
+    validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+except WorkflowError as error:
+    # Snakemake reads a value nested in --config (render={elevation: 25}) as text, so a number or a
+    # boolean there fails its type check without a word on why.
+    text = re.search(r"\W([-+.\w]+)\W is not of type \W(?:number|integer|boolean)\W", str(error))
+    if text and isinstance(yaml.safe_load(text[1]), (int, float, bool)):
+        hint = (
+            "dam3d: a number or true/false inside a section given with --config reaches the config as text "
+            "(Snakemake reads nested --config values as strings): put that section in a YAML file and give it "
+            "with --configfile FILE"
+        )
+        raise WorkflowError(str(error), hint) from None
+    raise
 
 RESULTS = config["results"]
 # Results of an older dam3d in the flat layout (cutout/ASSET.png, ...): every output path is new, so

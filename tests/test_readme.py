@@ -49,14 +49,20 @@ COMMANDS = {
     "dam3d bench make OUT [--objects 120] [--queries-per-object 2] [--seed 0] [--resolution 512] [--sources cc0,cc-by,products] "
     "[--engine BLENDER_EEVEE]":
         "test_evaluate.py::test_bench_make_tiny",
-    ".venv/bin/dam3d bench make /tmp/bench100 --objects 120 --queries-per-object 2 --seed 0":
-        "test_evaluate.py::test_bench_make_tiny",
-    ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench100/catalogue queries=/tmp/bench100/queries.csv "
-    "results=/tmp/bench100/results": "test_readme.py::test_main_command_on_the_sample",
-    ".venv/bin/dam3d evaluate /tmp/bench100/queries.csv --results /tmp/bench100/results":
-        "test_readme.py::test_main_command_on_the_sample",
-    ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench100/catalogue queries=/tmp/bench100/queries.csv "
-    "results=/tmp/bench100/results --report /tmp/bench100/report.html": "test_readme.py::test_main_command_on_the_sample",
+    ".venv/bin/dam3d bench make /tmp/bp_s2 --sources products --objects 60 --queries-per-object 2 --seed 2":
+        "test_bench_products.py::test_a_tiny_products_benchmark",
+    ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bp_s2/catalogue results=/tmp/bp_s2/r_infl":
+        "test_realworld.py::test_braces_in_a_file_name_are_just_characters",
+    ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bp_s2/catalogue results=/tmp/bp_s2/r_mirror "
+    "'mesh={inflate: {hidden: mirror}}'":
+        "test_workflow.py::test_dot_test_configs_run_as_the_community_workflows_run_them",
+    ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bp_s2/catalogue results=/tmp/bp_s2/r_prior "
+    "'mesh={backend: prior}'": "test_workflow.py::test_dot_test_configs_run_as_the_community_workflows_run_them",
+    ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bp_s2/catalogue_meshes.csv results=/tmp/bp_s2/r_prov "
+    "'mesh={backend: provided}'":
+        "test_evaluate.py::test_true_meshes_of_a_benchmark_run_with_the_provided_backend",
+    ".venv/bin/dam3d evaluate /tmp/bp_s2/queries.csv --results /tmp/bp_s2/r_infl --colour-weight 0":
+        "test_colour.py::test_cli_evaluate_and_search_with_colour_weight",
     ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench100/catalogue_meshes.csv "
     "results=/tmp/bench100/results-provided 'mesh={backend: provided}'":
         "test_evaluate.py::test_true_meshes_of_a_benchmark_run_with_the_provided_backend",

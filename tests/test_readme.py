@@ -63,9 +63,6 @@ COMMANDS = {
         "test_evaluate.py::test_true_meshes_of_a_benchmark_run_with_the_provided_backend",
     ".venv/bin/dam3d evaluate /tmp/bp_s2/queries.csv --results /tmp/bp_s2/r_infl --colour-weight 0":
         "test_colour.py::test_cli_evaluate_and_search_with_colour_weight",
-    ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench100/catalogue_meshes.csv "
-    "results=/tmp/bench100/results-provided 'mesh={backend: provided}'":
-        "test_evaluate.py::test_true_meshes_of_a_benchmark_run_with_the_provided_backend",
     ".venv/bin/dam3d bench make /tmp/bench_s2 --objects 60 --queries-per-object 2 --seed 2":
         "test_evaluate.py::test_bench_make_tiny",
     ".venv/bin/snakemake --cores 2 --config catalogue=/tmp/bench_s2/catalogue results=/tmp/bench_s2/results":

@@ -47,8 +47,17 @@ try:
 except WorkflowError as error:
     # Snakemake reads a value nested in --config (render={elevation: 25}) as text, so a number or a
     # boolean there fails its type check without a word on why.
-    text = re.search(r"\W([-+.\w]+)\W is not of type \W(?:number|integer|boolean)\W", str(error))
-    if text and isinstance(yaml.safe_load(text[1]), (int, float, bool)):
+    text = re.search(r"\W([-+.\w]+)\W is not of type \W(number|integer|boolean)\W", str(error))
+    value = yaml.safe_load(text[1]) if text else None
+    # Would the YAML of a --configfile give the type asked for? (a bool is an int to Python: told apart first)
+    expected = {"number": (int, float), "integer": int, "boolean": bool}
+    fits = text is not None and isinstance(value, bool) == (text[2] == "boolean") and isinstance(value, expected[text[2]])
+    top = re.search(r"On instance\[\W(\w*)\W\]:", str(error))
+    if fits and isinstance(value, bool) and top:
+        # a top-level key: --config takes only True and False, capitalised, as booleans
+        hint = f"dam3d: --config reads only True and False (capitalised) as booleans: {top[1]}={value}"
+        raise WorkflowError(str(error), hint) from None
+    if fits:
         hint = (
             "dam3d: a number or true/false inside a section given with --config reaches the config as text "
             "(Snakemake reads nested --config values as strings): put that section in a YAML file and give it "

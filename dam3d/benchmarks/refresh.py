@@ -134,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # One real asset, computed by the pipeline: its artefacts become everyone's (and its time is the
         # compute that the one-asset refresh below has to do anyway).
-        single = root / "single"
-        shutil.rmtree(single, ignore_errors=True)
+        shutil.rmtree(root / "single", ignore_errors=True)
         single = _workdir(root, "single", 1)
         seconds_single, _ = _snakemake(single, "--cores", "2")
         if (big / FIXTURE).exists():

@@ -214,15 +214,17 @@ def _exists_by_listing() -> Callable[[list[str]], bool]:
         for path in paths:
             cut = path.rfind("/") + 1  # not os.path.split: it costs as much as the stat it saves
             folder, name = path[:cut], path[cut:]
-            if folder in listed:
-                names = listed[folder]
-            else:
-                names = listed[folder] = _listing(folder)
+            if name:
+                if folder in listed:
+                    names = listed[folder]
+                else:
+                    names = listed[folder] = _listing(folder)
+                if names is not None:
+                    if name not in names:
+                        return False
+                    continue
             # A folder's own path ("a/"), or a folder that may be searched but not read: ask per file.
-            if not name or names is None:
-                if not os.path.exists(path):
-                    return False
-            elif name not in names:
+            if not os.path.exists(path):
                 return False
         return True
 

@@ -53,18 +53,18 @@ except WorkflowError as error:
     expected = {"number": (int, float), "integer": int, "boolean": bool}
     fits = text is not None and isinstance(value, bool) == (text[2] == "boolean") and isinstance(value, expected[text[2]])
     top = re.search(r"On instance\[\W(\w*)\W\]:", str(error))
-    if fits and isinstance(value, bool) and top:
+    if not fits:
+        raise
+    if isinstance(value, bool) and top:
         # a top-level key: --config takes only True and False, capitalised, as booleans
         hint = f"dam3d: --config reads only True and False (capitalised) as booleans: {top[1]}={value}"
-        raise WorkflowError(str(error), hint) from None
-    if fits:
+    else:
         hint = (
             "dam3d: a number or true/false inside a section given with --config reaches the config as text "
             "(Snakemake reads nested --config values as strings): put that section in a YAML file and give it "
             "with --configfile FILE"
         )
-        raise WorkflowError(str(error), hint) from None
-    raise
+    raise WorkflowError(str(error), hint) from None
 
 RESULTS = config["results"]
 # Results of an older dam3d in the flat layout (cutout/ASSET.png, ...): every output path is new, so
